@@ -1,0 +1,97 @@
+"""KslmCLI: the only entry point — `kslm fit|validate|test|predict --config configs/….yaml [--key value …]`."""
+
+import re
+import sys
+from pathlib import Path
+
+from jsonargparse import ArgumentError
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+
+from kslm.callbacks import JsonlPredictionWriter, TokenThroughput
+from kslm.errors import KslmError
+
+
+class KslmCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser):
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.dirpath": None})
+        parser.add_lightning_class_args(JsonlPredictionWriter, "predictions")
+
+    def _config_name(self, cfg) -> str:
+        configs = cfg.get("config") or []
+        return Path(str(configs[-1])).stem if configs else "default"
+
+    def before_instantiate_classes(self):
+        sub = self.subcommand
+        cfg = self.config[sub]
+        name = self._config_name(cfg)
+        if not cfg.checkpoint.dirpath:
+            cfg.checkpoint.dirpath = str(Path("checkpoints") / name)
+        if cfg.trainer.get("logger") in (None, True):
+            cfg.trainer.logger = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                                  "init_args": {"save_dir": "logs", "name": name}}
+        callbacks = list(cfg.trainer.get("callbacks") or [])
+        if sub == "fit" and not any("LearningRateMonitor" in str(getattr(c, "class_path", "")) for c in callbacks):
+            callbacks.append({"class_path": f"{LearningRateMonitor.__module__}.LearningRateMonitor",
+                              "init_args": {"logging_interval": "step"}})
+            callbacks.append({"class_path": f"{TokenThroughput.__module__}.TokenThroughput", "init_args": {}})
+        cfg.trainer.callbacks = callbacks
+        # evaluating or predicting from a checkpoint: its tokenizer travels with it
+        ckpt = cfg.get("ckpt_path")
+        data = cfg.get("data")
+        if ckpt and data is not None and "tokenizer" in (data.get("init_args") or {}) and not data.init_args.tokenizer:
+            if sub != "fit":
+                data.init_args.tokenizer = str(ckpt)
+
+
+def _one_line(message: str) -> str:
+    return re.sub(r"\s+", " ", message).strip()
+
+
+def _kslm_cause(exc: BaseException):
+    """The KslmError behind `exc`, if any (jsonargparse wraps errors raised while instantiating classes)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KslmError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _parse_error_line(message: str) -> str:
+    """jsonargparse nests errors of subclass-mode arguments ('Parser key "model": … Parser key "backbone.norm":
+    Expected …'); keep the innermost complaint, under its full dotted key."""
+    message = _one_line(message)
+    keys = re.findall(r'Parser key "([^"]+)"', message)
+    last = message.rfind("Parser key")
+    if len(keys) < 2 or last < 0:
+        return message
+    detail = message[last:].split(":", 1)[1]
+    detail = re.split(r" - Expected a <class 'NoneType'>| Given value type:", detail)[0].strip()
+    return f"{'.'.join(keys)}: {detail}"
+
+
+def main(args=None):
+    try:
+        KslmCLI(
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"exit_on_error": False},
+            args=args,
+        )
+    except Exception as exc:
+        cause = _kslm_cause(exc)
+        if cause is not None:
+            print(f"kslm: error: {_one_line(str(cause))}", file=sys.stderr)
+        elif isinstance(exc, ArgumentError):
+            print(f"kslm: error: {_parse_error_line(str(exc))}", file=sys.stderr)
+        else:
+            raise
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

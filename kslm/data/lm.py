@@ -1,0 +1,241 @@
+"""LMDataModule: text files / a folder / a hub dataset → tokenizer → packed fixed-length blocks.
+
+Text is read with `datasets.load_dataset` ("text" builder, one sample per paragraph, for .txt; "json" for
+.json/.jsonl with a `text_field`), tokenized with `Dataset.map(batched=True)` into the datasets cache, then
+packed: documents joined with </s> and cut into blocks of seq_len + 1 tokens (inputs and shifted targets).
+The train/val split of the blocks is deterministic (seeded). With no data given, the embedded corpus
+(kslm.data.corpus) is used, so a fresh install trains without a download.
+"""
+
+import hashlib
+import json
+import logging
+import os
+from itertools import chain
+from pathlib import Path
+from typing import List, Optional, Union
+
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader
+
+from kslm.data.corpus import embedded_corpus_path
+from kslm.data.sampler import ResumableSampler
+from kslm.data.tokenizer import EOS_ID, cached_tokenizer, fingerprint, load_tokenizer
+from kslm.errors import DataError
+
+log = logging.getLogger(__name__)
+TEXT_SUFFIXES = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json"}
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("KSLM_CACHE", Path.home() / ".cache" / "kslm"))
+
+
+def resolve_files(data_files) -> List[Path]:
+    files = []
+    for item in [data_files] if isinstance(data_files, (str, Path)) else list(data_files):
+        p = Path(item).expanduser()
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix in TEXT_SUFFIXES and f.is_file())
+            if not found:
+                raise DataError("folder holds no .txt/.json/.jsonl files", path=p, field="data.data_files")
+            files.extend(found)
+        elif p.is_file():
+            if p.suffix not in TEXT_SUFFIXES:
+                raise DataError(f"unsupported file type {p.suffix!r} (use .txt, .json or .jsonl)", path=p, field="data.data_files")
+            files.append(p)
+        else:
+            raise DataError("data file not found", path=p, field="data.data_files")
+    if len({TEXT_SUFFIXES[f.suffix] for f in files}) > 1:
+        raise DataError("mix of text and JSON files; give one kind at a time", path=files[0], field="data.data_files")
+    return files
+
+
+class LMDataModule(pl.LightningDataModule):
+    """Language-model pretraining data.
+
+    Args:
+        data_files: text (.txt), JSON/JSONL files or a folder of them; empty = the embedded default corpus.
+        dataset: a Hugging Face hub dataset name (needs network), used instead of data_files.
+        dataset_config: the hub dataset's configuration name.
+        text_field: the field holding the text in JSON records and hub datasets.
+        tokenizer: a tokenizer.json or kslm .ckpt to take the tokenizer from; empty = train one on the data.
+        tokenizer_kind: bpe (byte-level BPE, CJK characters isolated) or char (one token per character).
+        vocab_size: vocabulary size when training a tokenizer.
+        seq_len: tokens per training sequence.
+        batch_size: sequences per batch (per device).
+        val_fraction: fraction of blocks held out for validation (at least one block).
+        num_workers: DataLoader worker processes.
+        seed: seed of the train/val split and of the shuffling.
+        cache_dir: where trained tokenizers and the embedded corpus are kept (default $KSLM_CACHE or ~/.cache/kslm).
+        predict_file: prompts for `kslm predict`: a .txt (one per line) or .jsonl with a "prompt" field.
+    """
+
+    def __init__(self, data_files: Optional[Union[str, List[str]]] = None, dataset: Optional[str] = None,
+                 dataset_config: Optional[str] = None, text_field: str = "text", tokenizer: Optional[str] = None,
+                 tokenizer_kind: str = "bpe", vocab_size: int = 8000, seq_len: int = 128, batch_size: int = 16,
+                 val_fraction: float = 0.02, num_workers: int = 0, seed: int = 1234, cache_dir: Optional[str] = None,
+                 predict_file: Optional[str] = None):
+        super().__init__()
+        if tokenizer_kind not in ("bpe", "char"):
+            raise DataError(f"unknown tokenizer kind {tokenizer_kind!r} (bpe | char)", field="data.tokenizer_kind")
+        if not 0 < val_fraction < 1:
+            raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}", field="data.val_fraction")
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.files = resolve_files(data_files) if data_files else ([] if dataset else None)
+        if predict_file and not Path(predict_file).is_file():
+            raise DataError("prompt file not found", path=predict_file, field="data.predict_file")
+        self.dataset_name, self.dataset_config, self.text_field = dataset, dataset_config, text_field
+        self.tokenizer_path, self.tokenizer_kind, self.vocab_size = tokenizer, tokenizer_kind, vocab_size
+        self.seq_len, self.batch_size, self.val_fraction = seq_len, batch_size, val_fraction
+        self.num_workers, self.seed, self.predict_file = num_workers, seed, predict_file
+        self.tokenizer = None
+        self.train_set = self.val_set = None
+        self._resume = None  # (epoch, samples to skip on this rank)
+
+    # ---------------------------------------------------------------- loading
+    def _raw(self):
+        from datasets import load_dataset
+
+        if self.dataset_name:
+            ds = load_dataset(self.dataset_name, self.dataset_config, split="train")
+        else:
+            files = self.files if self.files is not None else [embedded_corpus_path(self.cache_dir)]
+            builder = TEXT_SUFFIXES[files[0].suffix]
+            kwargs = {"sample_by": "paragraph"} if builder == "text" else {}
+            try:
+                ds = load_dataset(builder, data_files=[str(f) for f in files], split="train", **kwargs)
+            except Exception as exc:  # datasets wraps JSON errors in its own exception types
+                raise DataError(f"cannot read ({str(exc).splitlines()[0][:200]})", path=files[0], field="data.data_files") from None
+        if self.text_field not in ds.column_names:
+            raise DataError(f"records have no '{self.text_field}' field (fields: {ds.column_names})",
+                            path=(self.files or [self.dataset_name])[0], field="data.text_field")
+        return ds
+
+    def _source_key(self) -> str:
+        if self.dataset_name:
+            src = [self.dataset_name, self.dataset_config]
+        else:
+            files = self.files if self.files is not None else [embedded_corpus_path(self.cache_dir)]
+            src = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+        return hashlib.sha256(json.dumps([src, self.text_field]).encode()).hexdigest()[:16]
+
+    def load_tokenizer(self):
+        if self.tokenizer is not None:
+            return self.tokenizer
+        if self.tokenizer_path:
+            self.tokenizer = load_tokenizer(self.tokenizer_path)
+        else:
+            raw = None
+
+            def texts():
+                nonlocal raw
+                raw = raw if raw is not None else self._raw()
+                for i in range(0, len(raw), 1000):
+                    yield from (t for t in raw[i : i + 1000][self.text_field] if t)
+
+            name = f"tokenizer-{self.tokenizer_kind}-{self.vocab_size}-{self._source_key()}.json"
+            self.tokenizer = cached_tokenizer(self.cache_dir / name, texts, self.tokenizer_kind, self.vocab_size)
+        return self.tokenizer
+
+    def _blocks(self):
+        tok, field, block = self.load_tokenizer(), self.text_field, self.seq_len + 1
+        raw = self._raw()
+        key = f"{self._source_key()}-{fingerprint(tok)}"
+
+        def tokenize(batch):
+            texts = [t for t in batch[field] if t]
+            return {"ids": [e.ids + [EOS_ID] for e in tok.encode_batch(texts)]}
+
+        def pack(batch):
+            ids = list(chain.from_iterable(batch["ids"]))
+            n = len(ids) // block * block
+            return {"input_ids": [ids[i : i + block] for i in range(0, n, block)]}
+
+        ids = raw.map(tokenize, batched=True, remove_columns=raw.column_names, new_fingerprint=f"kslm-tok-{key}",
+                      desc="tokenizing")
+        blocks = ids.map(pack, batched=True, batch_size=2000, remove_columns=["ids"],
+                         new_fingerprint=f"kslm-pack-{key}-{block}", desc="packing")
+        if len(blocks) < 2:
+            raise DataError(f"corpus too small: {len(blocks)} block(s) of {block} tokens; need at least 2",
+                            path=(self.files or [self.dataset_name])[0], field="data.data_files")
+        return blocks
+
+    def prepare_data(self):
+        self._blocks()  # rank 0 trains the tokenizer and fills the caches; other ranks then read them
+
+    def setup(self, stage: Optional[str] = None):
+        if stage == "predict":
+            self.load_tokenizer()
+            return
+        if self.train_set is not None:
+            return
+        blocks = self._blocks()
+        n_val = max(1, round(len(blocks) * self.val_fraction))
+        split = blocks.train_test_split(test_size=n_val, seed=self.seed, shuffle=True)
+        self.train_set = split["train"].with_format("torch")
+        self.val_set = split["test"].with_format("torch")
+        log.info("LM data: %d train / %d val blocks of %d tokens", len(self.train_set), len(self.val_set), self.seq_len)
+
+    # ------------------------------------------------------------ dataloaders
+    def train_dataloader(self):
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        sampler = ResumableSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+        if self._resume is not None:
+            epoch, n = self._resume
+            sampler.set_epoch(epoch)
+            sampler.skip(n)
+            self._resume = None
+        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                          drop_last=True)
+
+    def val_dataloader(self):
+        return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers)
+
+    test_dataloader = val_dataloader
+
+    def predict_dataloader(self):
+        if not self.predict_file:
+            raise DataError("kslm predict needs prompts: --data.predict_file FILE (.txt lines or .jsonl with 'prompt')",
+                            field="data.predict_file")
+        return DataLoader(read_prompts(self.predict_file), batch_size=1, collate_fn=lambda b: b[0])
+
+    # ---------------------------------------------------------- exact resume
+    def state_dict(self):
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        loop = trainer.fit_loop
+        return {"epoch": loop.epoch_progress.current.processed,
+                "batches": loop.epoch_loop.batch_progress.current.processed, "batch_size": self.batch_size}
+
+    def load_state_dict(self, state):
+        if state and state.get("batches"):
+            if state["batch_size"] != self.batch_size:
+                raise DataError("cannot resume the data position with a different batch_size", field="data.batch_size")
+            self._resume = (state["epoch"], state["batches"] * self.batch_size)
+
+
+def read_prompts(path) -> List[dict]:
+    p, prompts = Path(path), []
+    with open(p, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if p.suffix == ".jsonl":
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"invalid JSON ({exc.msg})", path=p, line=lineno) from None
+                if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str):
+                    raise DataError("record needs a string 'prompt'", path=p, line=lineno, field="prompt")
+                prompts.append({"line": lineno, **rec})
+            else:
+                text = line.rstrip("\n")
+                if text:
+                    prompts.append({"line": lineno, "prompt": text})
+    return prompts
+
+
+__all__ = ["LMDataModule", "read_prompts"]

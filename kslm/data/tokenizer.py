@@ -1,0 +1,104 @@
+"""Train or load a `tokenizers` tokenizer; the same JSON travels inside every kslm checkpoint.
+
+kinds:
+    bpe   byte-level BPE; CJK characters are first isolated one per pre-token (as BERT does), so Chinese text
+          becomes characters (or their bytes when rare) rather than byte soup spanning several characters.
+    char  one token per character (WordLevel over characters), the natural choice for Chinese NER.
+Special tokens, at fixed ids: <pad>=0, <unk>=1, <s>=2, </s>=3, <mask>=4. Offsets are character offsets.
+"""
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+from kslm.errors import CheckpointError, DataError
+
+SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<mask>"]
+PAD_ID, UNK_ID, BOS_ID, EOS_ID, MASK_ID = range(5)
+CJK = r"[\u2e80-\u2fdf\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef]"
+
+
+def train_tokenizer(texts: Iterable[str], kind: str = "bpe", vocab_size: int = 8000, min_frequency: int = 2) -> Tokenizer:
+    if kind == "bpe":
+        tok = Tokenizer(models.BPE(unk_token="<unk>"))
+        tok.normalizer = normalizers.NFC()
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(CJK), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ])
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    elif kind == "char":
+        tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+        tok.normalizer = normalizers.NFC()
+        tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+        tok.decoder = decoders.Fuse()
+        trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                            special_tokens=SPECIAL_TOKENS, show_progress=False)
+    else:
+        raise ValueError(f"unknown tokenizer kind {kind!r} (bpe | char)")
+    tok.train_from_iterator(texts, trainer=trainer)
+    check_special_tokens(tok, "<trained>")
+    return tok
+
+
+def check_special_tokens(tok: Tokenizer, source) -> None:
+    for i, t in enumerate(SPECIAL_TOKENS):
+        if tok.token_to_id(t) != i:
+            raise DataError(f"tokenizer must map {t} to id {i} (kslm's special tokens), got {tok.token_to_id(t)}",
+                            path=source)
+
+
+def tokenizer_from_checkpoint(ckpt: dict, source="<checkpoint>") -> Tokenizer:
+    try:
+        return Tokenizer.from_str(ckpt["kslm"]["tokenizer"])
+    except KeyError:
+        raise CheckpointError(f"{source}: not a kslm checkpoint (no tokenizer inside)") from None
+
+
+def load_tokenizer(path: str) -> Tokenizer:
+    """A tokenizer.json, or a kslm .ckpt (whose tokenizer is read from inside)."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError("tokenizer file not found", path=p, field="tokenizer")
+    if p.suffix == ".ckpt":
+        from kslm.checkpoint import read_checkpoint
+
+        tok = tokenizer_from_checkpoint(read_checkpoint(p), p)
+    else:
+        try:
+            tok = Tokenizer.from_file(str(p))
+        except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
+            raise DataError(f"not a tokenizers JSON file ({str(exc).splitlines()[0]})", path=p, field="tokenizer") from None
+    check_special_tokens(tok, p)
+    return tok
+
+
+def fingerprint(tok: Tokenizer) -> str:
+    return hashlib.sha256(tok.to_str().encode()).hexdigest()[:16]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def cached_tokenizer(cache_path: Path, texts_fn, kind: str, vocab_size: int) -> Tokenizer:
+    """Train once and keep the JSON at `cache_path` (atomic write: concurrent ranks are safe)."""
+    if cache_path.is_file():
+        return Tokenizer.from_file(str(cache_path))
+    tok = train_tokenizer(texts_fn(), kind, vocab_size)
+    atomic_write_text(cache_path, tok.to_str())
+    return tok
+
+
+__all__ = ["train_tokenizer", "load_tokenizer", "cached_tokenizer", "tokenizer_from_checkpoint", "fingerprint",
+           "SPECIAL_TOKENS", "PAD_ID", "UNK_ID", "BOS_ID", "EOS_ID", "MASK_ID"]

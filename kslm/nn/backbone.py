@@ -1,0 +1,203 @@
+"""BackboneConfig and Backbone: embedding → norm → residual sub-layers → final norm → LM head.
+
+One typed config drives every option of the seed posts; DeepNorm's α/β are derived from `n_layers` and the
+block type (a GAU layer is half a Transformer block), never typed by hand.
+"""
+
+from dataclasses import asdict, dataclass, fields
+from typing import Literal, Optional
+
+import torch
+from torch import nn
+
+from kslm.nn.attention import build_attention_mask
+from kslm.nn.embedding import LMHead, embedding_std
+from kslm.nn.gau import gau_sublayers
+from kslm.nn.norm import build_norm
+from kslm.nn.residual import Residual, deepnorm_constants
+from kslm.nn.rope import RotaryEmbedding
+from kslm.nn.transformer import transformer_sublayers
+
+
+@dataclass
+class BackboneConfig:
+    """Shape and technique choices of a kslm language-model backbone.
+
+    Args:
+        block: transformer (attention + FFN blocks) or gau (Gated Attention Units, FLASH).
+        vocab_size: vocabulary size; left empty it is taken from the tokenizer.
+        d_model: hidden size d.
+        n_layers: Transformer blocks, or GAU layers (two GAU layers ≈ one Transformer block).
+        n_heads: attention heads (transformer only).
+        d_ff: FFN inner size (transformer; default 4·d).
+        expansion: GAU expansion e/d (e = 2d in the paper).
+        qk_dim: GAU shared Q/K size s (128 in the paper).
+        norm: pre (Pre-LN), post (Post-LN) or deepnorm (Post-LN with α skip scale and β init).
+        norm_type: layernorm or rmsnorm.
+        attention: softmax, softmax_plus (log-n entropy-invariant scale) or relu2 (relu²/n).
+        train_length: n₀ of the softmax_plus scale log(n)/log(n₀); 512 as in GAU-α.
+        mask: causal (GPT), bidirectional (MLM) or prefix (UniLM prefix LM).
+        position: rope or none.
+        activation: FFN / GAU activation: gelu, silu, relu or squareplus.
+        tie_embeddings: share the input embedding with the output layer.
+        tied_init: remedy for tied embeddings: rescaled (σ = ln V/d), swap, ortho or none.
+        max_length: longest sequence the model accepts.
+        dropout: dropout on residual branches and attention weights.
+    """
+
+    block: Literal["transformer", "gau"] = "transformer"
+    vocab_size: Optional[int] = None
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    d_ff: Optional[int] = None
+    expansion: int = 2
+    qk_dim: int = 128
+    norm: Literal["pre", "post", "deepnorm"] = "pre"
+    norm_type: Literal["layernorm", "rmsnorm"] = "layernorm"
+    attention: Literal["softmax", "softmax_plus", "relu2"] = "softmax"
+    train_length: int = 512
+    mask: Literal["causal", "bidirectional", "prefix"] = "causal"
+    position: Literal["rope", "none"] = "rope"
+    activation: Literal["gelu", "silu", "relu", "squareplus"] = "gelu"
+    tie_embeddings: bool = True
+    tied_init: Literal["rescaled", "swap", "ortho", "none"] = "none"
+    max_length: int = 2048
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        from kslm.errors import ConfigError
+
+        for name in ("d_model", "n_layers", "n_heads", "expansion", "qk_dim", "train_length", "max_length"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"backbone.{name} must be positive, got {getattr(self, name)}")
+        if self.block == "transformer" and self.d_model % self.n_heads:
+            raise ConfigError(f"backbone.d_model {self.d_model} is not divisible by backbone.n_heads {self.n_heads}")
+        head = self.d_model // self.n_heads if self.block == "transformer" else self.qk_dim
+        if self.position == "rope" and head % 2:
+            raise ConfigError(f"RoPE needs an even head size, got {head}")
+        if self.tied_init == "swap" and self.d_model % 2:
+            raise ConfigError("backbone.tied_init swap needs an even d_model")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"backbone.dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BackboneConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    @property
+    def sublayers_per_layer(self) -> int:
+        return 2 if self.block == "transformer" else 1
+
+    @property
+    def deepnorm(self):
+        """(α, β) for this stack: the block count is sub-layers / 2 (GAU: n_layers / 2)."""
+        arch = "encoder" if self.mask == "bidirectional" else "decoder"
+        return deepnorm_constants(self.n_layers * self.sublayers_per_layer / 2, arch)
+
+
+class Context:
+    """Per-forward state shared by the sub-layers: mask, RoPE phases and an optional KV cache."""
+
+    def __init__(self, mask, phases, cache=None):
+        self.mask, self.phases, self.cache = mask, phases, cache
+
+    def rotate(self, x):
+        return RotaryEmbedding.rotate(x, self.phases)
+
+    def extend_cache(self, module, k, v):
+        if self.cache is None:
+            return k, v
+        if module in self.cache:
+            pk, pv = self.cache[module]
+            k, v = torch.cat([pk, k], dim=-2), torch.cat([pv, v], dim=-2)
+        self.cache[module] = (k, v)
+        return k, v
+
+
+class Backbone(nn.Module):
+    def __init__(self, cfg: BackboneConfig):
+        super().__init__()
+        if cfg.vocab_size is None:
+            raise ValueError("BackboneConfig.vocab_size must be set (it comes from the tokenizer)")
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.embed_norm = build_norm(cfg.norm_type, cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+        alpha, self.beta = cfg.deepnorm if cfg.norm == "deepnorm" else (1.0, 1.0)
+        make = transformer_sublayers if cfg.block == "transformer" else gau_sublayers
+        self.layers = nn.ModuleList(
+            Residual(sub, cfg.norm, cfg.d_model, cfg.norm_type, alpha, cfg.dropout)
+            for _ in range(cfg.n_layers) for sub in make(cfg)
+        )
+        # Pre-Norm needs a final norm (‖x_L‖ grows); Post/DeepNorm stacks already end normalised
+        self.final_norm = build_norm(cfg.norm_type, cfg.d_model) if cfg.norm == "pre" else nn.Identity()
+        self.head = LMHead(cfg.vocab_size, cfg.d_model, cfg.tie_embeddings, cfg.tied_init)
+        rope_dim = cfg.d_model // cfg.n_heads if cfg.block == "transformer" else cfg.qk_dim
+        self.rope = RotaryEmbedding(rope_dim) if cfg.position == "rope" else None
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        cfg = self.cfg
+        nn.init.normal_(self.embed.weight, std=embedding_std(cfg.vocab_size, cfg.d_model, cfg.tie_embeddings, cfg.tied_init))
+        for layer in self.layers:
+            layer.sublayer.reset_parameters()
+            if cfg.norm == "deepnorm":
+                for w in layer.sublayer.deepnorm_targets():
+                    w.mul_(self.beta)
+        self.head.reset_parameters()
+
+    def positions(self, input_ids, attention_mask=None, past_length: int = 0):
+        """Absolute positions; with padding they count real tokens only, so left-padded rows start at 0."""
+        B, T = input_ids.shape
+        if attention_mask is None:
+            return torch.arange(past_length, past_length + T, device=input_ids.device)
+        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
+
+    def forward(self, input_ids, attention_mask=None, prefix_lengths=None, position_ids=None, cache=None):
+        """input_ids [B, T] → hidden [B, T, d] (after the final norm). attention_mask [B, past + T]: 1 = token.
+        `cache` (a dict, filled in place) keeps keys/values for incremental decoding."""
+        B, T = input_ids.shape
+        past = 0
+        if cache:
+            past = next(iter(cache.values()))[0].shape[-2]
+        if past + T > self.cfg.max_length:
+            raise ValueError(f"sequence of {past + T} tokens exceeds max_length {self.cfg.max_length}")
+        mask = build_attention_mask(self.cfg.mask, T, input_ids.device, attention_mask, prefix_lengths, past)
+        if position_ids is None:
+            position_ids = self.positions(input_ids, attention_mask, past)
+        phases = self.rope.rotation(position_ids) if self.rope is not None else None
+        ctx = Context(mask, phases, cache)
+        x = self.dropout(self.embed_norm(self.embed(input_ids)))
+        for layer in self.layers:
+            x = layer(x, ctx)
+        return self.final_norm(x)
+
+    def logits(self, hidden):
+        return self.head(hidden, self.embed.weight)
+
+    def num_parameters(self, exclude_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.embed.weight.numel() if exclude_embedding else n
+
+    def flops_per_token(self, seq_len: int, training: bool = True) -> float:
+        """Analytic matmul FLOPs per token (2 per multiply-add; ×3 for forward + backward when training).
+        Attention counts the full T×T score matrix (PaLM convention), so 6N + 12·L·H·Q·T for a Transformer;
+        a GAU layer costs 2·(d(2e+s) + ed) for its dense maps plus 2·T·(s + e) for QKᵀ and AV."""
+        cfg, d = self.cfg, self.cfg.d_model
+        if cfg.block == "transformer":
+            d_ff = cfg.d_ff or 4 * d
+            per_layer = 2 * (4 * d * d + 2 * d * d_ff) + 2 * seq_len * 2 * d
+        else:
+            e, s = cfg.expansion * d, cfg.qk_dim
+            per_layer = 2 * (d * (2 * e + s) + e * d) + 2 * seq_len * (s + e)
+        fwd = cfg.n_layers * per_layer + 2 * d * cfg.vocab_size + (2 * d * d if self.head.ortho is not None else 0)
+        return fwd * (3 if training else 1)
+
+
+__all__ = ["Backbone", "BackboneConfig"]

@@ -1,0 +1,131 @@
+"""LanguageModel: pretraining with the objective the mask implies, and generation for `kslm predict`.
+
+    causal         next-token prediction on every position (GPT)
+    prefix         UniLM prefix LM (kexue.fm/archives/9529): a random prefix per sample attends both ways;
+                   the loss is on the continuation only
+    bidirectional  masked LM (15 % of tokens: 80 % <mask>, 10 % random, 10 % kept), as GAU-α / RoFormerV2
+Loss is the token mean of the cross-entropy (fp32); perplexity = exp(val loss). Randomness (prefix lengths,
+MLM masks) comes from a generator seeded by (seed, step, rank), so a resumed run draws the same.
+"""
+
+from typing import Optional
+
+import torch
+import torchmetrics
+from torch.nn import functional as F
+
+from kslm.data.tokenizer import EOS_ID, MASK_ID, SPECIAL_TOKENS
+from kslm.errors import ConfigError
+from kslm.tasks.base import KslmTask, stable_seed
+
+
+class LanguageModel(KslmTask):
+    """Language-model pretraining (see KslmTask for backbone and optimiser options).
+
+    Args:
+        mlm_probability: fraction of tokens masked when backbone.mask is bidirectional.
+        seed: seed of the prefix lengths / MLM masks and of sampling.
+        max_new_tokens: tokens generated per prompt by `kslm predict`.
+        temperature: sampling temperature; 0 = greedy.
+        top_p: nucleus sampling mass (with temperature > 0).
+    """
+
+    def __init__(self, *args, mlm_probability: float = 0.15, seed: int = 0, max_new_tokens: int = 64,
+                 temperature: float = 0.0, top_p: float = 0.95, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.val_loss = torchmetrics.MeanMetric()
+
+    # ---------------------------------------------------------------- losses
+    def _generator(self, *keys) -> torch.Generator:
+        g = torch.Generator(device=self.device)
+        g.manual_seed(stable_seed(self.hparams.seed, *keys))
+        return g
+
+    def lm_loss(self, ids: torch.Tensor, g: torch.Generator):
+        """ids [B, T+1] → (mean loss, number of target tokens)."""
+        x, y = ids[:, :-1], ids[:, 1:].clone()
+        mask, prefix = self.backbone_config.mask, None
+        if mask == "prefix":
+            T = x.shape[1]
+            prefix = torch.randint(1, T, (x.shape[0],), generator=g, device=x.device)
+            y[torch.arange(T, device=x.device)[None] < (prefix[:, None] - 1)] = -100
+        elif mask == "bidirectional":
+            x, y = x.clone(), x.clone()
+            chosen = torch.rand(x.shape, generator=g, device=x.device) < self.hparams.mlm_probability
+            chosen &= x >= len(SPECIAL_TOKENS)
+            y[~chosen] = -100
+            r = torch.rand(x.shape, generator=g, device=x.device)
+            x[chosen & (r < 0.8)] = MASK_ID
+            rand_tok = torch.randint(len(SPECIAL_TOKENS), self.backbone_config.vocab_size, x.shape, generator=g, device=x.device)
+            swap = chosen & (r >= 0.8) & (r < 0.9)
+            x[swap] = rand_tok[swap]
+        logits = self.backbone.logits(self.backbone(x, prefix_lengths=prefix))
+        n = (y != -100).sum()
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum")
+        return loss / n.clamp(min=1), n
+
+    def training_step(self, batch, batch_idx):
+        loss, _ = self.lm_loss(batch["input_ids"], self._generator("train", self.global_step, self.global_rank))
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss, n = self.lm_loss(batch["input_ids"], self._generator("val", batch_idx, self.global_rank))
+        self.val_loss.update(loss, weight=n)
+
+    def on_validation_epoch_end(self):
+        loss = self.val_loss.compute()
+        self.val_loss.reset()
+        self.log_dict({"val/loss": loss, "val/ppl": torch.exp(loss.clamp(max=50))}, prog_bar=True, sync_dist=False)
+
+    test_step = validation_step
+
+    def on_test_epoch_end(self):
+        loss = self.val_loss.compute()
+        self.val_loss.reset()
+        self.log_dict({"test/loss": loss, "test/ppl": torch.exp(loss.clamp(max=50))})
+
+    @property
+    def flops_per_batch(self) -> Optional[float]:
+        """Analytic training FLOPs of one batch, for Lightning's ThroughputMonitor."""
+        dm = self.trainer.datamodule
+        return self.backbone.flops_per_token(dm.seq_len) * dm.seq_len * dm.batch_size
+
+    # ------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(self, prompt_ids, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+                 generator: Optional[torch.Generator] = None):
+        """Incremental decoding with the backbone's KV cache; stops at </s>. Returns the new token ids."""
+        if self.backbone_config.mask == "bidirectional":
+            raise ConfigError("a bidirectional (masked-LM) backbone cannot generate; use mask causal or prefix")
+        ids = torch.tensor([[EOS_ID] + list(prompt_ids)], device=self.device)  # </s> starts a document
+        budget = self.backbone_config.max_length - ids.shape[1]
+        if budget <= 0:
+            raise ConfigError(f"prompt of {ids.shape[1]} tokens leaves no room under max_length {self.backbone_config.max_length}")
+        prefix = torch.tensor([ids.shape[1]], device=self.device)
+        cache, out, step_in = {}, [], ids
+        for _ in range(min(max_new_tokens, budget)):
+            logits = self.backbone.logits(self.backbone(step_in, prefix_lengths=prefix, cache=cache)[:, -1]).float()
+            if temperature <= 0:
+                nxt = int(logits.argmax(-1))
+            else:
+                probs = torch.softmax(logits / temperature, -1)[0]
+                sp, si = probs.sort(descending=True)
+                keep = sp.cumsum(0) - sp < top_p  # smallest set whose mass reaches top_p
+                sp = sp * keep
+                nxt = int(si[torch.multinomial(sp / sp.sum(), 1, generator=generator)])
+            if nxt == EOS_ID:
+                break
+            out.append(nxt)
+            step_in = torch.tensor([[nxt]], device=self.device)
+        return out
+
+    def predict_step(self, batch, batch_idx):
+        hp = self.hparams
+        enc = self.tokenizer.encode(batch["prompt"])
+        g = torch.Generator(device=self.device).manual_seed(stable_seed(hp.seed, "predict", batch_idx))
+        new = self.generate(enc.ids, hp.max_new_tokens, hp.temperature, hp.top_p, g)
+        return {**batch, "generation": self.tokenizer.decode(new), "token_ids": new}
+
+
+__all__ = ["LanguageModel"]
