@@ -15,7 +15,8 @@ from kslm.errors import KslmError
 class KslmCLI(LightningCLI):
     def add_arguments_to_parser(self, parser):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.dirpath": None})
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.dirpath": None,
+                             "checkpoint.enable_version_counter": False})  # re-runs overwrite last.ckpt
         parser.add_lightning_class_args(JsonlPredictionWriter, "predictions")
 
     def _config_name(self, cfg) -> str:
@@ -24,7 +25,7 @@ class KslmCLI(LightningCLI):
 
     def before_instantiate_classes(self):
         sub = self.subcommand
-        cfg = self.config[sub]
+        cfg = self.config[sub] if sub else self.config
         name = self._config_name(cfg)
         if not cfg.checkpoint.dirpath:
             cfg.checkpoint.dirpath = str(Path("checkpoints") / name)

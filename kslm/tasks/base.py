@@ -36,12 +36,16 @@ class KslmTask(pl.LightningModule):
         total_steps: decay horizon; empty = the trainer's estimated number of steps.
     """
 
+    runtime_options: Tuple[str, ...] = ()
+
     def __init__(self, backbone: BackboneConfig = BackboneConfig(), optimizer: Literal["adamw"] = "adamw",
                  lr: float = 1e-3, weight_decay: float = 0.01, betas: Tuple[float, float] = (0.9, 0.98),
                  warmup_steps: int = 100, scheduler: Literal["cosine", "linear", "constant"] = "cosine",
                  min_lr_ratio: float = 0.1, total_steps: Optional[int] = None):
         super().__init__()
-        self.save_hyperparameters(ignore=["backbone"])
+        # run-time options (generation settings) stay out of the hyper-parameters, so that a checkpoint's
+        # values do not override the command line of `kslm predict --ckpt_path …`
+        self.save_hyperparameters(ignore=["backbone", *self.runtime_options])
         self.hparams["backbone"] = backbone.to_dict()
         self.backbone_config = backbone
         self.backbone: Optional[Backbone] = None
@@ -80,8 +84,14 @@ class KslmTask(pl.LightningModule):
                                   "pass --data.tokenizer CKPT to use the checkpoint's")
         if self.backbone is None or cfg != self.backbone_config:
             self.build(tok, cfg)
-        if "rng" in checkpoint["kslm"]:
-            torch.set_rng_state(checkpoint["kslm"]["rng"])
+        # dropout's RNG: restored just before the next training batch, after Lightning has created its
+        # dataloader iterators (each creation draws from the global generator)
+        self._pending_rng = checkpoint["kslm"].get("rng")
+
+    def on_train_batch_start(self, batch, batch_idx):
+        if getattr(self, "_pending_rng", None) is not None:
+            torch.set_rng_state(self._pending_rng)
+            self._pending_rng = None
 
     # ------------------------------------------------------------ optimiser
     def configure_optimizers(self):

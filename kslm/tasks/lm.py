@@ -30,9 +30,12 @@ class LanguageModel(KslmTask):
         top_p: nucleus sampling mass (with temperature > 0).
     """
 
+    runtime_options = ("max_new_tokens", "temperature", "top_p")
+
     def __init__(self, *args, mlm_probability: float = 0.15, seed: int = 0, max_new_tokens: int = 64,
                  temperature: float = 0.0, top_p: float = 0.95, **kwargs):
         super().__init__(*args, **kwargs)
+        self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
         self.val_loss = torchmetrics.MeanMetric()
 
     # ---------------------------------------------------------------- losses
@@ -76,7 +79,7 @@ class LanguageModel(KslmTask):
     def on_validation_epoch_end(self):
         loss = self.val_loss.compute()
         self.val_loss.reset()
-        self.log_dict({"val/loss": loss, "val/ppl": torch.exp(loss.clamp(max=50))}, prog_bar=True, sync_dist=False)
+        self.log_dict({"val/loss": loss, "val/ppl": torch.exp(loss.clamp(max=50))}, prog_bar=True, sync_dist=True)  # already reduced by MeanMetric; keeps Lightning quiet
 
     test_step = validation_step
 
@@ -124,7 +127,7 @@ class LanguageModel(KslmTask):
         hp = self.hparams
         enc = self.tokenizer.encode(batch["prompt"])
         g = torch.Generator(device=self.device).manual_seed(stable_seed(hp.seed, "predict", batch_idx))
-        new = self.generate(enc.ids, hp.max_new_tokens, hp.temperature, hp.top_p, g)
+        new = self.generate(enc.ids, self.max_new_tokens, self.temperature, self.top_p, g)
         return {**batch, "generation": self.tokenizer.decode(new), "token_ids": new}
 
 
