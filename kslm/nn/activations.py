@@ -15,6 +15,8 @@ SQUAREPLUS_UPPER_B = 4 * 0.6931471805599453**2  # 1.9218...
 
 
 def squareplus(x: torch.Tensor, b: float = 4.0) -> torch.Tensor:
+    if b == 0:  # exactly ReLU; the formula's 0/0 branch (and √0 at x = 0) would give NaN gradients
+        return torch.relu(x)
     root = torch.sqrt(x * x + b)
     return torch.where(x >= 0, 0.5 * (x + root), 0.5 * b / (root - x))
 

@@ -18,12 +18,18 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         if dim % 2:
             raise ValueError(f"RoPE needs an even dimension, got {dim}")
-        inv_freq = base ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)
-        self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
+        self.dim, self.base = dim, base
+        self.register_buffer("inv_freq", self._inv_freq(), persistent=False)
+
+    def _inv_freq(self, device=None) -> torch.Tensor:
+        return (self.base ** (-torch.arange(0, self.dim, 2, dtype=torch.float64, device=device) / self.dim)).float()
 
     def rotation(self, positions: torch.Tensor) -> torch.Tensor:
         """Complex unit phases e^{i m θ} shaped [..., T, dim/2] (fp32)."""
-        angles = positions.to(torch.float32)[..., None] * self.inv_freq
+        inv_freq = self.inv_freq
+        if inv_freq.dtype in (torch.float16, torch.bfloat16):  # module cast by .to(bf16) / .half(): keep fp32 θ
+            inv_freq = self._inv_freq(inv_freq.device)
+        angles = positions.to(torch.float32)[..., None] * inv_freq
         return torch.polar(torch.ones_like(angles), angles)
 
     @staticmethod
