@@ -1,17 +1,16 @@
 """Callbacks: the atomic JSONL prediction writer and the throughput/MFU monitor."""
 
 import json
-import logging
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Optional
 
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter, ThroughputMonitor
-
-log = logging.getLogger(__name__)
+from lightning.fabric.utilities.throughput import get_available_flops
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint, ThroughputMonitor
 
 
 def write_jsonl_atomic(path, records) -> None:
@@ -27,6 +26,21 @@ def write_jsonl_atomic(path, records) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class KslmCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint that also writes last.ckpt after the run's final training batch (max_steps or max_epochs
+    reached between two validation checks), so `last.ckpt` is always the end of the run. Saving at batch end
+    is the state Lightning restores most exactly (mid-epoch and at an epoch's last batch alike)."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        loop = trainer.fit_loop
+        final = (0 <= trainer.max_steps <= trainer.global_step) or (
+            loop.epoch_loop.batch_progress.is_last_batch and loop.max_epochs not in (None, -1)
+            and trainer.current_epoch + 1 >= loop.max_epochs)
+        if self.save_last and final and trainer.global_step != self._last_global_step_saved:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class JsonlPredictionWriter(BasePredictionWriter):
@@ -65,20 +79,30 @@ class JsonlPredictionWriter(BasePredictionWriter):
 
 class TokenThroughput(ThroughputMonitor):
     """Lightning's ThroughputMonitor with kslm batches: items = tokens, FLOPs from the task's analytic
-    `flops_per_batch`. Logs train/device/{samples,items,flops}_per_sec (and MFU where Lightning knows the
-    device's peak); at the end prints tokens/s and MFU, or "MFU n/a" when the peak is unknown (CPU)."""
+    `flops_per_batch`. Logs train/device/{samples,items,flops}_per_sec over a rolling window (and MFU where
+    Lightning knows the device's peak). At the end it prints the run's mean tokens/s (first batch excluded) and
+    MFU, or "MFU n/a" when the peak is unknown (CPUs)."""
 
-    def __init__(self, window_size: int = 20):
+    def __init__(self, window_size: int = 10):
         super().__init__(batch_size_fn=lambda b: b["input_ids"].shape[0], length_fn=lambda b: b["input_ids"].numel(),
                          window_size=window_size)
+        self._first = self._last = None  # (time, tokens, flops) after the first and the latest batch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, *args, **kwargs):
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, *args, **kwargs)
+        now = time.perf_counter()
+        tokens = batch["input_ids"].numel()
+        flops = getattr(pl_module, "flops_per_batch", None) or 0.0
+        if self._first is None:
+            self._first = self._last = (now, 0, 0.0)
+        else:
+            self._last = (now, self._last[1] + tokens, self._last[2] + flops)
 
     def on_train_end(self, trainer, pl_module):
-        tp = self._throughputs.get("train")
-        if tp is None or trainer.global_rank != 0:
+        if trainer.global_rank != 0 or self._first is None or self._last[0] <= self._first[0]:
             return
-        metrics = tp.compute()
-        tokens = metrics.get("device/items_per_sec")
-        mfu = metrics.get("device/mfu")
-        if tokens is not None:
-            print(f"kslm: {tokens:,.0f} tokens/s per device, " + (f"MFU {mfu:.1%}" if mfu is not None else "MFU n/a"),
-                  file=sys.stderr)
+        seconds = self._last[0] - self._first[0]
+        tokens_s, flops_s = self._last[1] / seconds, self._last[2] / seconds
+        peak = get_available_flops(trainer.strategy.root_device, trainer.precision)
+        mfu = f"MFU {flops_s / peak:.1%}" if peak and flops_s else "MFU n/a"
+        print(f"kslm: {tokens_s:,.0f} tokens/s per device, {flops_s / 1e9:,.1f} GFLOP/s, {mfu}", file=sys.stderr)

@@ -5,16 +5,16 @@ import sys
 from pathlib import Path
 
 from jsonargparse import ArgumentError
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
 
-from kslm.callbacks import JsonlPredictionWriter, TokenThroughput
+from kslm.callbacks import JsonlPredictionWriter, KslmCheckpoint, TokenThroughput
 from kslm.errors import KslmError
 
 
 class KslmCLI(LightningCLI):
     def add_arguments_to_parser(self, parser):
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(KslmCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.dirpath": None,
                              "checkpoint.enable_version_counter": False})  # re-runs overwrite last.ckpt
         parser.add_lightning_class_args(JsonlPredictionWriter, "predictions")

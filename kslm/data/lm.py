@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import List, Optional, Union
 
 import lightning.pytorch as pl
+import torch
 from torch.utils.data import DataLoader
 
 from kslm.data.corpus import embedded_corpus_path
@@ -183,15 +184,16 @@ class LMDataModule(pl.LightningDataModule):
         world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
         sampler = ResumableSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
         if self._resume is not None:
-            epoch, n = self._resume
-            sampler.set_epoch(epoch)
-            sampler.skip(n)
+            sampler.resume(*self._resume)
             self._resume = None
+        self._sampler = sampler
+        # a private generator: creating the iterator then draws nothing from the global RNG (dropout's)
         return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          drop_last=True)
+                          drop_last=True, generator=torch.Generator())
 
     def val_dataloader(self):
-        return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers)
+        return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers,
+                          generator=torch.Generator())
 
     test_dataloader = val_dataloader
 
@@ -203,15 +205,16 @@ class LMDataModule(pl.LightningDataModule):
 
     # ---------------------------------------------------------- exact resume
     def state_dict(self):
-        trainer = self.trainer
-        if trainer is None:
+        sampler = getattr(self, "_sampler", None)
+        if self.trainer is None or sampler is None:
             return {}
-        loop = trainer.fit_loop
-        return {"epoch": loop.epoch_progress.current.processed,
-                "batches": loop.epoch_loop.batch_progress.current.processed, "batch_size": self.batch_size}
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress
+        if progress.is_last_batch:  # the epoch is over: resume at the start of the next one
+            return {"epoch": sampler.data_epoch + 1, "batches": 0, "batch_size": self.batch_size}
+        return {"epoch": sampler.data_epoch, "batches": progress.current.processed, "batch_size": self.batch_size}
 
     def load_state_dict(self, state):
-        if state and state.get("batches"):
+        if state:
             if state["batch_size"] != self.batch_size:
                 raise DataError("cannot resume the data position with a different batch_size", field="data.batch_size")
             self._resume = (state["epoch"], state["batches"] * self.batch_size)

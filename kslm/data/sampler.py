@@ -1,7 +1,9 @@
 """A DistributedSampler that can resume mid-epoch: the data position is part of exact resume.
 
-It subclasses DistributedSampler so Lightning uses it as is (no wrapper) on one process or many; after
-`skip(n)` the next iteration of the current epoch starts after the first n samples of this rank's shard.
+It subclasses DistributedSampler so Lightning uses it as is (no wrapper) on one process or many. After
+`resume(epoch, n)` the next iteration uses epoch `epoch`'s permutation and starts after the first n samples of
+this rank's shard, whatever epoch number Lightning then passes to `set_epoch` (a checkpoint written when
+training stopped counts its epoch as finished, one written mid-epoch does not); later epochs keep the offset.
 """
 
 from torch.utils.data import DistributedSampler
@@ -10,15 +12,31 @@ from torch.utils.data import DistributedSampler
 class ResumableSampler(DistributedSampler):
     def __init__(self, dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+        self._resume = None  # (epoch, samples to skip)
+        self._offset = 0  # true epoch − Lightning's epoch number
         self._skip = 0
 
-    def skip(self, n_samples: int) -> None:
-        self._skip = n_samples
+    def resume(self, epoch: int, n_samples: int) -> None:
+        self._resume = (epoch, n_samples)
+
+    @property
+    def data_epoch(self) -> int:
+        """The epoch whose permutation is being served."""
+        return self.epoch + self._offset
 
     def __iter__(self):
-        indices = list(super().__iter__())
+        if self._resume is not None:
+            (epoch, self._skip), self._resume = self._resume, None
+            self._offset = epoch - self.epoch
+        lightning_epoch = self.epoch
+        self.epoch = self.data_epoch
+        try:
+            indices = list(super().__iter__())
+        finally:
+            self.epoch = lightning_epoch
         skip, self._skip = self._skip, 0
         return iter(indices[skip:])
 
     def __len__(self):
-        return self.num_samples - self._skip
+        skip = self._resume[1] if self._resume is not None else self._skip
+        return self.num_samples - skip

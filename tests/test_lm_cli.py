@@ -1,0 +1,144 @@
+"""The LM pretraining job end to end through `kslm …` (in-process: one Python, one lightning import)."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from conftest import REPO, read_jsonl, run_cli, tiny_args
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_fit_writes_tensorboard_and_self_contained_checkpoint(small_corpus, workdir, capsys):
+    code, err = run_cli(["fit", *tiny_args(small_corpus, workdir, "--trainer.log_every_n_steps", "1", steps=12)], capsys)
+    assert code == 0, err
+    events = list((workdir / "logs" / "transformer").rglob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file"
+    ckpt = torch.load(workdir / "ckpt" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 12
+    assert ckpt["kslm"]["backbone"]["d_model"] == 32 and ckpt["kslm"]["backbone"]["vocab_size"] > 100
+    assert '"model"' in ckpt["kslm"]["tokenizer"]
+    assert "tokens/s" in err
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "val/loss", "val/ppl"} <= tags
+    assert any(t.startswith("lr-") for t in tags)
+    assert any("items_per_sec" in t for t in tags), tags
+
+
+def test_save_load_gives_identical_logits(small_corpus, workdir, capsys):
+    from kslm.checkpoint import load_backbone
+    from kslm.nn import Backbone
+
+    assert run_cli(["fit", *tiny_args(small_corpus, workdir, config="configs/lm/gau.yaml")], capsys)[0] == 0
+    cfg, state, tok = load_backbone(workdir / "ckpt" / "last.ckpt")
+    assert cfg.block == "gau" and cfg.vocab_size == tok.get_vocab_size()
+    a, b = Backbone(cfg), Backbone(cfg)
+    a.load_state_dict(state)
+    b.load_state_dict(state)
+    ids = torch.tensor([tok.encode("The class statement defines a class.").ids])
+    with torch.no_grad():
+        assert torch.equal(a.logits(a(ids)), b.logits(b(ids)))
+    ckpt = torch.load(workdir / "ckpt" / "last.ckpt", weights_only=True)
+    model_logits_key = [k for k in ckpt["state_dict"] if k.startswith("backbone.")]
+    assert len(model_logits_key) == len(state)
+
+
+COMBOS = list(itertools.product(["transformer", "gau"], ["pre", "post", "deepnorm"], ["softmax", "softmax_plus", "relu2"]))
+
+
+@pytest.mark.parametrize("block,norm,attention", COMBOS)
+def test_every_block_norm_attention_trains(small_corpus, workdir, capsys, block, norm, attention):
+    args = tiny_args(small_corpus, workdir, "--model.backbone.block", block, "--model.backbone.norm", norm,
+                     "--model.backbone.attention", attention, "--model.lr", "3e-3", steps=4)
+    code, err = run_cli(["fit", *args], capsys)
+    assert code == 0, err
+    ckpt = torch.load(workdir / "ckpt" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 4
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+
+
+@pytest.mark.parametrize("mask", ["prefix", "bidirectional"])
+def test_prefix_and_masked_lm_objectives_train(small_corpus, workdir, capsys, mask):
+    code, err = run_cli(["fit", *tiny_args(small_corpus, workdir, "--model.backbone.mask", mask, steps=3)], capsys)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("stop", [3, 4, 5, 7])  # at a val check, between checks, at an epoch end, mid epoch 2
+def test_resume_reproduces_uninterrupted_run(small_corpus, workdir, capsys, stop):
+    """Weights, optimiser, schedule, dropout RNG and data position: the resumed run ends bit-identical.
+    Epochs are 5 batches long (limit_train_batches) so that resuming crosses an epoch boundary."""
+    common = ["--model.total_steps", "9", "--model.backbone.dropout", "0.1", "--trainer.val_check_interval", "3",
+              "--trainer.limit_train_batches", "5"]
+    full = tiny_args(small_corpus, workdir / "a", *common, steps=9)
+    assert run_cli(["fit", *full], capsys)[0] == 0
+    half = tiny_args(small_corpus, workdir / "b", *common, steps=stop)
+    assert run_cli(["fit", *half], capsys)[0] == 0
+    rest = tiny_args(small_corpus, workdir / "b", *common, "--ckpt_path", str(workdir / "b" / "ckpt" / "last.ckpt"), steps=9)
+    assert run_cli(["fit", *rest], capsys)[0] == 0
+    a = torch.load(workdir / "a" / "ckpt" / "last.ckpt", weights_only=True)
+    b = torch.load(workdir / "b" / "ckpt" / "last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 9
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+
+
+def _val_loss(err_and_out: str) -> float:
+    for line in err_and_out.splitlines():
+        if "val/loss" in line:
+            return float(line.split("│")[2].strip())
+    raise AssertionError("no val/loss in output:\n" + err_and_out)
+
+
+def test_untrained_tied_rescaled_loss_is_near_log_2v(small_corpus, workdir, capsys):
+    """Acceptance: rescaled tied init gives a val loss in [0.9 ln V, 1.1 ln 2V]; plain tying clearly more."""
+    base = tiny_args(small_corpus, workdir, "--model.backbone.d_model", "256", "--model.backbone.n_heads", "4",
+                     "--model.backbone.tie_embeddings", "true", "--model.backbone.norm", "deepnorm")
+    run_cli(["validate", *base, "--model.backbone.tied_init", "rescaled"], capsys)
+    out = capsys.readouterr()
+    rescaled = _val_loss(out.out + out.err)
+    V = 400  # the small corpus gives a full 400-token vocabulary
+    assert 0.9 * math.log(V) <= rescaled <= 1.1 * math.log(2 * V), rescaled
+    run_cli(["validate", *base, "--model.backbone.tied_init", "none"], capsys)
+    out = capsys.readouterr()
+    plain = _val_loss(out.out + out.err)
+    assert plain > rescaled + 3, (plain, rescaled)  # σ = 1/√d: loss ≈ √d = 16 at d = 256
+
+
+def test_predict_generates_one_line_per_prompt(small_corpus, workdir, capsys):
+    assert run_cli(["fit", *tiny_args(small_corpus, workdir, steps=2)], capsys)[0] == 0
+    prompts = workdir / "prompts.txt"
+    prompts.write_text("The module\n\nA class is\n", encoding="utf-8")
+    out = workdir / "gen.jsonl"
+    args = tiny_args(small_corpus, workdir, "--ckpt_path", str(workdir / "ckpt" / "last.ckpt"),
+                     "--data.predict_file", str(prompts), "--predictions.path", str(out), "--model.max_new_tokens", "5")
+    code, err = run_cli(["predict", *[a for a in args if a != "--trainer.max_steps"]], capsys)
+    assert code == 0, err
+    recs = read_jsonl(out)
+    assert [r["prompt"] for r in recs] == ["The module", "A class is"]
+    assert [r["line"] for r in recs] == [1, 3]
+    assert all(0 < len(r["token_ids"]) <= 5 or r["token_ids"] == [] for r in recs)
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--model.backbone.norm", "sideways"], "model.backbone.norm"),
+    (["--model.backbone.attention", "linear"], "model.backbone.attention"),
+    (["--data.data_files", "/no/such/file.txt"], "/no/such/file.txt"),
+    (["--model.backbone.n_heads", "3"], "n_heads"),
+    (["--trainer.max_stepz", "3"], "max_stepz"),
+])
+def test_bad_options_give_one_line_and_exit_2(small_corpus, workdir, capsys, extra, needle):
+    code, err = run_cli(["fit", *tiny_args(small_corpus, workdir), *extra], capsys)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("Seed set")]
+    assert len(lines) == 1 and lines[0].startswith("kslm: error:") and needle in lines[0], err
