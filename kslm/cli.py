@@ -1,7 +1,9 @@
 """KslmCLI: the only entry point — `kslm fit|validate|test|predict --config configs/….yaml [--key value …]`."""
 
+import logging
 import re
 import sys
+import warnings
 from pathlib import Path
 
 from jsonargparse import ArgumentError
@@ -75,6 +77,8 @@ def _parse_error_line(message: str) -> str:
 
 
 def main(args=None):
+    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)  # "Seed set to …" is noise
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # lightning's own deprecation noise on torch 2.13
     try:
         KslmCLI(
             subclass_mode_model=True,

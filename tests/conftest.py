@@ -18,6 +18,32 @@ def kslm_cache(tmp_path_factory):
     return path
 
 
+@pytest.fixture(autouse=True)
+def lightning_log_to_current_stderr():
+    """Lightning's log handlers hold the stderr of import time; point them at this test's (captured) stderr."""
+    import logging
+    import sys
+
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        for h in logging.getLogger(name).handlers:
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                h.setStream(sys.stderr)
+    yield
+
+
+def scalars(logdir) -> dict:
+    """The last value of every scalar in the TensorBoard events under `logdir`."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = {}
+    for events in sorted(Path(logdir).rglob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            out[tag] = acc.Scalars(tag)[-1].value
+    return out
+
+
 @pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory) -> Path:
     """~150 kB of English paragraphs (Python's documentation topics): enough for a tokenizer and a few batches."""

@@ -79,7 +79,8 @@ class LanguageModel(KslmTask):
     def on_validation_epoch_end(self):
         loss = self.val_loss.compute()
         self.val_loss.reset()
-        self.log_dict({"val/loss": loss, "val/ppl": torch.exp(loss.clamp(max=50))}, prog_bar=True, sync_dist=True)  # already reduced by MeanMetric; keeps Lightning quiet
+        # MeanMetric has already reduced over ranks; sync_dist only keeps Lightning from warning
+        self.log_dict({"val/loss": loss, "val/ppl": torch.exp(loss.clamp(max=50))}, prog_bar=True, sync_dist=True)
 
     test_step = validation_step
 

@@ -64,7 +64,7 @@ def naive_attend(q, k, v, allowed, normaliser, train_length=512):
                     m = max(lam * x for x in s)
                     e = [math.exp(lam * x - m) for x in s]
                     w = [x / sum(e) for x in e]
-                for wj, j in zip(w, js):
+                for wj, j in zip(w, js, strict=False):
                     out[b, h, i] += wj * v[b, h, j]
     return out
 
@@ -202,7 +202,7 @@ def test_causal_cache_rows_match_naive():
 def test_log512_values():
     n = torch.tensor([16.0, 64.0, 128.0, 512.0, 2048.0, 8192.0])
     got = entropy_invariant_scale(n, 512).tolist()
-    for g, want in zip(got, [0.444, 0.667, 0.778, 1.0, 1.222, 1.444]):
+    for g, want in zip(got, [0.444, 0.667, 0.778, 1.0, 1.222, 1.444], strict=False):
         assert abs(g - want) < 5e-4, (g, want)
     # n < 16 is clamped to 16
     assert entropy_invariant_scale(torch.tensor([1.0, 4.0]), 512).tolist() == pytest.approx([4 / 9, 4 / 9], abs=1e-7)

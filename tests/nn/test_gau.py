@@ -66,7 +66,8 @@ def reference(gau, x, attention, kind, valid=None, prefix=None, positions=None, 
     gq, bq = gau.q_scale.detach().double(), gau.q_offset.detach().double()
     gk, bk = gau.k_scale.detach().double(), gau.k_offset.detach().double()
     B, T, _ = x.shape
-    silu = lambda t: t * torch.sigmoid(t)
+    def silu(t):
+        return t * torch.sigmoid(t)
     out = torch.zeros(B, T, D, dtype=torch.float64)
     for b in range(B):
         U = silu(x[b] @ W[:E].T)
@@ -87,7 +88,7 @@ def reference(gau, x, attention, kind, valid=None, prefix=None, positions=None, 
             else:
                 lam = math.log(max(n, 16)) / math.log(TRAIN_LEN) if attention == "softmax_plus" else 1.0
                 w = torch.softmax(lam * a, dim=0)
-            av = sum(wj * V[j] for wj, j in zip(w, js))
+            av = sum(wj * V[j] for wj, j in zip(w, js, strict=False))
             out[b, i] = (U[i] * av) @ Wo.T
     return out
 

@@ -87,7 +87,8 @@ def test_norm_preserved_per_pair():
     g = torch.Generator().manual_seed(3)
     x = torch.randn(4, 9, 32, generator=g)
     out = RotaryEmbedding(32)(x, torch.arange(100, 109))
-    pair = lambda t: t.reshape(*t.shape[:-1], 16, 2).norm(dim=-1)
+    def pair(t):
+        return t.reshape(*t.shape[:-1], 16, 2).norm(dim=-1)
     torch.testing.assert_close(pair(out), pair(x), rtol=1e-6, atol=0)
     assert (out - x).abs().max() > 0.1  # it did rotate
 
