@@ -88,6 +88,16 @@ class TokenThroughput(ThroughputMonitor):
                          window_size=window_size)
         self._first = self._last = None  # (time, tokens, flops) after the first and the latest batch
 
+    def _compute(self, trainer, iter_num=None):
+        """Lightning's metrics, plus the same numbers under kslm's names: tokens, not "items"."""
+        super()._compute(trainer, iter_num)
+        if not trainer._logger_connector.should_update_logs:
+            return
+        metrics = self._throughputs[trainer.state.stage].compute()
+        named = {"train/tokens_per_sec": metrics.get("device/items_per_sec"),
+                 "train/flops_per_sec": metrics.get("device/flops_per_sec"), "train/mfu": metrics.get("device/mfu")}
+        trainer._logger_connector.log_metrics({k: v for k, v in named.items() if v is not None}, step=iter_num)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, *args, **kwargs):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, *args, **kwargs)
         now = time.perf_counter()

@@ -28,7 +28,7 @@ def test_fit_writes_tensorboard_and_self_contained_checkpoint(small_corpus, work
     tags = set(scalars(workdir / "logs"))
     assert {"train/loss", "val/loss", "val/ppl"} <= tags
     assert any(t.startswith("lr-") for t in tags)
-    assert any("items_per_sec" in t for t in tags), tags
+    assert {"train/tokens_per_sec", "train/flops_per_sec"} <= tags, tags
 
 
 def test_save_load_gives_identical_logits(small_corpus, workdir, capsys):
