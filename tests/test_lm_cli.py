@@ -32,21 +32,28 @@ def test_fit_writes_tensorboard_and_self_contained_checkpoint(small_corpus, work
 
 
 def test_save_load_gives_identical_logits(small_corpus, workdir, capsys):
+    """The checkpoint alone rebuilds the model: through the task (Lightning's loader) and through
+    kslm.checkpoint (pure torch, weights_only) the reloaded logits are identical."""
     from kslm.checkpoint import load_backbone
     from kslm.nn import Backbone
+    from kslm.tasks.lm import LanguageModel
 
     assert run_cli(["fit", *tiny_args(small_corpus, workdir, config="configs/lm/gau.yaml")], capsys)[0] == 0
-    cfg, state, tok = load_backbone(workdir / "ckpt" / "last.ckpt")
+    path = workdir / "ckpt" / "last.ckpt"
+    cfg, state, tok = load_backbone(path)
     assert cfg.block == "gau" and cfg.vocab_size == tok.get_vocab_size()
-    a, b = Backbone(cfg), Backbone(cfg)
-    a.load_state_dict(state)
-    b.load_state_dict(state)
+    plain = Backbone(cfg).eval()
+    plain.load_state_dict(state)
+    task = LanguageModel.load_from_checkpoint(path, weights_only=True).eval()
+    assert task.tokenizer.to_str() == tok.to_str()
     ids = torch.tensor([tok.encode("The class statement defines a class.").ids])
     with torch.no_grad():
-        assert torch.equal(a.logits(a(ids)), b.logits(b(ids)))
-    ckpt = torch.load(workdir / "ckpt" / "last.ckpt", weights_only=True)
-    model_logits_key = [k for k in ckpt["state_dict"] if k.startswith("backbone.")]
-    assert len(model_logits_key) == len(state)
+        a = plain.logits(plain(ids))
+        b = task.backbone.logits(task.backbone(ids))
+    assert torch.equal(a, b)
+    fresh = Backbone(cfg).eval()  # and the weights are not just the init
+    with torch.no_grad():
+        assert not torch.allclose(fresh.logits(fresh(ids)), a)
 
 
 COMBOS = list(itertools.product(["transformer", "gau"], ["pre", "post", "deepnorm"], ["softmax", "softmax_plus", "relu2"]))

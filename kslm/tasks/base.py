@@ -62,9 +62,9 @@ class KslmTask(pl.LightningModule):
         self.backbone = Backbone(self.backbone_config)
 
     def configure_model(self):
-        if self.backbone is not None:
-            return
-        dm = self.trainer.datamodule if self._trainer is not None else None
+        if self.backbone is not None or self._trainer is None:
+            return  # outside a Trainer (load_from_checkpoint) on_load_checkpoint builds it from the checkpoint
+        dm = self.trainer.datamodule
         if dm is None or not hasattr(dm, "load_tokenizer"):
             raise ConfigError("the model needs a kslm data module (it provides the tokenizer)")
         self.build(dm.load_tokenizer())
