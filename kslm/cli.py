@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
 
 from kslm.callbacks import JsonlPredictionWriter, KslmCheckpoint, TokenThroughput
-from kslm.errors import KslmError
+from kslm.errors import CheckpointError, KslmError
 
 
 class KslmCLI(LightningCLI):
@@ -42,6 +42,8 @@ class KslmCLI(LightningCLI):
         cfg.trainer.callbacks = callbacks
         # evaluating or predicting from a checkpoint: its tokenizer travels with it
         ckpt = cfg.get("ckpt_path")
+        if ckpt and ckpt not in ("last", "best", "hpc", "registry") and not Path(str(ckpt)).is_file():
+            raise CheckpointError(f"{ckpt}: checkpoint not found (field 'ckpt_path')")
         data = cfg.get("data")
         if ckpt and data is not None and "tokenizer" in (data.get("init_args") or {}) and not data.init_args.tokenizer:
             if sub != "fit":
@@ -67,6 +69,8 @@ def _parse_error_line(message: str) -> str:
     """jsonargparse nests errors of subclass-mode arguments ('Parser key "model": … Parser key "backbone.norm":
     Expected …'); keep the innermost complaint, under its full dotted key."""
     message = _one_line(message)
+    if "arguments are required" in message and ".model" in message:
+        return message + " (give a config: kslm fit --config configs/lm/gau.yaml)"
     keys = re.findall(r'Parser key "([^"]+)"', message)
     last = message.rfind("Parser key")
     if len(keys) < 2 or last < 0:

@@ -139,3 +139,10 @@ def test_bad_options_give_one_line_and_exit_2(small_corpus, workdir, capsys, ext
     assert code == 2
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("kslm: error:") and needle in lines[0], err
+
+
+def test_missing_checkpoint_and_missing_config_are_one_line_errors(small_corpus, workdir, capsys):
+    code, err = run_cli(["validate", *tiny_args(small_corpus, workdir), "--ckpt_path", "nope.ckpt"], capsys)
+    assert code == 2 and err.strip() == "kslm: error: nope.ckpt: checkpoint not found (field 'ckpt_path')"
+    code, err = run_cli(["fit"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--config" in err
