@@ -50,6 +50,7 @@ class KslmTask(pl.LightningModule):
         self.backbone_config = backbone
         self.backbone: Optional[Backbone] = None
         self.tokenizer: Optional[Tokenizer] = None
+        self._pending_rng: Optional[torch.Tensor] = None
 
     # ------------------------------------------------------------ building
     def build(self, tokenizer: Tokenizer, cfg: Optional[BackboneConfig] = None) -> None:
@@ -84,12 +85,12 @@ class KslmTask(pl.LightningModule):
                                   "pass --data.tokenizer CKPT to use the checkpoint's")
         if self.backbone is None or cfg != self.backbone_config:
             self.build(tok, cfg)
-        # dropout's RNG: restored just before the next training batch, after Lightning has created its
-        # dataloader iterators (each creation draws from the global generator)
+        # dropout's RNG: restored just before the next training batch, so that nothing Lightning does between
+        # restoring and training (sanity validation, setting up loaders) can draw from it
         self._pending_rng = checkpoint["kslm"].get("rng")
 
     def on_train_batch_start(self, batch, batch_idx):
-        if getattr(self, "_pending_rng", None) is not None:
+        if self._pending_rng is not None:
             torch.set_rng_state(self._pending_rng)
             self._pending_rng = None
 
