@@ -35,19 +35,19 @@ class KslmCLI(LightningCLI):
             cfg.trainer.logger = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                                   "init_args": {"save_dir": "logs", "name": name}}
         callbacks = list(cfg.trainer.get("callbacks") or [])
-        if sub == "fit" and not any("LearningRateMonitor" in str(getattr(c, "class_path", "")) for c in callbacks):
-            callbacks.append({"class_path": f"{LearningRateMonitor.__module__}.LearningRateMonitor",
-                              "init_args": {"logging_interval": "step"}})
-            callbacks.append({"class_path": f"{TokenThroughput.__module__}.TokenThroughput", "init_args": {}})
+        if sub == "fit":  # learning rate and tokens/s in TensorBoard, unless the config lists its own
+            for cls, args in ((LearningRateMonitor, {"logging_interval": "step"}), (TokenThroughput, {})):
+                if not any(str(getattr(c, "class_path", "")).endswith(cls.__name__) for c in callbacks):
+                    callbacks.append({"class_path": f"{cls.__module__}.{cls.__name__}", "init_args": args})
         cfg.trainer.callbacks = callbacks
-        # evaluating or predicting from a checkpoint: its tokenizer travels with it
         ckpt = cfg.get("ckpt_path")
         if ckpt and ckpt not in ("last", "best", "hpc", "registry") and not Path(str(ckpt)).is_file():
             raise CheckpointError(f"{ckpt}: checkpoint not found (field 'ckpt_path')")
+        # evaluating or predicting from a checkpoint: its tokenizer travels with it
         data = cfg.get("data")
-        if ckpt and data is not None and "tokenizer" in (data.get("init_args") or {}) and not data.init_args.tokenizer:
-            if sub != "fit":
-                data.init_args.tokenizer = str(ckpt)
+        if sub != "fit" and ckpt and data is not None and "tokenizer" in (data.get("init_args") or {}) \
+                and not data.init_args.tokenizer:
+            data.init_args.tokenizer = str(ckpt)
 
 
 def _one_line(message: str) -> str:
