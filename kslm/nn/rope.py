@@ -24,18 +24,26 @@ class RotaryEmbedding(nn.Module):
     def _inv_freq(self, device=None) -> torch.Tensor:
         return (self.base ** (-torch.arange(0, self.dim, 2, dtype=torch.float64, device=device) / self.dim)).float()
 
+    def _apply(self, fn, recurse=True):
+        """After any cast or move, recompute θ exactly: fp32 (fp64 for a float64 module), never a rounded copy
+        left by `.to(bf16)` or `.to(bf16).float()`."""
+        super()._apply(fn, recurse)
+        dtype = torch.float64 if self.inv_freq.dtype == torch.float64 else torch.float32
+        self.inv_freq = self._inv_freq(self.inv_freq.device).to(dtype)
+        return self
+
     def rotation(self, positions: torch.Tensor) -> torch.Tensor:
         """Complex unit phases e^{i m θ} shaped [..., T, dim/2] (fp32)."""
-        inv_freq = self.inv_freq
-        if inv_freq.dtype in (torch.float16, torch.bfloat16):  # module cast by .to(bf16) / .half(): keep fp32 θ
-            inv_freq = self._inv_freq(inv_freq.device)
-        angles = positions.to(torch.float32)[..., None] * inv_freq
+        angles = positions.to(self.inv_freq.dtype)[..., None] * self.inv_freq
         return torch.polar(torch.ones_like(angles), angles)
 
     @staticmethod
     def rotate(x: torch.Tensor, phases: torch.Tensor) -> torch.Tensor:
         """x [B, H, T, dim] (or [B, T, dim]); phases [T, dim/2] or [B, T, dim/2]."""
-        xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+        x32 = x.float()
+        if x32.stride(-1) != 1:  # view_as_complex needs unit stride in the pair dimension
+            x32 = x32.contiguous()
+        xc = torch.view_as_complex(x32.reshape(*x.shape[:-1], -1, 2))
         if phases.dim() == 3 and x.dim() == 4:
             phases = phases[:, None]  # broadcast over heads
         return torch.view_as_real(xc * phases).flatten(-2).to(x.dtype)
