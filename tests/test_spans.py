@@ -11,7 +11,10 @@ from kslm.data.spans import (
     cluener_train_dev,
     cmeee_train_dev,
     decode_entities,
+    decode_triples,
     encode_entities,
+    encode_triples,
+    merge_window_triples,
     merge_windows,
     read_any,
     read_bio,
@@ -151,6 +154,7 @@ def test_word_boundary_prefers_whole_words(tmp_path):
 
 def test_canonical_and_sniffing():
     recs = list(read_canonical(SAMPLES / "canonical.jsonl"))
+    assert "entities" not in recs[1]  # an RE record stays an RE record
     assert recs[0]["entities"] == ents((0, 2, "PER"), (3, 5, "LOC")) and recs[1]["triples"][0]["subject_span"] == [5, 9]
     expect = {"cluener.jsonl": "cluener", "cmeee.json": "cmeee", "bio.txt": "bio", "bmes.txt": "bio", "weibo.conll": "bio",
               "duie.jsonl": "duie", "webnlg.json": "webnlg", "canonical.jsonl": "canonical"}
@@ -311,6 +315,36 @@ def test_entity_longer_than_the_overlap_is_not_lost(tokenizers):
     assert len(enc.misaligned) == 1 and all(w.spans == [] for w in enc.windows)
 
 
+def sample_re_records():
+    return [r for name in ("duie.jsonl", "webnlg.json", "canonical.jsonl") for r in read_any(SAMPLES / name) if "triples" in r]
+
+
+def triple_key(t):
+    return (*t["subject_span"], t["predicate"], *t["object_span"])
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_triples_to_token_spans_and_back(tokenizers, kind):
+    recs = sample_re_records()
+    assert len(recs) == 5
+    for rec in recs:
+        enc = encode_triples(tokenizers[kind], rec, max_length=512)
+        [w] = enc.windows
+        assert enc.misaligned == [] and len(w.spans) == len(rec["triples"])
+        got = decode_triples(rec["text"], w.offsets, w.spans)
+        want = sorted(({k: t[k] for k in ("subject", "predicate", "object", "subject_span", "object_span")}
+                       for t in rec["triples"]), key=triple_key)
+        assert got == want
+    # windows: a triple goes only where both entities are whole; merging gives the triples back
+    rec = recs[0]  # 《喜剧之王》由周星驰主演，周星驰也是导演: subject 1..5, object 7..10
+    enc = encode_triples(tokenizers["char"], rec, max_length=10, stride=6)
+    assert [w.token_start for w in enc.windows] == [0, 4, 8, 12] and [len(w.spans) for w in enc.windows] == [1, 0, 0, 0]
+    assert [triple_key(t) for t in merge_window_triples(rec["text"], enc.windows, [w.spans for w in enc.windows])] == \
+        [(1, 5, "主演", 7, 10)]
+    with pytest.raises(DataError, match=r"field 'triples\[0\]'.*fit in no window"):
+        encode_triples(tokenizers["char"], rec, max_length=8, stride=4)
+
+
 def test_window_starts():
     assert window_starts(5, 8, 2) == [0]
     assert window_starts(8, 8, 2) == [0]
@@ -388,6 +422,16 @@ def test_real_data_round_trip(real_tokenizers, rel, fmt, kw, n_records, n_entiti
         n_triples = sum(len(r["triples"]) for r in recs)
         assert stats.skipped_triples < 0.02 * (n_triples + stats.skipped_triples), stats.details[:5]
         print(f"{rel}: {n_triples} triples located, {stats.skipped_triples} skipped as unlocatable")
+        lost = 0
+        for r in recs:  # triple level: token triples → char triples is the identity (char tokenizer)
+            enc = encode_triples(real_tokenizers["char"], r, max_length=256, stride=128, errors="report")
+            lost += len(enc.misaligned)
+            assert all(m["tokens"] is not None for m in enc.misaligned)  # only triples wider than the overlap
+            want = sorted({triple_key(t) for t in r["triples"]} - {triple_key(m) for m in enc.misaligned})
+            got = merge_window_triples(r["text"], enc.windows, [w.spans for w in enc.windows])
+            assert [triple_key(t) for t in got] == want
+        print(f"{rel}: {lost} triples wider than a 256-token window's overlap")
+        assert lost <= 0.02 * n_triples, lost
     inside = {"char": 0, "bpe": 0}  # a boundary inside a token
     no_window = {"char": 0, "bpe": 0}  # longer than the window overlap
     total, stride = 0, 32

@@ -399,7 +399,10 @@ def check_record(rec: dict, path=None, line=None) -> dict:
 def read_canonical(path) -> Iterator[dict]:
     """kslm's canonical JSONL (NER records with `entities`, RE records with `triples`; a bare {"text"} is NER)."""
     for n, obj in _jsonl(path):
-        yield check_record(obj, path, n)
+        rec = check_record(obj, path, n)
+        if "entities" not in rec and "triples" not in rec:
+            rec["entities"] = []
+        yield rec
 
 
 def sniff_format(path) -> str:
@@ -480,11 +483,21 @@ def token_offsets(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]
 def align_span(offsets: list[tuple[int, int]], start: int, end: int) -> tuple[int, int] | None:
     """(first token, last token inclusive) whose character span is exactly [start, end), or None when a boundary
     falls inside a token. Several tokens may share one char's offsets (bytes of a rare char): the widest is taken."""
-    first = next((i for i, (s, _) in enumerate(offsets) if s == start), None)
-    last = next((i for i in range(len(offsets) - 1, -1, -1) if offsets[i][1] == end), None)
-    if first is None or last is None or last < first:
-        return None
-    return first, last
+    return _Aligner(offsets)(start, end)
+
+
+class _Aligner:
+    """Boundary maps of one text's tokens: char start → first token starting there, char end → last token ending there."""
+
+    def __init__(self, offsets):
+        self.first, self.last = {}, {}
+        for i, (s, e) in enumerate(offsets):
+            self.first.setdefault(s, i)
+            self.last[e] = i
+
+    def __call__(self, start, end):
+        a, b = self.first.get(start), self.last.get(end)
+        return None if a is None or b is None or b < a else (a, b)
 
 
 @dataclass
@@ -542,8 +555,9 @@ def encode_entities(tokenizer, record: dict, max_length: int, stride: int | None
     starts = window_starts(len(ids), max_length, stride)
     windows = [Window(ids[a:a + max_length], offsets[a:a + max_length], [], a) for a in starts]
     misaligned = []
+    align = _Aligner(offsets)
     for k, ent in enumerate(record.get("entities", [])):
-        tok = align_span(offsets, ent["start"], ent["end"])
+        tok = align(ent["start"], ent["end"])
         problem = None
         if tok is None:
             problem = "a boundary falls inside a token"
@@ -588,7 +602,65 @@ def merge_windows(windows: list[Window], predictions) -> list[dict]:
     return [seen[k] for k in sorted(seen)]
 
 
+def encode_triples(tokenizer, record: dict, max_length: int, stride: int | None = None, errors: str = "raise",
+                   where=None) -> Encoded:
+    """Like `encode_entities` for a canonical RE record: each window's `spans` are
+    (subject_start, subject_end, predicate, object_start, object_end) token indices (ends inclusive), the layout
+    GPLinker's heads are trained on. A triple goes to every window that holds both its entities whole."""
+    if errors not in ("raise", "report"):
+        raise ValueError(f"errors must be 'raise' or 'report', got {errors!r}")
+    stride = max_length // 4 if stride is None else stride
+    text = record["text"]
+    ids, offsets = token_offsets(tokenizer, text)
+    windows = [Window(ids[a:a + max_length], offsets[a:a + max_length], [], a)
+               for a in window_starts(len(ids), max_length, stride)]
+    align, misaligned = _Aligner(offsets), []
+    for k, t in enumerate(record.get("triples", [])):
+        sub, obj = align(*t["subject_span"]), align(*t["object_span"])
+        problem = None
+        if sub is None or obj is None:
+            problem = f"a boundary of the {'subject' if sub is None else 'object'} falls inside a token"
+        else:
+            lo, hi = min(sub[0], obj[0]), max(sub[1], obj[1])
+            placed = False
+            for w in windows:
+                if w.token_start <= lo and hi < w.token_start + len(w.ids):
+                    o = w.token_start
+                    w.spans.append((sub[0] - o, sub[1] - o, t["predicate"], obj[0] - o, obj[1] - o))
+                    placed = True
+            if not placed:
+                problem = f"tokens {lo}..{hi} fit in no window (max_length={max_length}, stride={stride})"
+        if problem:
+            if errors == "raise":
+                raise DataError(f"triple ({t['subject']!r}, {t['predicate']!r}, {t['object']!r}): {problem}",
+                                path=where, field=f"triples[{k}]")
+            misaligned.append({**t, "tokens": None if sub is None or obj is None else (lo, hi), "reason": problem})
+    return Encoded(windows, misaligned)
+
+
+def decode_triples(text: str, offsets: list[tuple[int, int]], token_triples) -> list[dict]:
+    """(sh, st, predicate, oh, ot) token triples → canonical triples with character spans, sorted, de-duplicated."""
+    seen = {}
+    for sh, st, p, oh, ot in token_triples:
+        [s], [o] = decode_entities(offsets, [(sh, st, "")]), decode_entities(offsets, [(oh, ot, "")])
+        key = (s["start"], s["end"], p, o["start"], o["end"])
+        seen[key] = {"subject": text[s["start"]:s["end"]], "predicate": p, "object": text[o["start"]:o["end"]],
+                     "subject_span": [s["start"], s["end"]], "object_span": [o["start"], o["end"]]}
+    return [seen[k] for k in sorted(seen)]
+
+
+def merge_window_triples(text: str, windows: list[Window], predictions) -> list[dict]:
+    """Per-window token triples → the full text's canonical triples (union over windows)."""
+    if len(predictions) != len(windows):
+        raise ValueError(f"{len(predictions)} prediction lists for {len(windows)} windows")
+    seen = {}
+    for w, triples in zip(windows, predictions, strict=True):
+        for t in decode_triples(text, w.offsets, triples):
+            seen[(*t["subject_span"], t["predicate"], *t["object_span"])] = t
+    return [seen[k] for k in sorted(seen)]
+
+
 __all__ = ["FORMATS", "ReadStats", "read_cluener", "read_cmeee", "read_bio", "read_duie", "read_cmeie", "read_webnlg",
            "read_canonical", "read_any", "sniff_format", "check_record", "cluener_train_dev", "cmeee_train_dev",
            "token_offsets", "align_span", "window_starts", "Window", "Encoded", "encode_entities", "decode_entities",
-           "merge_windows"]
+           "merge_windows", "encode_triples", "decode_triples", "merge_window_triples"]
