@@ -98,6 +98,10 @@ def test_bio_orphan_inside_tag_is_error_or_counted_repair(tmp_path, caplog):
     f.write_text("甲 O\n乙 I-PER\n丙 I-PER\n\n丁 B-LOC\n戊 I-PER\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"orphan.bio:2, field 'tag': I-PER does not continue"):
         list(read_bio(f))
+    g = tmp_path / "after_end.bio"  # E- closes its entity: a following I- of the same type is an orphan too
+    g.write_text("甲 B-PER\n乙 E-PER\n丙 I-PER\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"after_end.bio:3, field 'tag': I-PER does not continue"):
+        list(read_bio(g))
     stats = ReadStats()
     with caplog.at_level(logging.WARNING, logger="kslm.data.spans"):
         recs = list(read_bio(f, repair=True, stats=stats))
@@ -258,6 +262,21 @@ def test_label_to_token_spans_to_chars_is_identity(tokenizers, kind):
         assert multi > 5  # the test exercises tokens that cover several characters
     else:
         assert multi == 0
+
+
+def test_rare_char_bytes_all_fall_inside_the_span(tokenizers):
+    """Byte-level BPE writes an unseen char as several byte tokens with the same offsets: a span starting or ending
+    at that char must take all of them (first byte token .. last byte token)."""
+    tok = tokenizers["bpe"]
+    text = "喝鬯酒和鬯"
+    ids, offsets = token_offsets(tok, text)
+    assert offsets.count((1, 2)) > 1 and offsets.count((4, 5)) > 1
+    rec = {"text": text, "entities": ents((1, 3, "X"), (4, 5, "Y"))}
+    [w] = encode_entities(tok, rec, 64).windows
+    for (s, e, _), ent in zip(w.spans, rec["entities"], strict=True):
+        inside = [i for i, (a, b) in enumerate(offsets) if ent["start"] <= a and b <= ent["end"]]
+        assert (s, e) == (inside[0], inside[-1]) and list(range(s, e + 1)) == inside
+    assert decode_entities(w.offsets, w.spans) == rec["entities"]
 
 
 def test_bpe_offsets_skip_the_glued_space(tokenizers):
