@@ -6,16 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from kslm.data.spans import (
+from kslm.data.readers import (
     ReadStats,
     cluener_train_dev,
     cmeee_train_dev,
-    decode_entities,
-    decode_triples,
-    encode_entities,
-    encode_triples,
-    merge_window_triples,
-    merge_windows,
     read_any,
     read_bio,
     read_canonical,
@@ -24,6 +18,14 @@ from kslm.data.spans import (
     read_duie,
     read_webnlg,
     sniff_format,
+)
+from kslm.data.spans import (
+    decode_entities,
+    decode_triples,
+    encode_entities,
+    encode_triples,
+    merge_window_triples,
+    merge_windows,
     token_offsets,
     window_starts,
 )
@@ -103,7 +105,7 @@ def test_bio_orphan_inside_tag_is_error_or_counted_repair(tmp_path, caplog):
     with pytest.raises(DataError, match=r"after_end.bio:3, field 'tag': I-PER does not continue"):
         list(read_bio(g))
     stats = ReadStats()
-    with caplog.at_level(logging.WARNING, logger="kslm.data.spans"):
+    with caplog.at_level(logging.WARNING, logger="kslm.data.readers"):
         recs = list(read_bio(f, repair=True, stats=stats))
     assert recs[0]["entities"] == ents((1, 3, "PER")) and recs[1]["entities"] == ents((0, 1, "LOC"), (1, 2, "PER"))
     assert stats.repaired_tags == 2 and stats.records == 2
@@ -134,7 +136,7 @@ def test_unlocatable_entity_raises_or_is_counted(tmp_path, caplog):
     with pytest.raises(DataError, match=r"d.jsonl:2, field 'spo_list\[0\].object': entity '戊' does not occur"):
         list(read_duie(f))
     stats = ReadStats()
-    with caplog.at_level(logging.WARNING, logger="kslm.data.spans"):
+    with caplog.at_level(logging.WARNING, logger="kslm.data.readers"):
         recs = list(read_duie(f, skip_unlocatable=True, stats=stats))
     assert [len(r["triples"]) for r in recs] == [1, 1] and recs[1]["triples"][0]["predicate"] == "q"
     assert stats.skipped_triples == 1 and "skipped 1 triples" in caplog.text
