@@ -1,0 +1,164 @@
+"""SpanF1 / TripleF1 against hand-computed values, accumulation, reset, and a 2-rank gloo DDP sync."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from kslm.metrics import SpanF1, TripleF1
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def values(metric) -> dict:
+    out = metric.compute()
+    assert set(out) == {"precision", "recall", "f1"}
+    assert all(isinstance(v, torch.Tensor) and not v.isnan() for v in out.values())
+    return {k: v.item() for k, v in out.items()}
+
+
+def prf(tp, n_pred, n_gold) -> dict:
+    p = tp / n_pred if n_pred else 0.0
+    r = tp / n_gold if n_gold else 0.0
+    return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0}
+
+
+def check(metric, preds, targets, tp, n_pred, n_gold):
+    metric.update(preds, targets)
+    assert values(metric) == pytest.approx(prf(tp, n_pred, n_gold), abs=1e-6)
+
+
+# Sample 1: gold has a span nested in another; the prediction gets the inner one, the wrong type for the outer one,
+# and repeats a span. Sample 2: one exact hit, one boundary miss, one gold span missed.
+SPAN_PREDS = [[(0, 5, "ORG"), (2, 3, "LOC"), (2, 3, "LOC"), (0, 5, "LOC")], [(7, 9, "PER"), (10, 12, "PER")]]
+SPAN_GOLD = [[(0, 5, "ORG"), (2, 3, "LOC"), (0, 8, "ORG")], [(7, 9, "PER"), (10, 13, "PER"), (14, 15, "LOC")]]
+# tp = 2 + 1 = 3; predicted = 3 (duplicate counted once) + 2 = 5; gold = 3 + 3 = 6 → P = 3/5, R = 1/2, F1 = 6/11
+
+
+def test_span_f1_hand_computed_nested_and_duplicates():
+    m = SpanF1()
+    check(m, SPAN_PREDS, SPAN_GOLD, tp=3, n_pred=5, n_gold=6)
+    assert values(m)["f1"] == pytest.approx(6 / 11)
+
+
+def test_span_f1_matches_per_sample_not_across_samples():
+    # (0, 1, "A") is predicted for sample 0 but gold only in sample 1: no true positive.
+    check(SpanF1(), [[(0, 1, "A")], []], [[], [(0, 1, "A")]], tp=0, n_pred=1, n_gold=1)
+
+
+def test_span_f1_gold_duplicates_count_once_and_tensor_or_list_items():
+    preds = [[[torch.tensor(1), torch.tensor(4), torch.tensor(0)], (6, 8, 1)]]
+    gold = [[(1, 4, 0), (1, 4, 0), (6, 8, 2)]]
+    check(SpanF1(), preds, gold, tp=1, n_pred=2, n_gold=2)
+
+
+@pytest.mark.parametrize(
+    "preds, gold, counts",
+    [
+        ([[], []], [[(0, 1, "A")], [(2, 3, "B")]], (0, 0, 2)),  # empty preds: P = 0 (not NaN), R = 0
+        ([[(0, 1, "A")], [(2, 3, "B")]], [[], []], (0, 2, 0)),  # empty gold
+        ([[], []], [[], []], (0, 0, 0)),  # both empty: all 0
+        ([[(0, 1, "A")]], [[(0, 1, "A")]], (1, 1, 1)),  # perfect
+    ],
+)
+def test_span_f1_empty_cases(preds, gold, counts):
+    check(SpanF1(), preds, gold, *counts)
+
+
+def test_span_f1_accumulation_equals_one_update_and_reset():
+    preds = SPAN_PREDS + [[(1, 2, "X")], [], [(3, 4, "Y"), (5, 6, "Y")]]
+    gold = SPAN_GOLD + [[(1, 2, "X")], [(0, 2, "X")], [(3, 4, "Y")]]
+    whole = SpanF1()
+    whole.update(preds, gold)
+    parts = SpanF1()
+    for lo, hi in [(0, 1), (1, 4), (4, 4), (4, 5)]:
+        parts.update(preds[lo:hi], gold[lo:hi])
+    assert values(parts) == values(whole) == pytest.approx(prf(3 + 1 + 1, 5 + 1 + 2, 6 + 1 + 1 + 1))
+    parts.reset()
+    assert values(parts) == prf(0, 0, 0)
+    check(parts, [[(0, 1, "A")]], [[(0, 1, "A"), (1, 2, "A")]], tp=1, n_pred=1, n_gold=2)
+
+
+def test_update_rejects_mismatched_sample_counts_and_bad_items():
+    with pytest.raises(ValueError):
+        SpanF1().update([[]], [[], []])
+    with pytest.raises(ValueError):
+        SpanF1().update([[(0, 1)]], [[]])
+
+
+def test_triple_f1_strings():
+    preds = [[("Paris", "capital_of", "France"), ("Paris", "capital_of", "France"), ("France", "capital", "Paris")], []]
+    gold = [[("Paris", "capital_of", "France")], [("Bern", "capital_of", "Switzerland")]]
+    check(TripleF1(), preds, gold, tp=1, n_pred=2, n_gold=2)
+    with pytest.raises(ValueError):  # span-bearing triples need with_spans=True
+        TripleF1().update([[("Paris", "capital_of", "France", (0, 5), (19, 25))]], [[]])
+
+
+def test_triple_f1_with_spans():
+    # Same strings, but the second "Paris" mention is a different span: a miss with spans, a hit without.
+    preds = [[("Paris", "capital_of", "France", (0, 5), [19, 25]), ("Paris", "in", "France", (30, 35), (39, 45))]]
+    gold = [[("Paris", "capital_of", "France", (0, 5), (19, 25)), ("Paris", "in", "France", (0, 5), (39, 45))]]
+    check(TripleF1(with_spans=True), preds, gold, tp=1, n_pred=2, n_gold=2)
+    strip = [[t[:3] for t in s] for s in preds], [[t[:3] for t in s] for s in gold]
+    check(TripleF1(), *strip, tp=2, n_pred=2, n_gold=2)
+    with pytest.raises(ValueError):
+        TripleF1(with_spans=True).update([[("Paris", "capital_of", "France")]], [[]])
+
+
+# Rank 0 gets 3 samples over two updates, rank 1 one sample; each rank's local F1 differs from the global one.
+DDP_PREDS = [[[(0, 2, "A"), (3, 5, "B")]], [[(1, 2, "A")], []], [[(0, 9, "C"), (2, 4, "C"), (5, 6, "C")]]]
+DDP_GOLD = [[[(0, 2, "A")]], [[(1, 2, "A")], [(7, 8, "B")]], [[(2, 4, "C"), (9, 10, "C")]]]
+DDP_RANKS = [[0, 1], [2]]  # which update batches each rank runs
+
+DDP_SCRIPT = textwrap.dedent(
+    """
+    import json, socket, sys
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    def tup(batch):
+        return [[tuple(x) for x in sample] for sample in batch]
+
+    def worker(rank, port, data, out):
+        from kslm.metrics import SpanF1  # only the ranks need torchmetrics
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+        m = SpanF1()
+        for i in data["ranks"][rank]:
+            m.update(tup(data["preds"][i]), tup(data["gold"][i]))
+        res = {k: v.item() for k, v in m.compute().items()}
+        with open(f"{out}.{rank}", "w") as f:
+            json.dump(res, f)
+        dist.destroy_process_group()
+
+    if __name__ == "__main__":
+        data, out = json.loads(sys.argv[1]), sys.argv[2]
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        mp.spawn(worker, args=(port, data, out), nprocs=2)
+        print(json.dumps([json.load(open(f"{out}.{r}")) for r in range(2)]))
+    """
+)
+
+
+def test_span_f1_ddp_sync_equals_single_process(tmp_path):
+    single = SpanF1()
+    for p, g in zip(DDP_PREDS, DDP_GOLD, strict=True):
+        single.update(p, g)
+    expected = values(single)
+    assert expected == pytest.approx(prf(3, 6, 5))  # hits (0,2,A), (1,2,A), (2,4,C); rank 0 alone: 2/3, 2/3
+    script = tmp_path / "ddp_span_f1.py"
+    script.write_text(DDP_SCRIPT)
+    data = json.dumps({"preds": DDP_PREDS, "gold": DDP_GOLD, "ranks": DDP_RANKS})
+    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run(
+        [sys.executable, str(script), data, str(tmp_path / "result")], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    per_rank = json.loads(proc.stdout.strip().splitlines()[-1])
+    for res in per_rank:
+        assert res == pytest.approx(expected, abs=1e-6)
