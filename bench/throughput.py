@@ -378,7 +378,7 @@ def quiet_steps(runs: list, threshold: float) -> list:
     """Step times, pooled over a model's runs, of the steps during which other processes took ≤ threshold of the
     machine's CPUs."""
     return [t for r in runs if "error" not in r
-            for t, b in zip(r["step_times_s"], r["background_cpu_share"]) if b <= threshold]
+            for t, b in zip(r["step_times_s"], r["background_cpu_share"], strict=False) if b <= threshold]
 
 
 def merge_rounds(rounds: list, peak: float, args) -> dict:
@@ -581,7 +581,7 @@ def main(argv=None):
         raise SystemExit(f"matmul measurement failed: {mm_before.get('error') or mm_after.get('error')}")
     shapes = [dict(b, best_flops_before=b["best_flops"], best_flops_after=a["best_flops"],
                    best_flops=max(b["best_flops"], a["best_flops"]))
-              for b, a in zip(mm_before["shapes"], mm_after["shapes"])]
+              for b, a in zip(mm_before["shapes"], mm_after["shapes"], strict=False)]
     peak = max(r["best_flops"] for r in shapes)
     report["matmul"] = {"dtype": mm_before["dtype"], "shapes": shapes, "peak_flops": peak,
                         "peak_flops_before": mm_before["peak_flops"], "peak_flops_after": mm_after["peak_flops"]}

@@ -139,6 +139,34 @@ def gplinker_loss(
     )
 
 
+def _decode_pairs_dense(entity_logits, head_logits, tail_logits, threshold, mask, budget):
+    """The post's loop as a few batch-wide tensor ops: pair every subject with every object of its sentence, read
+    head[p, sh, oh] and tail[p, st, ot] for all p at once. Used when the pairs × P cells fit `budget` (a trained
+    model predicts few entities); returns None otherwise."""
+    ent = entity_logits > threshold
+    if mask is not None:
+        valid = mask.to(device=ent.device) != 0
+        ent = ent & valid[:, None, :, None] & valid[:, None, None, :]
+    spans = ent.nonzero()  # [N, 4]: (b, kind, start, end), sorted by b then kind
+    subj, obj = spans[spans[:, 1] == 0], spans[spans[:, 1] == 1]
+    batch = entity_logits.shape[0]
+    n_obj = torch.bincount(obj[:, 0], minlength=batch)
+    per_subj = n_obj[subj[:, 0]]  # each subject meets every object of its sentence
+    total = int(per_subj.sum())
+    if total * head_logits.shape[1] > budget:
+        return None
+    si = torch.repeat_interleave(torch.arange(len(subj), device=spans.device), per_subj)
+    offset = torch.arange(total, device=spans.device) - (torch.cumsum(per_subj, 0) - per_subj)[si]
+    oi = (torch.cumsum(n_obj, 0) - n_obj)[subj[si, 0]] + offset
+    b, sh, st, oh, ot = subj[si, 0], subj[si, 2], subj[si, 3], obj[oi, 2], obj[oi, 3]
+    hit = (head_logits[b, :, sh, oh] > threshold) & (tail_logits[b, :, st, ot] > threshold)  # [pairs, P]
+    k, p = hit.nonzero().unbind(-1)
+    results: List[Set[Triple]] = [set() for _ in range(batch)]
+    for row in torch.stack([b[k], sh[k], st[k], p, oh[k], ot[k]], dim=-1).tolist():
+        results[row[0]].add(tuple(row[1:]))
+    return results
+
+
 @torch.no_grad()
 def decode_triples(
     entity_logits: torch.Tensor,
@@ -146,13 +174,16 @@ def decode_triples(
     tail_logits: torch.Tensor,
     threshold: float = 0.0,
     mask: Optional[torch.Tensor] = None,
+    dense_budget: int = 1 << 20,
 ) -> List[Set[Triple]]:
     """Logits [B, 2, L, L], [B, P, L, L], [B, P, L, L] → per sample the set of (s_start, s_end, p, o_start, o_end).
 
     Same result as the post's loop (§9.3): subjects = spans with entity[0] > threshold, objects = spans with
     entity[1] > threshold, and (sh, st, p, oh, ot) is kept iff head[p, sh, oh] > threshold and
-    tail[p, st, ot] > threshold. Vectorised as a sparse join: every positive head cell (p, sh, oh) is paired with
-    the subjects starting at sh and the objects starting at oh (`repeat_interleave`), then the tail cell is read,
+    tail[p, st, ot] > threshold. When P·|subjects|·|objects| ≤ `dense_budget` (a trained model) the head and
+    tail cells of all subject × object pairs of the batch are gathered at once; otherwise, per sentence, a sparse
+    join: every positive head cell (p, sh, oh) is paired with the subjects starting at sh and the objects starting
+    at oh (`repeat_interleave`), then the tail cell is read,
     so memory scales with the head-consistent candidates, not with P·|subjects|·|objects|. (On an untrained model,
     where a large share of all logits is positive, the output itself can run to millions of triples, as the loop's.)
 
@@ -164,6 +195,9 @@ def decode_triples(
     if head_logits.shape != tail_logits.shape or head_logits.shape[0] != entity_logits.shape[0]:
         raise ValueError("head_logits and tail_logits must be [B, P, L, L] with the batch of entity_logits")
     length = entity_logits.shape[-1]
+    dense = _decode_pairs_dense(entity_logits, head_logits, tail_logits, threshold, mask, dense_budget)
+    if dense is not None:
+        return dense
     results: List[Set[Triple]] = []
     for b in range(entity_logits.shape[0]):
         ent = entity_logits[b] > threshold  # [2, L, L]

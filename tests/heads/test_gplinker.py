@@ -336,12 +336,13 @@ def test_decode_gold_logits_random_instances():
     assert exact >= 0.8 * 60  # nearly all instances are unambiguous: decode == gold exactly
 
 
-def test_decode_matches_naive_loop_on_random_logits():
+@pytest.mark.parametrize("dense_budget", [1 << 20, 0])  # the batch-wide gather and the per-sentence join
+def test_decode_matches_naive_loop_on_random_logits(dense_budget):
     torch.manual_seed(0)
     total = 0
     for B, L, P, thr, shift in [(3, 7, 3, 0.0, 0.5), (2, 9, 2, 0.3, 0.8), (1, 6, 4, -0.2, 0.0), (2, 1, 1, 0.0, 1.0)]:
         ent, head, tail = (torch.randn(B, h, L, L) + shift for h in (2, P, P))
-        got = decode_triples(ent, head, tail, threshold=thr)
+        got = decode_triples(ent, head, tail, threshold=thr, dense_budget=dense_budget)
         for b in range(B):
             ref = naive_decode(ent[b], head[b], tail[b], thr)
             assert got[b] == ref
@@ -366,8 +367,8 @@ def test_decode_matches_naive_loop_on_model_logits_with_padding_and_mask():
     special[:, 0] = 0
     for b, n in enumerate(lengths):
         special[b, n - 1] = 0
-    for m in (None, special):
-        got = decode_triples(*logits, mask=m)
+    for m, budget in ((None, 1 << 20), (special, 1 << 20), (None, 0), (special, 0)):
+        got = decode_triples(*logits, mask=m, dense_budget=budget)
         for b in range(B):
             ref = naive_decode(logits[0][b], logits[1][b], logits[2][b], 0.0, None if m is None else m[b].tolist())
             assert got[b] == ref
