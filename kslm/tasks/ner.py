@@ -1,7 +1,7 @@
 """EntityExtraction: GlobalPointer (kexue.fm/archives/8373) / Efficient GlobalPointer (archives/8877) NER.
 
 A bidirectional backbone encodes each window (<s> text </s>); the head scores every span (i, j) for every type;
-the loss is the dense multilabel "softmax + CE" over the flattened [B·L, T·T] logits (−inf = masked), mean over
+the loss is the dense multilabel "softmax + CE" over the flattened [B·types, L·L] logits (−inf = masked), mean over
 batch × types (TECHNIQUES §8.4). Spans with score > 0 are entities; they are mapped back to characters through the
 windows' offsets (nested and overlapping entities included) and scored with exact-match span F1 per record.
 """
@@ -73,12 +73,12 @@ class EntityExtraction(KslmTask):
     # ------------------------------------------------------------- forward
     def forward(self, input_ids, attention_mask, span_mask):
         hidden = self.backbone(input_ids, attention_mask)
-        return self.head_module(hidden, span_mask)  # [B, L, T, T] fp32, −inf outside valid spans
+        return self.head_module(hidden, span_mask)  # [B, types, L, L] fp32, −inf outside valid spans
 
     def loss(self, logits, labels):
-        B, L, T, _ = logits.shape
-        per_row = multilabel_categorical_crossentropy(y_true=labels.reshape(B * L, T * T),
-                                                      y_pred=logits.reshape(B * L, T * T))
+        B, K, L, _ = logits.shape  # one MCCE row per (sample, type) over its L·L spans
+        per_row = multilabel_categorical_crossentropy(y_true=labels.reshape(B * K, L * L),
+                                                      y_pred=logits.reshape(B * K, L * L))
         return per_row.mean()
 
     def training_step(self, batch, batch_idx):
