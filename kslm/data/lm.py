@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from kslm.data.corpus import embedded_corpus_path
+from kslm.data.readers import iter_jsonl
 from kslm.data.sampler import ResumableSampler
 from kslm.data.tokenizer import EOS_ID, cached_tokenizer, fingerprint, load_tokenizer
 from kslm.errors import DataError
@@ -221,24 +222,17 @@ class LMDataModule(pl.LightningDataModule):
 
 
 def read_prompts(path) -> List[dict]:
-    p, prompts = Path(path), []
+    """Prompts for `kslm predict`: a .jsonl with a string "prompt" per record, or any text file, one per line."""
+    p = Path(path)
+    if p.suffix == ".jsonl":
+        prompts = []
+        for line, rec in iter_jsonl(p):
+            if not isinstance(rec.get("prompt"), str):
+                raise DataError("record needs a string 'prompt'", path=p, line=line, field="prompt")
+            prompts.append({"line": line, **rec})
+        return prompts
     with open(p, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if p.suffix == ".jsonl":
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"invalid JSON ({exc.msg})", path=p, line=lineno) from None
-                if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str):
-                    raise DataError("record needs a string 'prompt'", path=p, line=lineno, field="prompt")
-                prompts.append({"line": lineno, **rec})
-            else:
-                text = line.rstrip("\n")
-                if text:
-                    prompts.append({"line": lineno, "prompt": text})
-    return prompts
+        return [{"line": n, "prompt": t} for n, t in ((n, line.rstrip("\n")) for n, line in enumerate(f, 1)) if t]
 
 
 __all__ = ["LMDataModule", "read_prompts"]

@@ -57,7 +57,7 @@ def _check_file(path) -> Path:
     return p
 
 
-def _jsonl(path) -> Iterator[tuple[int, dict]]:
+def iter_jsonl(path) -> Iterator[tuple[int, dict]]:
     """(1-based line, object) for every non-blank line."""
     p = _check_file(path)
     with open(p, encoding="utf-8") as f:
@@ -121,7 +121,7 @@ def _sorted_entities(ents: list[dict]) -> list[dict]:
 
 def read_cluener(path) -> Iterator[dict]:
     """CLUENER2020 JSONL; `[s, e]` ends are INCLUSIVE in the file and exclusive in the output."""
-    for n, obj in _jsonl(path):
+    for n, obj in iter_jsonl(path):
         text = _text(obj, path, n)
         label = obj.get("label", {})  # test.json: {"id", "text"} only
         if not isinstance(label, dict):
@@ -313,7 +313,7 @@ def read_duie(path, all_occurrences: bool = False, skip_unlocatable: bool = Fals
     """
     stats = stats if stats is not None else ReadStats()
     p = Path(path)
-    for n, obj in _jsonl(path):
+    for n, obj in iter_jsonl(path):
         text = _text(obj, p, n)
         spo = obj.get("spo_list", [])
         if not isinstance(spo, list):
@@ -398,7 +398,7 @@ def check_record(rec: dict, path=None, line=None) -> dict:
 
 def read_canonical(path) -> Iterator[dict]:
     """kslm's canonical JSONL (NER records with `entities`, RE records with `triples`; a bare {"text"} is NER)."""
-    for n, obj in _jsonl(path):
+    for n, obj in iter_jsonl(path):
         rec = check_record(obj, path, n)
         if "entities" not in rec and "triples" not in rec:
             rec["entities"] = []
@@ -462,5 +462,5 @@ def cmeee_train_dev(path, n_train: int = 3200) -> tuple[list[dict], list[dict]]:
     return recs[:n_train], recs[n_train:]
 
 
-__all__ = ["FORMATS", "ReadStats", "read_cluener", "read_cmeee", "read_bio", "read_duie", "read_cmeie", "read_webnlg",
+__all__ = ["FORMATS", "ReadStats", "iter_jsonl", "read_cluener", "read_cmeee", "read_bio", "read_duie", "read_cmeie", "read_webnlg",
            "read_canonical", "read_any", "sniff_format", "check_record", "cluener_train_dev", "cmeee_train_dev"]
