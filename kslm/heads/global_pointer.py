@@ -15,7 +15,7 @@ Logits are [B, T, L, L], computed in fp32 (fp64 for fp64 inputs) with autocast o
 """
 
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +48,25 @@ def _mask_logits(logits: torch.Tensor, mask: Optional[torch.Tensor], tril_mask: 
     return logits if drop is None else logits.masked_fill(drop, float("-inf"))
 
 
-class GlobalPointer(nn.Module):
+class _SpanHead(nn.Module):
+    """What GP and EGP share: the shape checks, the mask flag and RoPE over positions 0..L−1."""
+
+    def __init__(self, hidden_size: int, num_types: int, head_size: int, rope: bool, tril_mask: bool):
+        super().__init__()
+        if rope and head_size % 2:
+            raise ValueError(f"RoPE needs an even head_size, got {head_size}")
+        self.hidden_size, self.num_types, self.head_size = hidden_size, num_types, head_size
+        self.tril_mask = tril_mask
+        self.rope = RotaryEmbedding(head_size) if rope else None
+
+    def _rotate(self, q: torch.Tensor, k: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        if self.rope is None:
+            return q, k
+        phases = self.rope.rotation(torch.arange(q.shape[-2], device=q.device))  # [L, d/2], positions 0..L−1
+        return self.rope.rotate(q, phases), self.rope.rotate(k, phases)
+
+
+class GlobalPointer(_SpanHead):
     """GlobalPointer (Su, kexue.fm/archives/8373): multi-head attention without V, one head per entity type.
 
     s_α(i,j) = (W_{q,α}h_i + b_{q,α})ᵀ R_{j−i} (W_{k,α}h_j + b_{k,α}) / √head_size, with R the interleaved-pair RoPE
@@ -64,13 +82,8 @@ class GlobalPointer(nn.Module):
     """
 
     def __init__(self, hidden_size: int, num_types: int, head_size: int = 64, rope: bool = True, tril_mask: bool = True):
-        super().__init__()
-        if rope and head_size % 2:
-            raise ValueError(f"RoPE needs an even head_size, got {head_size}")
-        self.hidden_size, self.num_types, self.head_size = hidden_size, num_types, head_size
-        self.tril_mask = tril_mask
+        super().__init__(hidden_size, num_types, head_size, rope, tril_mask)
         self.dense = nn.Linear(hidden_size, num_types * 2 * head_size)
-        self.rope = RotaryEmbedding(head_size) if rope else None
 
     def forward(self, hidden: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """hidden [B, L, D]; mask [B, L] (1 = token, 0 = padding) → logits [B, num_types, L, L] (fp32)."""
@@ -79,14 +92,12 @@ class GlobalPointer(nn.Module):
             x = _linear(self.dense, hidden.to(_compute_dtype(hidden)))  # [B, L, T·2d]
             x = x.view(b, length, self.num_types, 2 * self.head_size).transpose(1, 2)  # [B, T, L, 2d]
             q, k = x[..., : self.head_size], x[..., self.head_size :]  # first / last half of each type's chunk
-            if self.rope is not None:
-                phases = self.rope.rotation(torch.arange(length, device=hidden.device))  # [L, d/2], positions 0..L−1
-                q, k = self.rope.rotate(q.contiguous(), phases), self.rope.rotate(k.contiguous(), phases)
+            q, k = self._rotate(q, k)
             logits = q @ k.transpose(-1, -2) / math.sqrt(self.head_size)  # [B, T, L, L]
             return _mask_logits(logits, mask, self.tril_mask)
 
 
-class EfficientGlobalPointer(nn.Module):
+class EfficientGlobalPointer(_SpanHead):
     """Efficient GlobalPointer (Su, kexue.fm/archives/8877): shared span extraction + cheap per-type classification.
 
     p_i = W_p h_i + b_p ∈ R^{2d}; q_i = p_i[0::2], k_i = p_i[1::2];
@@ -104,24 +115,16 @@ class EfficientGlobalPointer(nn.Module):
     """
 
     def __init__(self, hidden_size: int, num_types: int, head_size: int = 64, rope: bool = True, tril_mask: bool = True):
-        super().__init__()
-        if rope and head_size % 2:
-            raise ValueError(f"RoPE needs an even head_size, got {head_size}")
-        self.hidden_size, self.num_types, self.head_size = hidden_size, num_types, head_size
-        self.tril_mask = tril_mask
+        super().__init__(hidden_size, num_types, head_size, rope, tril_mask)
         self.p_dense = nn.Linear(hidden_size, 2 * head_size)
         self.q_dense = nn.Linear(2 * head_size, 2 * num_types)
-        self.rope = RotaryEmbedding(head_size) if rope else None
 
     def forward(self, hidden: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """hidden [B, L, D]; mask [B, L] (1 = token, 0 = padding) → logits [B, num_types, L, L] (fp32)."""
-        length = hidden.shape[1]
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             p = _linear(self.p_dense, hidden.to(_compute_dtype(hidden)))  # [B, L, 2d]
             q, k = p[..., 0::2], p[..., 1::2]  # interleaved split
-            if self.rope is not None:
-                phases = self.rope.rotation(torch.arange(length, device=hidden.device))
-                q, k = self.rope.rotate(q.contiguous(), phases), self.rope.rotate(k.contiguous(), phases)
+            q, k = self._rotate(q, k)
             logits = q @ k.transpose(-1, -2) / math.sqrt(self.head_size)  # [B, L, L], shared by all types
             bias = _linear(self.q_dense, p).transpose(1, 2) / 2  # [B, 2T, L], from the pre-RoPE p
             logits = logits[:, None] + bias[:, 0::2, None, :] + bias[:, 1::2, :, None]  # even → end j, odd → start i
