@@ -25,7 +25,7 @@ from kslm.data.lm import default_cache_dir
 from kslm.data.readers import cluener_train_dev, cmeee_train_dev, read_any, sniff_format
 from kslm.data.sampler import ResumableSampler
 from kslm.data.spans import encode_entities
-from kslm.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, atomic_write_text, load_tokenizer, train_tokenizer
+from kslm.data.tokenizer import atomic_write_text, load_tokenizer, special_ids, train_tokenizer
 from kslm.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -157,13 +157,14 @@ class NERDataModule(pl.LightningDataModule):
     def encode(self, records: List[dict], source, labelled: bool = True) -> List[dict]:
         """Records → [{"windows": [...], "entities", "line", "text"}]; window spans use the <s>-shifted tokens."""
         tok, n = self.load_tokenizer(), self.max_length - 2
+        cls_id, sep_id, _ = special_ids(tok)
         type_id = {t: i for i, t in enumerate(self.types or [])}
         out, misaligned = [], 0
         for r in records:
             rec = r if labelled else {**r, "entities": []}
             enc = encode_entities(tok, rec, n, self.stride, errors="report", where=source)
             misaligned += len(enc.misaligned)
-            windows = [{"ids": [BOS_ID, *w.ids, EOS_ID], "offsets": w.offsets,
+            windows = [{"ids": [cls_id, *w.ids, sep_id], "offsets": w.offsets,
                         "spans": [(s + 1, e + 1, type_id[t]) for s, e, t in w.spans]} for w in enc.windows]
             out.append({"windows": windows, "entities": rec.get("entities", []), "line": r["line"], "text": r["text"]})
         if misaligned:
@@ -193,7 +194,7 @@ class NERDataModule(pl.LightningDataModule):
     # ---------------------------------------------------------------- batches
     def collate_windows(self, windows: List[dict], labels: bool = True) -> dict:
         B, T = len(windows), max(len(w["ids"]) for w in windows)
-        ids = torch.full((B, T), PAD_ID, dtype=torch.long)
+        ids = torch.full((B, T), special_ids(self.load_tokenizer())[2], dtype=torch.long)
         mask = torch.zeros(B, T, dtype=torch.long)
         for b, w in enumerate(windows):
             ids[b, : len(w["ids"])] = torch.tensor(w["ids"])

@@ -11,7 +11,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Tuple
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
@@ -79,6 +79,16 @@ def load_tokenizer(path: str) -> Tokenizer:
     return tok
 
 
+def special_ids(tok: Tokenizer) -> Tuple[int, int, int]:
+    """(cls, sep, pad) ids that wrap a window: kslm's <s>, </s>, <pad>, or BERT's [CLS], [SEP], [PAD] for a
+    Hugging Face encoder's tokenizer.json."""
+    for names in (("<s>", "</s>", "<pad>"), ("[CLS]", "[SEP]", "[PAD]")):
+        ids = tuple(tok.token_to_id(t) for t in names)
+        if None not in ids:
+            return ids
+    raise DataError("tokenizer has neither <s> </s> <pad> nor [CLS] [SEP] [PAD]", field="tokenizer")
+
+
 def fingerprint(tok: Tokenizer) -> str:
     return hashlib.sha256(tok.to_str().encode()).hexdigest()[:16]
 
@@ -100,5 +110,5 @@ def cached_tokenizer(cache_path: Path, texts_fn, kind: str, vocab_size: int) -> 
     return tok
 
 
-__all__ = ["train_tokenizer", "load_tokenizer", "cached_tokenizer", "tokenizer_from_checkpoint", "fingerprint",
+__all__ = ["train_tokenizer", "load_tokenizer", "cached_tokenizer", "tokenizer_from_checkpoint", "fingerprint", "special_ids",
            "SPECIAL_TOKENS", "PAD_ID", "UNK_ID", "BOS_ID", "EOS_ID", "MASK_ID"]
