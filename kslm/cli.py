@@ -43,11 +43,23 @@ class KslmCLI(LightningCLI):
         ckpt = cfg.get("ckpt_path")
         if ckpt and ckpt not in ("last", "best", "hpc", "registry") and not Path(str(ckpt)).is_file():
             raise CheckpointError(f"{ckpt}: checkpoint not found (field 'ckpt_path')")
-        # evaluating or predicting from a checkpoint: its tokenizer travels with it
-        data = cfg.get("data")
-        if sub != "fit" and ckpt and data is not None and "tokenizer" in (data.get("init_args") or {}) \
-                and not data.init_args.tokenizer:
-            data.init_args.tokenizer = str(ckpt)
+        # the tokenizer travels with the weights: resuming, evaluating or predicting from a checkpoint takes the
+        # checkpoint's, a model initialised from a pretrained LM or an HF encoder takes theirs
+        data, model = cfg.get("data"), (cfg.get("model") or {}).get("init_args") or {}
+        if data is not None and "tokenizer" in (data.get("init_args") or {}) and not data.init_args.tokenizer:
+            if ckpt and Path(str(ckpt)).is_file():
+                data.init_args.tokenizer = str(ckpt)
+            elif model.get("pretrained") or model.get("hf_path"):
+                data.init_args.tokenizer = str(model.get("pretrained") or model.get("hf_path"))
+
+
+    def _weights_from_checkpoint(self):
+        """Tell the model when `--ckpt_path` will supply its weights, so that it neither reads `pretrained` nor
+        needs `hf_path`'s directory (configure_model runs before Lightning restores the checkpoint)."""
+        cfg = self.config_init[self.subcommand]
+        self.model.weights_from_checkpoint = bool(cfg.get("ckpt_path"))
+
+    before_fit = before_validate = before_test = before_predict = _weights_from_checkpoint
 
 
 def _one_line(message: str) -> str:

@@ -60,8 +60,24 @@ def test_resolve_files(tmp_path):
     with pytest.raises(DataError, match="unsupported"):
         resolve_files(tmp_path / "c.csv")
     (tmp_path / "d.jsonl").write_text("{}")
-    with pytest.raises(DataError, match="mix"):
-        resolve_files([tmp_path / "a.txt", tmp_path / "d.jsonl"])
+    assert [p.name for p in resolve_files([tmp_path / "a.txt", tmp_path / "d.jsonl"])] == ["a.txt", "d.jsonl"]
+
+
+def test_mixed_text_and_json_corpus_keeps_every_text(tmp_path):
+    """.txt paragraphs plus JSON files with different schemas (CLUENER labels, DuIE spo_list, a JSON array) → one
+    corpus of their `text` fields, nothing dropped."""
+    (tmp_path / "a.txt").write_text("第一段。\n\n第二段。\n", encoding="utf-8")
+    (tmp_path / "b.jsonl").write_text('{"text": "北京", "label": {"address": {"北京": [[0, 1]]}}}\n', encoding="utf-8")
+    (tmp_path / "c.jsonl").write_text('{"text": "上海", "spo_list": []}\n{"text": "广州", "spo_list": []}\n', encoding="utf-8")
+    (tmp_path / "d.json").write_text('[{"text": "深圳", "entities": []}]', encoding="utf-8")
+    dm = LMDataModule(data_files=[str(tmp_path / n) for n in ("a.txt", "b.jsonl", "c.jsonl", "d.json")],
+                      cache_dir=str(tmp_path / "cache"))
+    texts = [t.strip() for t in dm._raw()["text"]]
+    assert texts == ["第一段。", "第二段。", "北京", "上海", "广州", "深圳"]
+    dm.files = [tmp_path / "c.jsonl"]
+    dm.text_field = "body"
+    with pytest.raises(DataError, match="c.jsonl.*no 'body' field"):
+        dm._raw()
 
 
 def test_packing_and_deterministic_split(small_corpus, tmp_path):

@@ -48,8 +48,6 @@ def resolve_files(data_files) -> List[Path]:
             files.append(p)
         else:
             raise DataError("data file not found", path=p, field="data.data_files")
-    if len({TEXT_SUFFIXES[f.suffix] for f in files}) > 1:
-        raise DataError("mix of text and JSON files; give one kind at a time", path=files[0], field="data.data_files")
     return files
 
 
@@ -57,7 +55,8 @@ class LMDataModule(pl.LightningDataModule):
     """Language-model pretraining data.
 
     Args:
-        data_files: text (.txt), JSON/JSONL files or a folder of them; empty = the embedded default corpus.
+        data_files: text (.txt), JSON/JSONL files (JSON arrays too) or folders of them, mixed freely (each JSON file
+            contributes its `text_field`); empty = the embedded default corpus.
         dataset: a Hugging Face hub dataset name (needs network), used instead of data_files.
         dataset_config: the hub dataset's configuration name.
         text_field: the field holding the text in JSON records and hub datasets.
@@ -97,22 +96,34 @@ class LMDataModule(pl.LightningDataModule):
 
     # ---------------------------------------------------------------- loading
     def _raw(self):
-        from datasets import load_dataset
+        from datasets import concatenate_datasets, load_dataset
 
         if self.dataset_name:
             ds = load_dataset(self.dataset_name, self.dataset_config, split="train")
         else:
             files = self.files if self.files is not None else [embedded_corpus_path(self.cache_dir)]
-            builder = TEXT_SUFFIXES[files[0].suffix]
-            kwargs = {"sample_by": "paragraph"} if builder == "text" else {}
-            try:
-                ds = load_dataset(builder, data_files=[str(f) for f in files], split="train", **kwargs)
-            except Exception as exc:  # datasets wraps JSON errors in its own exception types
-                raise DataError(f"cannot read ({str(exc).splitlines()[0][:200]})", path=files[0], field="data.data_files") from None
+            # text files load together; each JSON file alone (datasets with different label schemas, e.g. CLUENER
+            # and DuIE, cannot share one table), keeping only the text field; then one concatenated corpus
+            texts = [f for f in files if TEXT_SUFFIXES[f.suffix] == "text"]
+            parts = [(texts, "text", {"sample_by": "paragraph"})] if texts else []
+            parts += [([f], "json", {}) for f in files if TEXT_SUFFIXES[f.suffix] == "json"]
+            ds = concatenate_datasets([self._load_part(*part) for part in parts])
         if self.text_field not in ds.column_names:
             raise DataError(f"records have no '{self.text_field}' field (fields: {ds.column_names})",
                             path=(self.files or [self.dataset_name])[0], field="data.text_field")
         return ds
+
+    def _load_part(self, files, builder, kwargs):
+        from datasets import load_dataset
+
+        try:
+            ds = load_dataset(builder, data_files=[str(f) for f in files], split="train", **kwargs)
+        except Exception as exc:  # datasets wraps JSON errors in its own exception types
+            raise DataError(f"cannot read ({str(exc).splitlines()[0][:200]})", path=files[0], field="data.data_files") from None
+        if self.text_field not in ds.column_names:
+            raise DataError(f"records have no '{self.text_field}' field (fields: {ds.column_names})",
+                            path=files[0], field="data.text_field")
+        return ds.select_columns([self.text_field])
 
     def _source_key(self) -> str:
         if self.dataset_name:

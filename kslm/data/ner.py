@@ -133,7 +133,7 @@ class NERDataModule(pl.LightningDataModule):
         if self.tokenizer is not None:
             return self.tokenizer
         if self.tokenizer_path:
-            self.tokenizer = load_tokenizer(self.tokenizer_path)
+            self.tokenizer = load_tokenizer(self.tokenizer_path, kslm_specials=False)
             return self.tokenizer
         from tokenizers import Tokenizer
 

@@ -8,6 +8,7 @@ Special tokens, at fixed ids: <pad>=0, <unk>=1, <s>=2, </s>=3, <mask>=4. Offsets
 """
 
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -61,9 +62,27 @@ def tokenizer_from_checkpoint(ckpt: dict, source="<checkpoint>") -> Tokenizer:
         raise CheckpointError(f"{source}: not a kslm checkpoint (no tokenizer inside)") from None
 
 
-def load_tokenizer(path: str) -> Tokenizer:
-    """A tokenizer.json, or a kslm .ckpt (whose tokenizer is read from inside)."""
+def load_tokenizer(path: str, kslm_specials: bool = True) -> Tokenizer:
+    """A tokenizer.json, a kslm .ckpt (whose tokenizer is read from inside), or a Hugging Face model directory
+    (its tokenizer.json, else a BERT WordPiece tokenizer built from its vocab.txt).
+
+    kslm_specials: require kslm's special ids (<pad>=0 … <mask>=4), as the LM data needs; otherwise any
+    tokenizer with <s>/</s>/<pad> or [CLS]/[SEP]/[PAD] is accepted (extraction tasks on an HF encoder).
+    """
     p = Path(path)
+    if p.is_dir():
+        if (p / "tokenizer.json").is_file():
+            p = p / "tokenizer.json"
+        elif (p / "vocab.txt").is_file():
+            from tokenizers.implementations import BertWordPieceTokenizer
+
+            cfg = p / "tokenizer_config.json"
+            lower = json.loads(cfg.read_text(encoding="utf-8")).get("do_lower_case", True) if cfg.is_file() else True
+            tok = BertWordPieceTokenizer(str(p / "vocab.txt"), lowercase=lower)._tokenizer
+            special_ids(tok)
+            return tok
+        else:
+            raise DataError("directory has neither tokenizer.json nor vocab.txt", path=p, field="tokenizer")
     if not p.is_file():
         raise DataError("tokenizer file not found", path=p, field="tokenizer")
     if p.suffix == ".ckpt":
@@ -75,18 +94,21 @@ def load_tokenizer(path: str) -> Tokenizer:
             tok = Tokenizer.from_file(str(p))
         except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
             raise DataError(f"not a tokenizers JSON file ({str(exc).splitlines()[0]})", path=p, field="tokenizer") from None
-    check_special_tokens(tok, p)
+    if kslm_specials:
+        check_special_tokens(tok, p)
+    else:
+        special_ids(tok, p)
     return tok
 
 
-def special_ids(tok: Tokenizer) -> Tuple[int, int, int]:
+def special_ids(tok: Tokenizer, source=None) -> Tuple[int, int, int]:
     """(cls, sep, pad) ids that wrap a window: kslm's <s>, </s>, <pad>, or BERT's [CLS], [SEP], [PAD] for a
     Hugging Face encoder's tokenizer.json."""
     for names in (("<s>", "</s>", "<pad>"), ("[CLS]", "[SEP]", "[PAD]")):
         ids = tuple(tok.token_to_id(t) for t in names)
         if None not in ids:
             return ids
-    raise DataError("tokenizer has neither <s> </s> <pad> nor [CLS] [SEP] [PAD]", field="tokenizer")
+    raise DataError("tokenizer has neither <s> </s> <pad> nor [CLS] [SEP] [PAD]", path=source, field="tokenizer")
 
 
 def fingerprint(tok: Tokenizer) -> str:

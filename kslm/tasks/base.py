@@ -2,6 +2,7 @@
 a checkpoint that carries the backbone config and the tokenizer (so nothing else is needed to reuse it)."""
 
 import hashlib
+import logging
 from dataclasses import replace
 from typing import Literal, Optional, Tuple
 
@@ -9,11 +10,14 @@ import lightning.pytorch as pl
 import torch
 from tokenizers import Tokenizer
 
+from kslm.checkpoint import load_backbone
 from kslm.data.tokenizer import fingerprint, tokenizer_from_checkpoint
 from kslm.errors import CheckpointError, ConfigError
 from kslm.nn import Backbone, BackboneConfig
 from kslm.optim import build_optimizer
 from kslm.optim.schedules import warmup_decay
+
+log = logging.getLogger(__name__)
 
 
 def stable_seed(*keys) -> int:
@@ -34,33 +38,58 @@ class KslmTask(pl.LightningModule):
         scheduler: decay after warmup: cosine, linear or constant.
         min_lr_ratio: final LR as a fraction of the peak (cosine / linear).
         total_steps: decay horizon; empty = the trainer's estimated number of steps.
+        pretrained: a kslm LM checkpoint to start from: its backbone config (the mask excepted: the task's
+            backbone.mask and dropout apply), weights and tokenizer. Unlike `--ckpt_path` (resume), the optimiser,
+            schedule and step start afresh. Only read when training starts from scratch.
+        hf_path: a local Hugging Face encoder directory (BERT, RoFormer, …; extra `hf`) used as the backbone
+            instead of a kslm one, with its own tokenizer (tokenizer.json or vocab.txt).
     """
 
     runtime_options: Tuple[str, ...] = ()
+    weights_from_checkpoint: bool = False
 
     def __init__(self, backbone: BackboneConfig = BackboneConfig(), optimizer: Literal["adamw"] = "adamw",
                  lr: float = 1e-3, weight_decay: float = 0.01, betas: Tuple[float, float] = (0.9, 0.98),
                  warmup_steps: int = 100, scheduler: Literal["cosine", "linear", "constant"] = "cosine",
-                 min_lr_ratio: float = 0.1, total_steps: Optional[int] = None):
+                 min_lr_ratio: float = 0.1, total_steps: Optional[int] = None, pretrained: Optional[str] = None,
+                 hf_path: Optional[str] = None):
         super().__init__()
         # run-time options (generation settings) stay out of the hyper-parameters, so that a checkpoint's
         # values do not override the command line of `kslm predict --ckpt_path …`
         self.save_hyperparameters(ignore=["backbone", *self.runtime_options])
         self.hparams["backbone"] = backbone.to_dict()
         self.backbone_config = backbone
+        if pretrained and hf_path:
+            raise ConfigError("give model.pretrained (a kslm checkpoint) or model.hf_path (an HF encoder), not both")
         self.backbone: Optional[Backbone] = None
+        self.hf_config: Optional[dict] = None
         self.tokenizer: Optional[Tokenizer] = None
         self._pending_rng: Optional[torch.Tensor] = None
 
     # ------------------------------------------------------------ building
-    def build(self, tokenizer: Tokenizer, cfg: Optional[BackboneConfig] = None) -> None:
+    def build(self, tokenizer: Tokenizer, cfg: Optional[BackboneConfig] = None, hf_config: Optional[dict] = None,
+              hf_weights: Optional[str] = None) -> None:
+        """The backbone for `tokenizer`: a kslm Backbone from `cfg`, or an HF encoder — its architecture from
+        `hf_config` (weights to come from a kslm checkpoint) or its pretrained weights from the directory `hf_weights`.
+        Tasks extend this to build their heads (of width `self.hidden_size`)."""
+        self.tokenizer = tokenizer
+        if hf_config is not None or hf_weights is not None:
+            from kslm.hf import HFEncoder
+
+            self.backbone = HFEncoder.from_pretrained(hf_weights) if hf_weights else HFEncoder.from_config(hf_config)
+            self.hf_config = self.backbone.config_dict
+            return
         cfg = cfg or self.backbone_config
         vocab = tokenizer.get_vocab_size()
         if cfg.vocab_size not in (None, vocab):
             raise ConfigError(f"backbone.vocab_size {cfg.vocab_size} does not match the tokenizer's {vocab}")
         self.backbone_config = replace(cfg, vocab_size=vocab)
-        self.tokenizer = tokenizer
-        self.backbone = Backbone(self.backbone_config)
+        self.hparams["backbone"] = self.backbone_config.to_dict()  # a resumed run rebuilds exactly this
+        self.hf_config, self.backbone = None, Backbone(self.backbone_config)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.backbone.hidden_size if self.hf_config is not None else self.backbone_config.d_model
 
     def configure_model(self):
         if self.backbone is not None or self._trainer is None:
@@ -68,23 +97,65 @@ class KslmTask(pl.LightningModule):
         dm = self.trainer.datamodule
         if dm is None or not hasattr(dm, "load_tokenizer"):
             raise ConfigError("the model needs a kslm data module (it provides the tokenizer)")
-        self.build(dm.load_tokenizer())
+        tok, hp = dm.load_tokenizer(), self.hparams
+        # weights that will come from `--ckpt_path` (KslmCLI sets the flag; Lightning restores after this hook)
+        from_ckpt = self.weights_from_checkpoint or self.trainer.ckpt_path is not None
+        if hp.hf_path:
+            if from_ckpt and self.trainer.state.fn != "fit":
+                return  # validate / test / predict: on_load_checkpoint builds the encoder from the checkpoint's config
+            from kslm.hf import HFEncoder
+
+            if from_ckpt:
+                self.build(tok, hf_config=HFEncoder.read_config(hp.hf_path))
+            else:
+                self.build(tok, hf_weights=hp.hf_path)
+        elif hp.pretrained and not from_ckpt:
+            self.init_from_pretrained(tok, hp.pretrained)
+        else:
+            self.build(tok)
+
+    def init_from_pretrained(self, tokenizer: Tokenizer, path: str) -> None:
+        """Backbone config, weights and tokenizer from a kslm LM checkpoint; the task keeps its mask and dropout."""
+        cfg, state, ckpt_tok = load_backbone(path)
+        if fingerprint(ckpt_tok) != fingerprint(tokenizer):
+            raise CheckpointError(f"{path}: the pretrained checkpoint's tokenizer differs from the data's tokenizer "
+                                  "(field 'data.tokenizer'; leave it empty to use the checkpoint's)")
+        own = self.backbone_config
+        self.build(ckpt_tok, replace(cfg, mask=own.mask, dropout=own.dropout))
+        missing, unexpected = self.backbone.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(f"{path}: backbone weights do not fit (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        log.info("initialised the backbone from %s (%s)", path, self.backbone_config.to_dict())
 
     # ---------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint):
         checkpoint["kslm"] = {"backbone": self.backbone_config.to_dict(), "tokenizer": self.tokenizer.to_str(),
                               "rng": torch.get_rng_state()}
+        if self.hf_config is not None:
+            checkpoint["kslm"]["hf_config"] = self.hf_config
 
     def on_load_checkpoint(self, checkpoint):
         if "kslm" not in checkpoint:
             raise CheckpointError("not a kslm checkpoint (no backbone config and tokenizer inside)")
         tok = tokenizer_from_checkpoint(checkpoint)
-        cfg = BackboneConfig.from_dict(checkpoint["kslm"]["backbone"])
         if self.tokenizer is not None and fingerprint(tok) != fingerprint(self.tokenizer):
             raise CheckpointError("the checkpoint's tokenizer differs from the data's tokenizer; "
                                   "pass --data.tokenizer CKPT to use the checkpoint's")
-        if self.backbone is None or cfg != self.backbone_config:
-            self.build(tok, cfg)
+        hf = checkpoint["kslm"].get("hf_config")
+        if hf is not None:
+            from kslm.hf import same_architecture
+
+            rebuild = self.backbone is None or self.hf_config is None or not same_architecture(self.hf_config, hf)
+            cfg = None
+        else:
+            cfg = BackboneConfig.from_dict(checkpoint["kslm"]["backbone"])
+            rebuild = self.backbone is None or self.hf_config is not None or cfg != self.backbone_config
+        if rebuild and self.backbone is not None and self._trainer is not None and self.trainer.state.fn == "fit":
+            # the optimiser already holds the parameters built from the config: a rebuilt model would not train
+            raise CheckpointError("the checkpoint's backbone differs from the configured one; resume with the "
+                                  "configuration the checkpoint was trained with")
+        if rebuild:
+            self.build(tok, cfg, hf_config=hf)
         # dropout's RNG: restored just before the next training batch, so that nothing Lightning does between
         # restoring and training (sanity validation, setting up loaders) can draw from it
         self._pending_rng = checkpoint["kslm"].get("rng")

@@ -35,6 +35,9 @@ class LanguageModel(KslmTask):
     def __init__(self, *args, mlm_probability: float = 0.15, seed: int = 0, max_new_tokens: int = 64,
                  temperature: float = 0.0, top_p: float = 0.95, **kwargs):
         super().__init__(*args, **kwargs)
+        if self.hparams.hf_path:
+            raise ConfigError("model.hf_path is for the extraction tasks; LanguageModel trains kslm backbones "
+                              "(for an HF causal LM use the NBCE predict mode)")
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
         self.val_loss = torchmetrics.MeanMetric()
 

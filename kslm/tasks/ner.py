@@ -36,12 +36,12 @@ class EntityExtraction(KslmTask):
         self._tokens_per_batch = None
 
     # ------------------------------------------------------------ building
-    def build(self, tokenizer, cfg=None) -> None:
-        super().build(tokenizer, cfg)
+    def build(self, tokenizer, *args, **kwargs) -> None:
+        super().build(tokenizer, *args, **kwargs)
         if not self.types:
             raise ConfigError("entity types unknown: give --model.types or training data")
         cls = GlobalPointer if self.hparams.head == "gp" else EfficientGlobalPointer
-        self.head_module = cls(self.backbone_config.d_model, len(self.types), self.hparams.head_size)
+        self.head_module = cls(self.hidden_size, len(self.types), self.hparams.head_size)
         self.hparams["types"] = list(self.types)
 
     def configure_model(self):
