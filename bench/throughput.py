@@ -53,15 +53,17 @@ The results go to --out as JSON (written atomically: temporary file + os.replace
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_busy_s, machine_info, own_cpu_s, sync, vm_rss_kib, wait_for_quiet, write_json_atomic  # noqa: E402
+from throughput_report import markdown, merge_rounds, quiet_steps, targets  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = ("kslm-transformer", "kslm-gau", "llama-same-ffn", "llama-equal-params")
@@ -139,46 +141,6 @@ def build(name: str, args):
 
 
 # ---------------------------------------------------------------------------------------------------- workers
-
-
-def vm_rss_kib() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-def cpu_busy_s() -> float:
-    """Machine-wide busy CPU seconds so far (all CPUs, /proc/stat: everything but idle and iowait)."""
-    with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:]]
-    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_s() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
-
-
-def wait_for_quiet(max_wait_s: float, threshold: float = 0.15, window_s: float = 1.0) -> float:
-    """Wait (at most max_wait_s) for a window of window_s in which the machine's CPUs are busy < threshold of the
-    time (everything counted: nothing of ours runs meanwhile). → seconds waited."""
-    t0 = time.perf_counter()
-    while True:
-        busy0 = cpu_busy_s()
-        time.sleep(window_s)
-        share = (cpu_busy_s() - busy0) / (window_s * os.cpu_count())
-        waited = time.perf_counter() - t0
-        if share < threshold or waited >= max_wait_s:
-            return waited
-
-
-def sync(device):
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def setup_torch(args):
@@ -321,36 +283,6 @@ def worker_main(args):
 # ------------------------------------------------------------------------------------------------- orchestration
 
 
-def machine_info(args) -> dict:
-    import torch
-
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info = {
-        "hostname": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
-        "torch": torch.__version__, "cpu_model": cpu, "logical_cpus": os.cpu_count(),
-        "torch_threads": args.threads or torch.get_num_threads(),
-        "mkl": torch.backends.mkl.is_available(), "mkldnn": torch.backends.mkldnn.is_available(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-    }
-    try:
-        import transformers
-
-        info["transformers"] = transformers.__version__
-    except ImportError:
-        info["transformers"] = None
-    if args.device.startswith("cuda") and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
-
-
 def spawn(worker: str, args) -> dict:
     """Run one worker (a model or the matmul probe) in a fresh Python process; → its result dict."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", worker]
@@ -372,129 +304,6 @@ def spawn(worker: str, args) -> dict:
     err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
     print(f"  {worker} failed: {err}", file=sys.stderr)
     return {"model": worker, "error": err}
-
-
-def quiet_steps(runs: list, threshold: float) -> list:
-    """Step times, pooled over a model's runs, of the steps during which other processes took ≤ threshold of the
-    machine's CPUs."""
-    return [t for r in runs if "error" not in r
-            for t, b in zip(r["step_times_s"], r["background_cpu_share"], strict=False) if b <= threshold]
-
-
-def merge_rounds(rounds: list, peak: float, args) -> dict:
-    """One model's runs (one per round) → one row. The step time is the median of the quiet steps of all rounds
-    (see --quiet-threshold) when there are at least --min-quiet-steps of them, else of all steps (then the row
-    is marked contended)."""
-    ok = [r for r in rounds if "error" not in r]
-    if not ok:
-        return {"model": rounds[0]["model"], "error": rounds[0]["error"]}
-    per_round = ("step_times_s", "step_cpu_s", "background_cpu_share", "losses", "peak_mem_mib",
-                 "rss_before_train_mib", "train_rss_growth_mib", "subprocess_wall_s", "waited_for_quiet_s")
-    row = {k: v for k, v in ok[0].items() if k not in per_round}
-    times = [t for r in ok for t in r["step_times_s"]]
-    quiet = quiet_steps(ok, args.quiet_threshold)
-    contended = len(quiet) < args.min_quiet_steps
-    used = times if contended else quiet
-    step_s = statistics.median(used)
-    tokens = args.batch * args.seq
-    row.update(
-        rounds=len(ok), timed_steps=len(times), quiet_steps=len(quiet), contended=contended,
-        step_s_median=step_s, step_s_min=min(used), step_s_median_all_steps=statistics.median(times),
-        tokens_per_s=tokens / step_s, achieved_flops=row["flops_per_step"] / step_s,
-        mfu_vs_measured_peak=row["flops_per_step"] / step_s / peak,
-        step_times_s=times, background_cpu_share=[b for r in ok for b in r["background_cpu_share"]],
-        # process CPU seconds per step, all threads (OpenMP spin-waiting included)
-        step_cpu_s=[c for r in ok for c in r["step_cpu_s"]],
-        losses_per_round=[r["losses"] for r in ok], peak_mem_mib=max(r["peak_mem_mib"] for r in ok),
-        subprocess_wall_s=[r["subprocess_wall_s"] for r in ok],
-        waited_for_quiet_s=[r["waited_for_quiet_s"] for r in ok],
-    )
-    if "train_rss_growth_mib" in ok[0]:
-        row["rss_before_train_mib"] = max(r["rss_before_train_mib"] for r in ok)
-        row["train_rss_growth_mib"] = max(r["train_rss_growth_mib"] for r in ok)
-    return row
-
-
-def write_json_atomic(path: Path, data: dict):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions of a new file
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def targets(report: dict) -> list:
-    models = {r["model"]: r for r in report["models"] if "error" not in r}
-    ref, out = models.get("kslm-transformer"), []
-    if ref is None:
-        return out
-    for name in ("llama-same-ffn", "llama-equal-params"):
-        if name in models:
-            other = models[name]
-            ratio = ref["tokens_per_s"] / other["tokens_per_s"]
-            out.append({"target": f"kslm Transformer ≥ 1.2× the tokens/s of {name}", "measured": f"{ratio:.2f}×",
-                        "value": ratio, "met": ratio >= 1.2, "contended": ref["contended"] or other["contended"]})
-    cfg, mfu = report["config"], ref["mfu_vs_measured_peak"]
-    out.append({"target": f"kslm Transformer ≥ 60 % of the measured matmul rate (d={cfg['d']}, T={cfg['seq']})",
-                "measured": f"{100 * mfu:.1f} %", "value": mfu, "met": mfu >= 0.6, "contended": ref["contended"]})
-    return out
-
-
-def markdown(report: dict) -> str:
-    mm, cfg = report["matmul"], report["config"]
-    peak = mm["peak_flops"]
-    lines = [
-        (f"Measured matmul peak ({mm['dtype']}, {report['machine']['torch_threads']} threads): "
-         f"**{peak / 1e9:.1f} GFLOP/s** (best repeat, max over shapes; before / after the models: "
-         f"{mm['peak_flops_before'] / 1e9:.1f} / {mm['peak_flops_after'] / 1e9:.1f})"),
-        "",
-        "| GEMM | M×K×N | best GFLOP/s |",
-        "|---|---|---:|",
-    ]
-    for r in mm["shapes"]:
-        lines.append(f"| {r['label']} | {r['M']}×{r['K']}×{r['N']} | {r['best_flops'] / 1e9:.1f} |")
-    ref = next((r for r in report["models"] if r["model"] == "kslm-transformer" and "error" not in r), None)
-    mem_hdr = "peak RSS MiB (+training)" if cfg["device"] == "cpu" else "peak alloc MiB"
-    lines += [
-        "",
-        (f"d={cfg['d']}, layers={cfg['layers']} (GAU: {2 * cfg['layers']}), heads={cfg['heads']}, "
-         f"d_ff={cfg['d_ff']}, T={cfg['seq']}, batch={cfg['batch']}, vocab={cfg['vocab']}; "
-         f"each model run: a fresh process, {cfg['warmup']} warmup step(s), then timed steps until {cfg['steps']} "
-         f"were quiet (other processes ≤ {100 * cfg['quiet_threshold']:.0f} % of the CPUs); step time = median of "
-         f"the quiet steps pooled over ≥ {cfg['rounds']} runs"),
-        "",
-        ("| model | FFN | params (non-emb.) | step s median (min) | tokens/s | GFLOP/step | GFLOP/s | "
-         f"MFU vs measured peak | kslm-T ÷ this | {mem_hdr} | quiet / timed steps |"),
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in report["models"]:
-        if "error" in r:
-            lines.append(f"| {r['model']} | failed: {r['error']} | | | | | | | | | |")
-            continue
-        ratio = f"{ref['tokens_per_s'] / r['tokens_per_s']:.2f}×" if ref else "–"
-        mem = f"{r['peak_mem_mib']:.0f}"
-        if "train_rss_growth_mib" in r:
-            mem += f" (+{r['train_rss_growth_mib']:.0f})"
-        lines.append(
-            f"| {r['model']} | {r['ffn']} | {r['params'] / 1e6:.2f}M ({r['params_non_embedding'] / 1e6:.2f}M) | "
-            f"{r['step_s_median']:.3g} ({r['step_s_min']:.3g}) | {r['tokens_per_s']:.0f} | "
-            f"{r['flops_per_step'] / 1e9:.1f} | {r['achieved_flops'] / 1e9:.1f} | "
-            f"{100 * r['mfu_vs_measured_peak']:.1f} % | {ratio} | {mem} | {r['quiet_steps']} / {r['timed_steps']}"
-            f"{' (contended: all steps used)' if r['contended'] else ''} |")
-    if report.get("targets"):
-        lines += ["", "Targets:"]
-        for t in report["targets"]:
-            verdict = "inconclusive (too few quiet steps)" if t["contended"] else "met" if t["met"] else "NOT met"
-            lines.append(f"- {t['target']}: {t['measured']} → **{verdict}**")
-    return "\n".join(lines)
 
 
 def main(argv=None):
