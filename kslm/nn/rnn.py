@@ -41,15 +41,20 @@ class RNNDivergenceError(RuntimeError):
     """The fixed-point iteration left the cell's range (|x| > blowup, non-finite) or did not converge in time."""
 
 
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """fp32, or fp64 if already: bf16/fp16 products over long ranges are inaccurate (TECHNIQUES §15.3)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: Optional[torch.Tensor] = None) -> torch.Tensor:
     """h_t = a_t ⊙ h_{t−1} + b_t over dim 1 ([B, T, D]), h_{−1} = h0 (or 0), by a Hillis–Steele scan in fp32.
 
     Step k combines each position with the one 2^k back: (a, b)_t ← (a_t a_{t−s}, a_t b_{t−s} + b_t), the
     associative operator of DEER's `scan_binop`. Out of place, so autograd differentiates it.
     """
-    a, b = a.float(), b.float()
+    a, b = _wide(a), _wide(b)
     if h0 is not None:
-        b = torch.cat([b[:, :1] + a[:, :1] * h0.float()[:, None], b[:, 1:]], dim=1)
+        b = torch.cat([b[:, :1] + a[:, :1] * h0[:, None], b[:, 1:]], dim=1)
     T, s = a.shape[1], 1
     while s < T:
         b = torch.cat([b[:, :s], a[:, s:] * b[:, :-s] + b[:, s:]], dim=1)
@@ -120,9 +125,9 @@ def _keep(keep, like):
 
 
 def sequential_rnn(cell, u: torch.Tensor, h0: Optional[torch.Tensor] = None, keep: Optional[torch.Tensor] = None):
-    """The reference loop: x_t = f(x_{t−1}, u_t) one step at a time ([B, T, ·] → [B, T, D], fp32)."""
-    u = u.float()
-    h = u.new_zeros(u.shape[0], cell.size) if h0 is None else h0.float()
+    """The reference loop: x_t = f(x_{t−1}, u_t) one step at a time ([B, T, ·] → [B, T, D], fp32 or wider)."""
+    u = _wide(u)
+    h = u.new_zeros(u.shape[0], cell.size) if h0 is None else h0.to(u.dtype)
     m, out = _keep(keep, u), []
     for t in range(u.shape[1]):
         f = cell(h, u[:, t])
@@ -161,7 +166,7 @@ def parallel_rnn(
     blowup: float = 1e4,
     levels: Optional[torch.Tensor] = None,
 ):
-    """Solve x_t = f(x_{t−1}, u_t) for all t in parallel. u: [B, T, n_inputs·D] → (x [B, T, D] fp32, info).
+    """Solve x_t = f(x_{t−1}, u_t) for all t in parallel. u: [B, T, n_inputs·D] → (x [B, T, D] in fp32 or wider, info).
 
     h0 [B, D]: state before the first step (0 if None). `levels` [K+1, B, D] replaces h0 with the end-of-past
     state of every iterate x^{(0..K)}, so a fixed-count model (iterations=K, not converged) can be run chunk by
@@ -175,11 +180,11 @@ def parallel_rnn(
         raise ValueError("the implicit gradient holds at a fixed point: use iterations=None (solve to tolerance)")
     if iterations is not None and iterations < 1:
         raise ValueError(f"iterations must be ≥ 1, got {iterations}")
-    u = u.float()
+    u = _wide(u)
     B, T = u.shape[:2]
     zero = u.new_zeros(B, cell.size)
     if levels is None:
-        levels = (zero if h0 is None else h0.float())[None]
+        levels = (zero if h0 is None else h0.to(u.dtype))[None]
     n_iter = iterations if iterations is not None else max_iterations
     m = _keep(keep, u)
 
