@@ -19,7 +19,8 @@ Every iteration is a *linear* recurrence in x^{(n)} (known a, b), computed by an
           taken as the model ("iterations as layers"), not a solver.
 
 Stopping: a fixed `iterations` count, or (iterations=None) until max|x^{(n)} − x^{(n−1)}| ≤ atol + rtol·|x^{(n)}|
-everywhere (at most `max_iterations`, else `RNNDivergenceError`).
+everywhere, at most `max_iterations` (default T + 1), else `RNNDivergenceError`. T + 1 suffices in exact arithmetic
+for both forms: x_t^{(n)} depends on x_{t−1}^{(n−1)} only, so iterate n is exact on the first n steps.
 
 Gradients (default: implicit when solving to tolerance, autograd for a fixed count):
 `gradient="autograd"` differentiates through the iterations (the gradient of the iterated model; equal
@@ -171,7 +172,7 @@ def parallel_rnn(
     gradient: Optional[str] = None,
     atol: float = 1e-5,
     rtol: float = 1e-4,
-    max_iterations: int = 100,
+    max_iterations: Optional[int] = None,
     blowup: float = 1e4,
     levels: Optional[torch.Tensor] = None,
 ):
@@ -194,7 +195,7 @@ def parallel_rnn(
     zero = u.new_zeros(B, cell.size)
     if levels is None:
         levels = (zero if h0 is None else h0.to(u.dtype))[None]
-    n_iter = iterations if iterations is not None else max_iterations
+    n_iter = iterations if iterations is not None else (max_iterations or T + 1)
     m = _keep(keep, u)
 
     def level(n):  # end-of-past state of iterate n (a converged solve has one level for all n)
@@ -221,7 +222,7 @@ def parallel_rnn(
                 break
         else:
             if iterations is None:
-                raise RNNDivergenceError(f"{method} RNN did not converge in {max_iterations} iterations "
+                raise RNNDivergenceError(f"{method} RNN did not converge in {n_iter} iterations "
                                          f"(last max |Δx| = {deltas[-1]:.3g})")
     if implicit:  # one differentiable Newton step at the fixed point = the implicit-function gradient
         x = _step(cell, "newton", x.detach(), u, level(n), level(n), m, detach_a=True)

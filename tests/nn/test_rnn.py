@@ -179,3 +179,13 @@ def test_chunked_solve_with_levels_equals_one_solve(method, k):
         parts.append(x)
         levels = info["levels"]
     torch.testing.assert_close(torch.cat(parts, 1), full, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("method", ["newton", "fixed"])
+def test_iterate_n_is_exact_on_the_first_n_steps(method):
+    """Why max_iterations defaults to T + 1: x_t^{(n)} depends on x_{t−1}^{(n−1)} only, so iterate n is exact up to t < n."""
+    cell, u = tanh_case(1, 300, 16, seed=0, dtype=torch.float64)  # the case where the fixed form blows up
+    ref = sequential_rnn(cell, u)
+    x, _ = parallel_rnn(cell, u, method=method, iterations=3, blowup=float("inf"))
+    torch.testing.assert_close(x[:, :3], ref[:, :3], rtol=0, atol=1e-12)
+    assert (x[:, 3:] - ref[:, 3:]).abs().max() > 1e-6
