@@ -139,8 +139,9 @@ def sequential_rnn(cell, u: torch.Tensor, h0: Optional[torch.Tensor] = None, kee
     u = _wide(u)
     h = u.new_zeros(u.shape[0], cell.size) if h0 is None else h0.to(u.dtype)
     m, out = _keep(keep, u), []
-    for t in range(u.shape[1]):
-        f = cell(h, u[:, t])
+    # unbind, not u[:, t]: each indexing op's backward would materialise a full-size gradient of u (O(T²))
+    for t, u_t in enumerate(u.unbind(1)):
+        f = cell(h, u_t)
         h = f if m is None else m[:, t] * f + (1 - m[:, t]) * h
         out.append(h)
     return torch.stack(out, dim=1)
