@@ -76,14 +76,15 @@ def test_prefix_and_masked_lm_objectives_train(small_corpus, workdir, capsys, ma
     assert code == 0, err
 
 
-@pytest.mark.parametrize("extra", [
-    [],  # configs/lm/rnn.yaml: tanh cell, Newton to tolerance, implicit gradient
-    ["--model.backbone.rnn_cell", "gru", "--model.backbone.rnn_method", "fixed", "--model.backbone.rnn_iterations", "2",
-     "--model.backbone.norm", "deepnorm"],  # Su's "iterations as layers"
-    ["--model.backbone.mask", "bidirectional"],  # masked LM over forward + backward RNNs
+@pytest.mark.parametrize("config,extra", [
+    ("rnn", []),  # configs/lm/rnn.yaml: tanh cell, Newton to tolerance, implicit gradient
+    # the acceptance command (gau.yaml: Post-Norm RMSNorm) with Su's "iterations as layers" GRU, as a masked LM
+    # (forward + backward RNNs)
+    ("gau", ["--model.backbone.block", "rnn", "--model.backbone.rnn_cell", "gru", "--model.backbone.rnn_method", "fixed",
+             "--model.backbone.rnn_iterations", "2", "--model.backbone.mask", "bidirectional"]),
 ])
-def test_rnn_block_trains(small_corpus, workdir, capsys, extra):
-    args = tiny_args(small_corpus, workdir, *extra, "--model.lr", "3e-3", steps=3, config="configs/lm/rnn.yaml")
+def test_rnn_block_trains(small_corpus, workdir, capsys, config, extra):
+    args = tiny_args(small_corpus, workdir, *extra, "--model.lr", "3e-3", steps=3, config=f"configs/lm/{config}.yaml")
     code, err = run_cli(["fit", *args], capsys)
     assert code == 0, err
     ckpt = torch.load(workdir / "ckpt" / "last.ckpt", weights_only=True)
