@@ -213,9 +213,10 @@ def parallel_rnn(
                 deltas.append(float(delta.max()) if T else 0.0)
                 peak = float(new.abs().max()) if T else 0.0
                 if not (peak <= blowup):  # also catches NaN
-                    raise RNNDivergenceError(
-                        f"{method} RNN iteration {n}: max |x| = {peak:.3g} > {blowup:g} (states of tanh/GRU cells lie in "
-                        f"[-1, 1]); the fixed-λ iteration is not a contraction — use method='newton'")
+                    hint = "the fixed-λ iteration is not a contraction — use method='newton'" if method == "fixed" else \
+                        "check the inputs and λ for non-finite values"
+                    raise RNNDivergenceError(f"{method} RNN iteration {n}: max |x| = {peak:.3g} > {blowup:g} (states of "
+                                             f"tanh/GRU cells lie in [-1, 1]); {hint}")
                 done = iterations is None and bool((delta <= atol + rtol * new.abs()).all())
             x = new
             ends.append(x[:, -1] if T else level(n))
