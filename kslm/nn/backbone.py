@@ -31,7 +31,7 @@ class BackboneConfig:
         d_model: hidden size d.
         n_layers: Transformer or RNN blocks, or GAU layers (two GAU layers ≈ one Transformer block).
         n_heads: attention heads (transformer only).
-        d_ff: FFN inner size (transformer; default 4·d).
+        d_ff: FFN inner size (transformer and rnn blocks; default 4·d).
         expansion: GAU expansion e/d (e = 2d in the paper).
         qk_dim: GAU shared Q/K size s (128 in the paper).
         norm: pre (Pre-LN), post (Post-LN) or deepnorm (Post-LN with α skip scale and β init).
