@@ -11,7 +11,7 @@ CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
 def test_configs_exist():
     names = {p.relative_to(REPO / "configs").as_posix() for p in CONFIGS}
     assert {"lm/transformer.yaml", "lm/gau.yaml", "lm/deepnet.yaml", "lm/tinyshakespeare.yaml",
-            "lm/chinese_poetry.yaml"} <= names
+            "lm/chinese_poetry.yaml", "lm/rnn.yaml"} <= names
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.relative_to(REPO / "configs").as_posix())

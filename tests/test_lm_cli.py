@@ -76,6 +76,32 @@ def test_prefix_and_masked_lm_objectives_train(small_corpus, workdir, capsys, ma
     assert code == 0, err
 
 
+@pytest.mark.parametrize("config,extra", [
+    ("rnn", []),  # configs/lm/rnn.yaml: tanh cell, Newton to tolerance, implicit gradient
+    # the acceptance command (gau.yaml: Post-Norm RMSNorm) with Su's "iterations as layers" GRU, as a masked LM
+    # (forward + backward RNNs)
+    ("gau", ["--model.backbone.block", "rnn", "--model.backbone.rnn_cell", "gru", "--model.backbone.rnn_method", "fixed",
+             "--model.backbone.rnn_iterations", "2", "--model.backbone.mask", "bidirectional"]),
+])
+def test_rnn_block_trains(small_corpus, workdir, capsys, config, extra):
+    args = tiny_args(small_corpus, workdir, *extra, "--model.lr", "3e-3", steps=3, config=f"configs/lm/{config}.yaml")
+    code, err = run_cli(["fit", *args], capsys)
+    assert code == 0, err
+    ckpt = torch.load(workdir / "ckpt" / "last.ckpt", weights_only=True)
+    assert ckpt["kslm"]["backbone"]["block"] == "rnn" and ckpt["global_step"] == 3
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+    if extra:
+        return
+    prompts = workdir / "prompts.txt"  # generation decodes with the RNN state in the cache
+    prompts.write_text("The module\n", encoding="utf-8")
+    out = workdir / "gen.jsonl"
+    args = tiny_args(small_corpus, workdir, "--ckpt_path", str(workdir / "ckpt" / "last.ckpt"), "--data.predict_file",
+                     str(prompts), "--predictions.path", str(out), "--model.max_new_tokens", "4", config="configs/lm/rnn.yaml")
+    code, err = run_cli(["predict", *args], capsys)
+    assert code == 0, err
+    assert len(read_jsonl(out)) == 1
+
+
 @pytest.mark.parametrize("stop", [3, 4, 5, 7])  # at a val check, between checks, at an epoch end, mid epoch 2
 def test_resume_reproduces_uninterrupted_run(small_corpus, workdir, capsys, stop):
     """Weights, optimiser, schedule, dropout RNG and data position: the resumed run ends bit-identical.
@@ -132,6 +158,7 @@ def test_predict_generates_one_line_per_prompt(small_corpus, workdir, capsys):
     (["--model.backbone.attention", "linear"], "model.backbone.attention"),
     (["--data.data_files", "/no/such/file.txt"], "/no/such/file.txt"),
     (["--model.backbone.n_heads", "3"], "n_heads"),
+    (["--model.backbone.block", "rnn", "--model.backbone.mask", "prefix"], "not prefix"),
     (["--trainer.max_stepz", "3"], "max_stepz"),
 ])
 def test_bad_options_give_one_line_and_exit_2(small_corpus, workdir, capsys, extra, needle):

@@ -15,6 +15,7 @@ from kslm.nn.embedding import LMHead, embedding_std
 from kslm.nn.gau import gau_sublayers
 from kslm.nn.norm import build_norm
 from kslm.nn.residual import Residual, deepnorm_constants
+from kslm.nn.rnn_block import rnn_sublayers
 from kslm.nn.rope import RotaryEmbedding
 from kslm.nn.transformer import transformer_sublayers
 
@@ -24,12 +25,13 @@ class BackboneConfig:
     """Shape and technique choices of a kslm language-model backbone.
 
     Args:
-        block: transformer (attention + FFN blocks) or gau (Gated Attention Units, FLASH).
+        block: transformer (attention + FFN blocks), gau (Gated Attention Units, FLASH) or rnn (parallel
+            non-linear RNN + FFN blocks; causal, or bidirectional as forward + backward RNNs; no prefix mask).
         vocab_size: vocabulary size; left empty it is taken from the tokenizer.
         d_model: hidden size d.
-        n_layers: Transformer blocks, or GAU layers (two GAU layers ≈ one Transformer block).
+        n_layers: Transformer or RNN blocks, or GAU layers (two GAU layers ≈ one Transformer block).
         n_heads: attention heads (transformer only).
-        d_ff: FFN inner size (transformer; default 4·d).
+        d_ff: FFN inner size (transformer and rnn blocks; default 4·d).
         expansion: GAU expansion e/d (e = 2d in the paper).
         qk_dim: GAU shared Q/K size s (128 in the paper).
         norm: pre (Pre-LN), post (Post-LN) or deepnorm (Post-LN with α skip scale and β init).
@@ -43,9 +45,13 @@ class BackboneConfig:
         tied_init: remedy for tied embeddings: rescaled (σ = ln V/d), swap, ortho or none.
         max_length: longest sequence the model accepts.
         dropout: dropout on residual branches and attention weights.
+        rnn_cell: rnn block cell: tanh (x_t = tanh(λ⊙x_{t−1} + u_t)) or gru (diagonal GRU).
+        rnn_method: rnn block iteration: newton (DEER, diagonal Jacobian) or fixed (Su's cheap fixed-λ form).
+        rnn_iterations: rnn block: empty = solve to tolerance (implicit gradient); k = exactly k iterations
+            (autograd through them: Su's "iterations as layers").
     """
 
-    block: Literal["transformer", "gau"] = "transformer"
+    block: Literal["transformer", "gau", "rnn"] = "transformer"
     vocab_size: Optional[int] = None
     d_model: int = 256
     n_layers: int = 4
@@ -64,6 +70,9 @@ class BackboneConfig:
     tied_init: Literal["rescaled", "swap", "ortho", "none"] = "none"
     max_length: int = 2048
     dropout: float = 0.0
+    rnn_cell: Literal["tanh", "gru"] = "tanh"
+    rnn_method: Literal["newton", "fixed"] = "newton"
+    rnn_iterations: Optional[int] = None
 
     def __post_init__(self):
         from kslm.errors import ConfigError
@@ -80,6 +89,11 @@ class BackboneConfig:
             raise ConfigError("backbone.tied_init swap needs an even d_model")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"backbone.dropout must be in [0, 1), got {self.dropout}")
+        if self.block == "rnn" and self.mask == "prefix":
+            raise ConfigError("backbone.block rnn supports mask causal or bidirectional, not prefix (a recurrence "
+                              "cannot see a whole prefix and stay causal after it)")
+        if self.rnn_iterations is not None and self.rnn_iterations < 1:
+            raise ConfigError(f"backbone.rnn_iterations must be ≥ 1 or empty, got {self.rnn_iterations}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -91,7 +105,7 @@ class BackboneConfig:
 
     @property
     def sublayers_per_layer(self) -> int:
-        return 2 if self.block == "transformer" else 1
+        return 1 if self.block == "gau" else 2
 
     @property
     def deepnorm(self):
@@ -103,8 +117,9 @@ class BackboneConfig:
 class Context:
     """Per-forward state shared by the sub-layers: mask, RoPE phases and an optional KV cache."""
 
-    def __init__(self, mask, phases, cache=None):
+    def __init__(self, mask, phases, cache=None, attention_mask=None):
         self.mask, self.phases, self.cache = mask, phases, cache
+        self.attention_mask = attention_mask  # [B, past + T], 1 = token: the RNN block carries its state over pads
 
     def rotate(self, x):
         return RotaryEmbedding.rotate(x, self.phases)
@@ -129,7 +144,7 @@ class Backbone(nn.Module):
         self.embed_norm = build_norm(cfg.norm_type, cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
         alpha, self.beta = cfg.deepnorm if cfg.norm == "deepnorm" else (1.0, 1.0)
-        make = transformer_sublayers if cfg.block == "transformer" else gau_sublayers
+        make = {"transformer": transformer_sublayers, "gau": gau_sublayers, "rnn": rnn_sublayers}[cfg.block]
         self.layers = nn.ModuleList(
             Residual(sub, cfg.norm, cfg.d_model, cfg.norm_type, alpha, cfg.dropout)
             for _ in range(cfg.n_layers) for sub in make(cfg)
@@ -172,7 +187,7 @@ class Backbone(nn.Module):
         if position_ids is None:
             position_ids = self.positions(input_ids, attention_mask, past)
         phases = self.rope.rotation(position_ids) if self.rope is not None else None
-        ctx = Context(mask, phases, cache)
+        ctx = Context(mask, phases, cache, attention_mask)
         x = self.dropout(self.embed_norm(self.embed(input_ids)))
         for layer in self.layers:
             x = layer(x, ctx)
@@ -188,11 +203,15 @@ class Backbone(nn.Module):
     def flops_per_token(self, seq_len: int, training: bool = True) -> float:
         """Analytic matmul FLOPs per token (2 per multiply-add; ×3 for forward + backward when training).
         Attention counts the full T×T score matrix (PaLM convention), so 6N + 12·L·H·Q·T for a Transformer;
-        a GAU layer costs 2·(d(2e+s) + ed) for its dense maps plus 2·T·(s + e) for QKᵀ and AV."""
+        a GAU layer costs 2·(d(2e+s) + ed) for its dense maps plus 2·T·(s + e) for QKᵀ and AV; an RNN block
+        2·(d·(n_dir·c·d + d) + d² + 2·d·d_ff) (c = 1 tanh, 3 GRU; the elementwise scan is not counted, like norms)."""
         cfg, d = self.cfg, self.cfg.d_model
         if cfg.block == "transformer":
             d_ff = cfg.d_ff or 4 * d
             per_layer = 2 * (4 * d * d + 2 * d * d_ff) + 2 * seq_len * 2 * d
+        elif cfg.block == "rnn":
+            width = (2 if cfg.mask == "bidirectional" else 1) * (3 if cfg.rnn_cell == "gru" else 1) * d + d
+            per_layer = 2 * (d * width + d * d + 2 * d * (cfg.d_ff or 4 * d))
         else:
             e, s = cfg.expansion * d, cfg.qk_dim
             per_layer = 2 * (d * (2 * e + s) + e * d) + 2 * seq_len * (s + e)
