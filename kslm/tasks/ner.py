@@ -8,14 +8,13 @@ windows' offsets (nested and overlapping entities included) and scored with exac
 
 from typing import List, Literal, Optional
 
-from kslm.errors import CheckpointError, ConfigError
 from kslm.heads.global_pointer import EfficientGlobalPointer, GlobalPointer
 from kslm.losses import multilabel_categorical_crossentropy
 from kslm.metrics import SpanF1
-from kslm.tasks.base import KslmTask
+from kslm.tasks.extraction import ExtractionTask
 
 
-class EntityExtraction(KslmTask):
+class EntityExtraction(ExtractionTask):
     """Named-entity recognition with a GlobalPointer head (see KslmTask for backbone and optimiser options).
 
     Args:
@@ -24,51 +23,22 @@ class EntityExtraction(KslmTask):
         types: entity types; empty = the training data's types (stored in the checkpoint).
     """
 
+    label_key = "types"
+    label_name = "entity types"
+    head_options = ("head", "head_size")
+
     def __init__(self, *args, head: Literal["gp", "egp"] = "egp", head_size: int = 64,
                  types: Optional[List[str]] = None, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.backbone_config.mask != "bidirectional":
-            raise ConfigError(f"entity extraction needs backbone.mask bidirectional, got {self.backbone_config.mask!r}")
-        self.types = list(types) if types else None
-        self.head_module = None
-        self.threshold = 0.0
         self.val_f1 = SpanF1()
-        self._tokens_per_batch = None
 
-    # ------------------------------------------------------------ building
-    def build(self, tokenizer, *args, **kwargs) -> None:
-        super().build(tokenizer, *args, **kwargs)
-        if not self.types:
-            raise ConfigError("entity types unknown: give --model.types or training data")
+    @property
+    def types(self) -> Optional[List[str]]:
+        return self.labels
+
+    def build_head(self):
         cls = GlobalPointer if self.hparams.head == "gp" else EfficientGlobalPointer
-        self.head_module = cls(self.hidden_size, len(self.types), self.hparams.head_size)
-        self.hparams["types"] = list(self.types)
-
-    def configure_model(self):
-        if self.backbone is None and self._trainer is not None:
-            dm_types = getattr(self.trainer.datamodule, "types", None)
-            if dm_types:
-                if self.types and list(self.types) != list(dm_types):
-                    raise ConfigError(f"model.types {self.types} differ from the data's types {dm_types}")
-                self.types = list(dm_types)
-        super().configure_model()
-
-    def on_save_checkpoint(self, checkpoint):
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["kslm"].update(types=list(self.types), head=self.hparams.head, head_size=self.hparams.head_size)
-
-    def on_load_checkpoint(self, checkpoint):
-        types = (checkpoint.get("kslm") or {}).get("types")
-        if not types:
-            raise CheckpointError("not an entity-extraction checkpoint (no entity types inside)")
-        if self.head_module is not None and list(self.types) != list(types):
-            raise CheckpointError(f"the checkpoint's entity types {types} differ from the data's {self.types}")
-        self.types = list(types)
-        head = {k: checkpoint["kslm"].get(k, self.hparams[k]) for k in ("head", "head_size")}
-        if self.head_module is None or any(self.hparams[k] != v for k, v in head.items()):
-            self.hparams.update(head)  # the checkpoint's head, whatever the config says
-            self.backbone = None  # let the base class build backbone and head from the checkpoint
-        super().on_load_checkpoint(checkpoint)
+        return cls(self.hidden_size, len(self.types), self.hparams.head_size)
 
     # ------------------------------------------------------------- forward
     def forward(self, input_ids, attention_mask, span_mask):
@@ -81,20 +51,9 @@ class EntityExtraction(KslmTask):
                                                       y_pred=logits.reshape(B * K, L * L))
         return per_row.mean()
 
-    def training_step(self, batch, batch_idx):
-        self._tokens_per_batch = batch["input_ids"].shape
+    def compute_loss(self, batch):
         logits = self(batch["input_ids"], batch["attention_mask"], batch["span_mask"])
-        loss = self.loss(logits, batch["labels"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=logits.shape[0])
-        return loss
-
-    @property
-    def flops_per_batch(self) -> Optional[float]:
-        """Analytic backbone FLOPs of the latest training batch (the head's are not counted)."""
-        if self.backbone is None or self._tokens_per_batch is None:
-            return None
-        B, T = self._tokens_per_batch
-        return self.backbone.flops_per_token(T) * B * T
+        return self.loss(logits, batch["labels"])
 
     # ------------------------------------------------------------ decoding
     def decode(self, logits, batch) -> List[List[dict]]:
@@ -115,18 +74,7 @@ class EntityExtraction(KslmTask):
         key = lambda ents: [(e["start"], e["end"], e["type"]) for e in ents]  # noqa: E731
         self.val_f1.update([key(p) for p in preds], [key(g) for g in batch["entities"]])
 
-    def on_validation_epoch_end(self):
-        m = self.val_f1.compute()
-        self.val_f1.reset()
-        self.log_dict({"val/precision": m["precision"], "val/recall": m["recall"]}, sync_dist=True)
-        self.log("val/f1", m["f1"], prog_bar=True, sync_dist=True)
-
     test_step = validation_step
-
-    def on_test_epoch_end(self):
-        m = self.val_f1.compute()
-        self.val_f1.reset()
-        self.log_dict({f"test/{k}": v for k, v in m.items()}, sync_dist=True)
 
     def predict_step(self, batch, batch_idx):
         logits = self(batch["input_ids"], batch["attention_mask"], batch["span_mask"])

@@ -212,6 +212,18 @@ def test_sparse_loss_equals_dense_mcce():
     torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-4)
 
 
+def test_dense_option_equals_the_dense_reference():
+    """gplinker_loss(sparse=False) (multi-hot labels through the dense MCCE) is the same loss, also with masked cells."""
+    batch, L, P, _, logits = _problem()
+    logits = tuple(x.clone() for x in logits)
+    for x in logits:
+        x[..., 0, :] = float("-inf")  # the <s> row, masked as the model does
+    targets = gplinker_targets([sorted(g) for g in batch], num_predicates=P)
+    dense = gplinker_loss(*logits, *targets, sparse=False)
+    torch.testing.assert_close(dense, dense_reference_loss(logits, batch, L, P), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(dense, gplinker_loss(*logits, *targets), rtol=1e-5, atol=1e-4)
+
+
 def test_loss_reduction_is_sum_heads_mean_batch_summed_over_groups():
     """Each group contributes mean_batch(sum_heads): doubling the batch by duplication leaves the loss unchanged,
     while the loss is not the mean over heads (which would be smaller by roughly the head count)."""

@@ -1,0 +1,103 @@
+"""What the extraction tasks (EntityExtraction, RelationExtraction) share: a bidirectional backbone with a pointer head
+over its hidden states, the label set (entity types / predicates) taken from the data and stored in the checkpoint
+with the head's settings (so `--ckpt_path` alone rebuilds the model), the training step around `compute_loss`, and
+precision / recall / F1 logged at the end of validation and test."""
+
+from typing import List, Optional, Tuple
+
+import torch
+
+from kslm.errors import CheckpointError, ConfigError
+from kslm.tasks.base import KslmTask
+
+
+class ExtractionTask(KslmTask):
+    """Base of the extraction tasks. Subclasses set `label_key` (their label-list argument, also its checkpoint key),
+    `head_options` (hyper-parameters that shape the head, stored in the checkpoint), `self.val_f1` (a kslm.metrics
+    set-F1 metric) and implement `build_head`, `compute_loss`."""
+
+    label_key = "labels"
+    label_name = "labels"  # in messages
+    head_options: Tuple[str, ...] = ("head_size",)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.backbone_config.mask != "bidirectional":
+            raise ConfigError(f"{type(self).__name__} needs backbone.mask bidirectional, got {self.backbone_config.mask!r}")
+        labels = self.hparams.get(self.label_key)
+        self.labels: Optional[List[str]] = list(labels) if labels else None
+        self.head_module = None
+        self.threshold = 0.0
+        self._tokens_per_batch = None
+
+    # ------------------------------------------------------------ building
+    def build_head(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def build(self, tokenizer, *args, **kwargs) -> None:
+        super().build(tokenizer, *args, **kwargs)
+        if not self.labels:
+            raise ConfigError(f"{self.label_name} unknown: give --model.{self.label_key} or training data")
+        self.head_module = self.build_head()
+        self.hparams[self.label_key] = list(self.labels)
+
+    def configure_model(self):
+        if self.backbone is None and self._trainer is not None:
+            dm_labels = getattr(self.trainer.datamodule, "labels", None)
+            if dm_labels:
+                if self.labels and list(self.labels) != list(dm_labels):
+                    raise ConfigError(f"model.{self.label_key} {self.labels} differ from the data's {self.label_name} "
+                                      f"{dm_labels}")
+                self.labels = list(dm_labels)
+        super().configure_model()
+
+    def on_save_checkpoint(self, checkpoint):
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["kslm"].update({self.label_key: list(self.labels), **{k: self.hparams[k] for k in self.head_options}})
+
+    def on_load_checkpoint(self, checkpoint):
+        labels = (checkpoint.get("kslm") or {}).get(self.label_key)
+        if not labels:
+            raise CheckpointError(f"not a {type(self).__name__} checkpoint (no {self.label_name} inside)")
+        if self.head_module is not None and list(self.labels) != list(labels):
+            raise CheckpointError(f"the checkpoint's {self.label_name} {labels} differ from the data's {self.labels}")
+        self.labels = list(labels)
+        head = {k: checkpoint["kslm"].get(k, self.hparams[k]) for k in self.head_options}
+        if self.head_module is None or any(self.hparams[k] != v for k, v in head.items()):
+            self.hparams.update(head)  # the checkpoint's head, whatever the config says
+            self.backbone = None  # let the base class build backbone and head from the checkpoint
+        super().on_load_checkpoint(checkpoint)
+
+    # ------------------------------------------------------------ training
+    def compute_loss(self, batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def training_step(self, batch, batch_idx):
+        self._tokens_per_batch = batch["input_ids"].shape
+        loss = self.compute_loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    @property
+    def flops_per_batch(self) -> Optional[float]:
+        """Analytic backbone FLOPs of the latest training batch (the head's are not counted)."""
+        if self.backbone is None or self._tokens_per_batch is None:
+            return None
+        B, T = self._tokens_per_batch
+        return self.backbone.flops_per_token(T) * B * T
+
+    # ---------------------------------------------------------- evaluation
+    def _log_f1(self, stage: str):
+        m = self.val_f1.compute()
+        self.val_f1.reset()
+        self.log_dict({f"{stage}/precision": m["precision"], f"{stage}/recall": m["recall"]}, sync_dist=True)
+        self.log(f"{stage}/f1", m["f1"], prog_bar=stage == "val", sync_dist=True)
+
+    def on_validation_epoch_end(self):
+        self._log_f1("val")
+
+    def on_test_epoch_end(self):
+        self._log_f1("test")
+
+
+__all__ = ["ExtractionTask"]
