@@ -23,7 +23,7 @@ def merge_rounds(rounds: list, peak: float, args) -> dict:
     row = {k: v for k, v in ok[0].items() if k not in per_round}
     times = [t for r in ok for t in r["step_times_s"]]
     quiet = quiet_steps(ok, args.quiet_threshold)
-    contended = len(quiet) < args.min_quiet_steps
+    contended = len(quiet) < max(1, args.min_quiet_steps)  # no quiet step at all: report from all steps
     used = times if contended else quiet
     step_s = statistics.median(used)
     tokens = args.batch * args.seq
