@@ -81,12 +81,9 @@ class EntityExtraction(KslmTask):
                                                       y_pred=logits.reshape(B * K, L * L))
         return per_row.mean()
 
-    def training_step(self, batch, batch_idx):
+    def compute_loss(self, batch):
         self._tokens_per_batch = batch["input_ids"].shape
-        logits = self(batch["input_ids"], batch["attention_mask"], batch["span_mask"])
-        loss = self.loss(logits, batch["labels"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=logits.shape[0])
-        return loss
+        return self.loss(self(batch["input_ids"], batch["attention_mask"], batch["span_mask"]), batch["labels"])
 
     @property
     def flops_per_batch(self) -> Optional[float]:
