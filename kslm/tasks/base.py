@@ -51,7 +51,8 @@ class KslmTask(pl.LightningModule):
 
     runtime_options: Tuple[str, ...] = ()
 
-    def __init__(self, backbone: BackboneConfig = BackboneConfig(), optimizer: Literal["adamw", "amos", "amos_adamw", "eg_adamw"] = "adamw",
+    def __init__(self, backbone: BackboneConfig = BackboneConfig(),
+                 optimizer: Literal["adamw", "amos", "amos_adamw", "eg_adamw"] = "adamw",
                  lr: float = 1e-3, weight_decay: float = 0.01, betas: Tuple[float, float] = (0.9, 0.98),
                  warmup_steps: int = 100, scheduler: Literal["cosine", "linear", "constant"] = "cosine",
                  min_lr_ratio: float = 0.1, total_steps: Optional[int] = None,
@@ -61,7 +62,8 @@ class KslmTask(pl.LightningModule):
         super().__init__()
         unknown = sorted(set(optimizer_args or {}) - set(OPTIONS[optimizer]))
         if unknown:
-            raise ConfigError(f"model.optimizer_args: unknown {optimizer} options {unknown} (known: {', '.join(OPTIONS[optimizer])})")
+            known = ", ".join(OPTIONS[optimizer])
+            raise ConfigError(f"model.optimizer_args: unknown {optimizer} options {unknown} (known: {known})")
         # run-time options (generation settings) stay out of the hyper-parameters, so that a checkpoint's
         # values do not override the command line of `kslm predict --ckpt_path …`
         self.save_hyperparameters(ignore=["backbone", *self.runtime_options])
