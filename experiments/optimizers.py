@@ -1,11 +1,13 @@
 """AdamW (best of 3 LRs) vs Amos (default ξ), the Amos-AdamW recipe and EG-adapted AdamW (untuned LR), on a small
 character LM (Tiny Shakespeare) and on CLUENER NER, through `kslm fit` (issue 5; TECHNIQUES §12–13).
 
-    PYTHONPATH=. python experiments/optimizers.py [--tasks lm ner] [--lm-steps 200] [--ner-steps 200]
+    PYTHONPATH=. python experiments/optimizers.py [--tasks lm ner] [--lm-steps 120] [--ner-steps 120]
                                                   [--out experiments/results/optimizers.json]
+    PYTHONPATH=. python experiments/optimizers.py --table experiments/results/optimizers_*.json   # the table again
 
-Per run: final validation loss (LM) / span F1 (NER), the first validation step at which the run reaches the best
-AdamW's final value, and the optimiser-state bytes in the final checkpoint (slots; parameters not counted).
+Per run: final validation loss (LM: token cross-entropy; NER: span MCCE, with the span F1 beside it), the first
+validation step at which the run reaches the best AdamW's final loss, and the optimiser-state bytes in the final
+checkpoint (slots; parameters not counted).
 Amos's ξ is its default 1/√(batches per epoch); the Amos-AdamW recipe uses Su's α₀ = 1e-2 ("easy tasks") with
 inverse-time D(t) halving over the run; EG-AdamW uses the config's own LR. Runs share this process (one
 lightning import) and write TensorBoard logs under a temporary folder; the JSON is written atomically.
@@ -33,7 +35,7 @@ TASKS = {
                  "--model.backbone.n_heads", "4", "--model.warmup_steps", "20", "--trainer.limit_val_batches", "8"],
     },
     "ner": {
-        "config": "configs/ner/cluener-egp.yaml", "metric": "val/f1", "lower_is_better": False,
+        "config": "configs/ner/cluener-egp.yaml", "metric": "val/loss", "lower_is_better": True, "also": "val/f1",
         "lrs": [1e-3, 3e-3, 1e-2], "config_lr": 3e-3,
         "args": ["--data.train_file", str(DATA / "cluener2020" / "train.json"), "--data.batch_size", "16",
                  "--data.max_length", "64", "--model.backbone.d_model", "64", "--model.backbone.n_layers", "2",
@@ -80,7 +82,7 @@ def run_one(task, name, extra, steps, workdir):
     rundir = Path(workdir) / task / name.replace(" ", "_").replace("/", "_")
     rundir.mkdir(parents=True)
     os.chdir(rundir)
-    val_every = max(steps // 8, 1)
+    val_every = max(steps // 6, 1)
     args = ["fit", "--config", str(REPO / spec["config"]), *spec["args"], *extra, "--trainer.max_steps", str(steps),
             "--trainer.val_check_interval", str(val_every), "--trainer.check_val_every_n_epoch", "null",
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
@@ -94,7 +96,8 @@ def run_one(task, name, extra, steps, workdir):
     ckpt = torch.load(rundir / "ckpt" / "last.ckpt", weights_only=True)
     n_params = sum(v.numel() for v in ckpt["state_dict"].values())
     curve = series(rundir / "logs", spec["metric"])
-    return {"task": task, "run": name, "args": extra, "steps": steps, "curve": curve, "final": curve[-1][1],
+    also = series(rundir / "logs", spec["also"])[-1][1] if "also" in spec else None
+    return {"task": task, "run": name, "args": extra, "steps": steps, "curve": curve, "final": curve[-1][1], "also": also,
             "state_bytes": tensor_bytes(ckpt["optimizer_states"][0]), "params": n_params, "seconds": time.time() - t0}
 
 
@@ -110,49 +113,61 @@ def summarise(results):
         for r in rs:
             reached = next((s for s, v in r["curve"] if (v <= best["final"] if low else v >= best["final"])), None)
             rel = (r["final"] - best["final"]) / abs(best["final"])
-            rows.append({**{k: r[k] for k in ("task", "run", "final", "state_bytes", "steps")},
+            rows.append({**{k: r.get(k) for k in ("task", "run", "final", "also", "state_bytes", "steps")},
                          "vs_best_adamw": rel, "steps_to_best_adamw_final": reached,
                          "state_vs_adamw": r["state_bytes"] / best["state_bytes"]})
     return rows
 
 
 def table(rows) -> str:
-    lines = ["| task | run | final | vs best AdamW | steps to best AdamW's final | optimiser state | vs AdamW |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| task | run | final val loss | vs best AdamW | steps to best AdamW's final | val F1 | optimiser state | vs AdamW |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        metric = "val loss" if TASKS[r["task"]]["lower_is_better"] else "val F1"
-        lines.append(f"| {r['task']} | {r['run']} | {metric} {r['final']:.4f} | {100 * r['vs_best_adamw']:+.1f} % | "
+        f1 = f"{100 * r['also']:.1f}" if r.get("also") is not None else "–"
+        lines.append(f"| {r['task']} | {r['run']} | {r['final']:.4f} | {100 * r['vs_best_adamw']:+.1f} % | "
                      f"{r['steps_to_best_adamw_final'] if r['steps_to_best_adamw_final'] is not None else 'not reached'}"
-                     f" / {r['steps']} | {r['state_bytes'] / 1024:.0f} KiB | {100 * r['state_vs_adamw']:.0f} % |")
+                     f" / {r['steps']} | {f1} | {r['state_bytes'] / 1024:.0f} KiB | {100 * r['state_vs_adamw']:.0f} % |")
     return "\n".join(lines)
+
+
+def save(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", nargs="+", default=["lm", "ner"], choices=list(TASKS))
-    ap.add_argument("--lm-steps", type=int, default=200)
-    ap.add_argument("--ner-steps", type=int, default=200)
+    ap.add_argument("--lm-steps", type=int, default=120)
+    ap.add_argument("--ner-steps", type=int, default=120)
     ap.add_argument("--out", default=str(REPO / "experiments" / "results" / "optimizers.json"))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--table", nargs="+", metavar="JSON", help="print the table of these result files and exit")
     a = ap.parse_args()
+    if a.table:
+        results = [r for path in a.table for r in json.loads(Path(path).read_text(encoding="utf-8"))["runs"]]
+        print(table(summarise(results)))
+        return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    torch.set_num_threads(a.threads)  # on a shared CPU one thread avoids stalls at every OpenMP barrier
     out = Path(a.out).resolve()
-    results = []
+    payload = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": torch.get_num_threads(),
+               "command": " ".join(["python", "experiments/optimizers.py", *sys.argv[1:]]), "runs": []}
     with tempfile.TemporaryDirectory(prefix="kslm-optim-") as work:
         for task in a.tasks:
             steps = a.lm_steps if task == "lm" else a.ner_steps
             for name, extra in runs(task):
-                results.append(run_one(task, name, extra, steps, work))
-                print(f"{task} {name}: final {results[-1]['final']:.4f} ({results[-1]['seconds']:.0f} s)", file=sys.stderr)
+                payload["runs"].append(run_one(task, name, extra, steps, work))
+                r = payload["runs"][-1]
+                print(f"{task} {name}: final {r['final']:.4f} ({r['seconds']:.0f} s)", file=sys.stderr)
+                save(out, payload)  # after every run: an interrupted sweep keeps what it measured
         os.chdir(REPO)
-    rows = summarise(results)
-    payload = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": torch.get_num_threads(),
-               "command": " ".join(["python", "experiments/optimizers.py", *sys.argv[1:]]), "runs": results, "summary": rows}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, out)
-    print(table(rows))
+    payload["summary"] = summarise(payload["runs"])
+    save(out, payload)
+    print(table(payload["summary"]))
 
 
 if __name__ == "__main__":
