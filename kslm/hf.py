@@ -78,6 +78,9 @@ class HFEncoder(nn.Module):
     def hidden_size(self) -> int:
         return self.model.config.hidden_size
 
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()  # where the input gradient penalty is taken
+
     def forward(self, input_ids, attention_mask=None):
         return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 

@@ -21,6 +21,8 @@ from kslm.nn.attention import attend
 
 
 class GatedAttentionUnit(nn.Module):
+    ffn_output = "o_dense"  # its output matrix: Amos η = √(2/fan_in) (kslm.optim.roles)
+
     def __init__(self, d_model: int, expansion: int, qk_dim: int, activation: str, attention: str,
                  train_length: int, dropout: float, rope: bool):
         super().__init__()

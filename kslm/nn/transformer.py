@@ -41,6 +41,8 @@ class MultiHeadAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
+    ffn_output = "fc2"  # its output matrix: Amos η = √(2/fan_in) (kslm.optim.roles)
+
     def __init__(self, d_model: int, d_ff: int, activation: str):
         super().__init__()
         self.fc1 = nn.Linear(d_model, d_ff, bias=False)

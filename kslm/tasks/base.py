@@ -3,8 +3,10 @@ a checkpoint that carries the backbone config and the tokenizer (so nothing else
 
 import hashlib
 import logging
+import math
+from contextlib import contextmanager
 from dataclasses import replace
-from typing import Literal, Optional, Tuple
+from typing import Any, Dict, Literal, Optional, Tuple
 
 import lightning.pytorch as pl
 import torch
@@ -14,7 +16,9 @@ from kslm.checkpoint import load_backbone
 from kslm.data.tokenizer import fingerprint, tokenizer_from_checkpoint
 from kslm.errors import CheckpointError, ConfigError
 from kslm.nn import Backbone, BackboneConfig
-from kslm.optim import build_optimizer
+from kslm.optim import OPTIONS, build_optimizer
+from kslm.optim.amos_adamw import AmosDecay
+from kslm.optim.gradient_penalty import double_backward_attention, input_gradient_penalty, parameter_penalty_gradients
 from kslm.optim.schedules import warmup_decay
 
 log = logging.getLogger(__name__)
@@ -30,9 +34,14 @@ class KslmTask(pl.LightningModule):
 
     Args:
         backbone: the backbone's shape and techniques (see BackboneConfig).
-        optimizer: optimiser name: adamw.
-        lr: peak learning rate.
-        weight_decay: decoupled weight decay on matrices (norms, biases, embeddings exempt).
+        optimizer: adamw, amos (Amos; its ξ is optimizer_args.xi, default 1/√(batches per epoch)), amos_adamw
+            (Su's Amos-derived AdamW recipe; lr = α₀, its D(t) replaces `scheduler`) or eg_adamw (AdamW with
+            exponentiated-gradient step-size gains). See kslm/optim and the README.
+        optimizer_args: the optimiser's own options, e.g. {"xi": 0.05, "momentum": 0.9} (amos),
+            {"decay": "inverse_time", "half_life": 1000, "decay_gains": false} (amos_adamw),
+            {"gain_lr": 0.01, "scale_lr": 0.01} (eg_adamw); kslm.optim.OPTIONS lists them.
+        lr: peak learning rate (amos_adamw: the relative step size α₀; not used by amos).
+        weight_decay: decoupled weight decay on matrices (norms, biases, embeddings exempt); adamw / eg_adamw.
         betas: Adam's (β1, β2).
         warmup_steps: linear warmup steps.
         scheduler: decay after warmup: cosine, linear or constant.
@@ -43,17 +52,28 @@ class KslmTask(pl.LightningModule):
             schedule and step start afresh. Only read when training starts from scratch.
         hf_path: a local Hugging Face encoder directory (BERT, RoFormer, …; extra `hf`) used as the backbone
             instead of a kslm one, with its own tokenizer (tokenizer.json or vocab.txt).
+        gradient_penalty: none, input (ε/2·‖∂L/∂e‖² at the embedding output, double backward) or parameter
+            (ε/2·‖∇θL‖², its gradient by one extra forward/backward); logged as train/penalty.
+        gradient_penalty_weight: ε.
+        penalty_step: r of the parameter penalty's finite difference θ + r·g/‖g‖.
     """
 
     runtime_options: Tuple[str, ...] = ()
     weights_from_checkpoint: bool = False
 
-    def __init__(self, backbone: BackboneConfig = BackboneConfig(), optimizer: Literal["adamw"] = "adamw",
+    def __init__(self, backbone: BackboneConfig = BackboneConfig(),
+                 optimizer: Literal["adamw", "amos", "amos_adamw", "eg_adamw"] = "adamw",
                  lr: float = 1e-3, weight_decay: float = 0.01, betas: Tuple[float, float] = (0.9, 0.98),
                  warmup_steps: int = 100, scheduler: Literal["cosine", "linear", "constant"] = "cosine",
-                 min_lr_ratio: float = 0.1, total_steps: Optional[int] = None, pretrained: Optional[str] = None,
-                 hf_path: Optional[str] = None):
+                 min_lr_ratio: float = 0.1, total_steps: Optional[int] = None,
+                 optimizer_args: Optional[Dict[str, Any]] = None,
+                 gradient_penalty: Literal["none", "input", "parameter"] = "none", gradient_penalty_weight: float = 1.0,
+                 penalty_step: float = 1e-3, pretrained: Optional[str] = None, hf_path: Optional[str] = None):
         super().__init__()
+        unknown = sorted(set(optimizer_args or {}) - set(OPTIONS[optimizer]))
+        if unknown:
+            known = ", ".join(OPTIONS[optimizer])
+            raise ConfigError(f"model.optimizer_args: unknown {optimizer} options {unknown} (known: {known})")
         # run-time options (generation settings) stay out of the hyper-parameters, so that a checkpoint's
         # values do not override the command line of `kslm predict --ckpt_path …`
         self.save_hyperparameters(ignore=["backbone", *self.runtime_options])
@@ -165,10 +185,90 @@ class KslmTask(pl.LightningModule):
             torch.set_rng_state(self._pending_rng)
             self._pending_rng = None
 
+    # ------------------------------------------------------------- training
+    def compute_loss(self, batch) -> torch.Tensor:
+        """The training loss of one batch (no logging); every task implements it. It must give the same value
+        when called twice with the same RNG state (the parameter penalty evaluates it twice)."""
+        raise NotImplementedError
+
+    def training_step(self, batch, batch_idx):
+        """compute_loss + the chosen gradient penalty; train/loss and train/penalty are logged separately."""
+        hp = self.hparams
+        size = batch["input_ids"].shape[0] if isinstance(batch, dict) and "input_ids" in batch else None
+        kind, weight = hp.gradient_penalty, hp.gradient_penalty_weight
+        if kind == "input":
+            with self._capture_embedding() as embedded, double_backward_attention():
+                loss = self.compute_loss(batch)
+            penalty = input_gradient_penalty(loss, embedded[0], weight)
+            out = loss + penalty
+        elif kind == "parameter":
+            rng = _rng_state()
+            loss = self.compute_loss(batch)
+            params = [p for p in self.parameters() if p.requires_grad]
+
+            def recompute():
+                _set_rng_state(rng)  # the same dropout masks as the first pass
+                return self.compute_loss(batch)
+
+            grads, penalty = parameter_penalty_gradients(loss, params, recompute, weight, hp.penalty_step)
+            # a surrogate whose value is the loss and whose gradient is ∇L + ε·H∇L
+            linear = sum((p * g.detach()).sum() for p, g in zip(params, grads, strict=True))
+            out = loss.detach() + linear - linear.detach()
+        else:
+            loss = out = self.compute_loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        if kind != "none":
+            self.log("train/penalty", penalty, batch_size=size)
+        return out
+
+    @contextmanager
+    def _capture_embedding(self):
+        """Yields a list that holds the embedding output of the forward run inside the block."""
+        embed = getattr(self.backbone, "embed", None)
+        if embed is None and hasattr(self.backbone, "get_input_embeddings"):
+            embed = self.backbone.get_input_embeddings()
+        if embed is None:
+            raise ConfigError("gradient_penalty input needs a backbone with an embedding layer")
+        captured = []
+        handle = embed.register_forward_hook(lambda m, i, o: captured.append(o))
+        try:
+            yield captured
+        finally:
+            handle.remove()
+
     # ------------------------------------------------------------ optimiser
     def configure_optimizers(self):
         hp = self.hparams
-        opt = build_optimizer(hp.optimizer, self, lr=hp.lr, weight_decay=hp.weight_decay, betas=hp.betas)
-        total = hp.total_steps or self.trainer.estimated_stepping_batches
-        sched = warmup_decay(opt, hp.warmup_steps, int(total), hp.scheduler, hp.min_lr_ratio)
+        args = dict(hp.optimizer_args or {})
+        total = int(hp.total_steps or self.trainer.estimated_stepping_batches)
+        lr = hp.lr
+        if hp.optimizer == "amos":
+            lr = args.get("xi") or 1 / math.sqrt(_batches_per_epoch(self.trainer, total))
+        try:
+            opt = build_optimizer(hp.optimizer, self, lr=lr, weight_decay=hp.weight_decay, betas=hp.betas, **args)
+            if hp.optimizer == "amos_adamw":
+                decay = AmosDecay(lr, args.get("decay", "inverse_time"), args.get("p"), args.get("half_life") or total,
+                                  hp.warmup_steps)
+                sched = torch.optim.lr_scheduler.LambdaLR(opt, decay)
+            else:
+                sched = warmup_decay(opt, hp.warmup_steps, total, hp.scheduler, hp.min_lr_ratio)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"model.optimizer_args: {exc}") from exc
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _batches_per_epoch(trainer, fallback: int) -> int:
+    """Independent training batches (jestimator's N for ξ = 1/√N): an epoch's batches, else the run's steps."""
+    trainer.fit_loop.setup_data()  # what trainer.estimated_stepping_batches does too; a no-op once loaded
+    n = trainer.num_training_batches
+    return int(n) if n and math.isfinite(n) else max(fallback, 1)
+
+
+def _rng_state():
+    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+
+
+def _set_rng_state(state):
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state_all(state[1])

@@ -69,14 +69,9 @@ class ExtractionTask(KslmTask):
         super().on_load_checkpoint(checkpoint)
 
     # ------------------------------------------------------------ training
-    def compute_loss(self, batch) -> torch.Tensor:
-        raise NotImplementedError
-
     def training_step(self, batch, batch_idx):
-        self._tokens_per_batch = batch["input_ids"].shape
-        loss = self.compute_loss(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
-        return loss
+        self._tokens_per_batch = batch["input_ids"].shape  # for flops_per_batch; loss and penalty: KslmTask
+        return super().training_step(batch, batch_idx)
 
     @property
     def flops_per_batch(self) -> Optional[float]:

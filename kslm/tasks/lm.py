@@ -70,10 +70,8 @@ class LanguageModel(KslmTask):
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum")
         return loss / n.clamp(min=1), n
 
-    def training_step(self, batch, batch_idx):
-        loss, _ = self.lm_loss(batch["input_ids"], self._generator("train", self.global_step, self.global_rank))
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
+    def compute_loss(self, batch):
+        return self.lm_loss(batch["input_ids"], self._generator("train", self.global_step, self.global_rank))[0]
 
     def validation_step(self, batch, batch_idx):
         loss, n = self.lm_loss(batch["input_ids"], self._generator("val", batch_idx, self.global_rank))

@@ -1,0 +1,176 @@
+"""AdamW (best of 3 LRs) vs Amos (default ξ), the Amos-AdamW recipe and EG-adapted AdamW (untuned LR), on a small
+character LM (Tiny Shakespeare) and on CLUENER NER, through `kslm fit` (issue 5; TECHNIQUES §12–13).
+
+    PYTHONPATH=. python experiments/optimizers.py [--tasks lm ner] [--lm-steps 120] [--ner-steps 120]
+                                                  [--out experiments/results/optimizers.json]
+    PYTHONPATH=. python experiments/optimizers.py --table experiments/results/optimizers_*.json   # the table again
+
+Per run: final validation loss (LM: token cross-entropy; NER: span MCCE, with the span F1 beside it), the first
+validation step at which the run reaches the best AdamW's final loss, and the optimiser-state bytes in the final
+checkpoint (slots; parameters not counted).
+Amos's ξ is its default 1/√(batches per epoch); the Amos-AdamW recipe uses Su's α₀ = 1e-2 ("easy tasks") with
+inverse-time D(t) halving over the run; EG-AdamW uses the shipped config's LR (untuned). The AdamW grid
+[3e-3, 1e-2, 3e-2] brackets the best LR of a first sweep over [1e-3, 3e-3, 1e-2], whose best was its largest.
+Runs share this process (one lightning import) and write TensorBoard logs under a temporary folder; the JSON is
+written atomically after every run.
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+
+TASKS = {
+    "lm": {
+        "config": "configs/lm/tinyshakespeare.yaml", "metric": "val/loss", "lower_is_better": True,
+        "lrs": [3e-3, 1e-2, 3e-2], "config_lr": 2e-3,  # the shipped config's lr
+        "args": ["--data.data_files", str(DATA / "tinyshakespeare" / "input.txt"), "--data.seq_len", "128",
+                 "--data.batch_size", "16", "--model.backbone.d_model", "64", "--model.backbone.n_layers", "2",
+                 "--model.backbone.n_heads", "4", "--model.warmup_steps", "20", "--trainer.limit_val_batches", "8"],
+    },
+    "ner": {
+        "config": "configs/ner/cluener-egp.yaml", "metric": "val/loss", "lower_is_better": True, "also": "val/f1",
+        "lrs": [3e-3, 1e-2, 3e-2], "config_lr": 1e-3,  # the shipped config's lr
+        "args": ["--data.train_file", str(DATA / "cluener2020" / "train.json"), "--data.batch_size", "16",
+                 "--data.max_length", "64", "--model.backbone.d_model", "64", "--model.backbone.n_layers", "2",
+                 "--model.backbone.n_heads", "4", "--model.warmup_steps", "20", "--trainer.limit_val_batches", "8"],
+    },
+}
+
+
+def runs(task):
+    spec = TASKS[task]
+    out = [(f"adamw lr={lr:g}", ["--model.optimizer", "adamw", "--model.lr", str(lr)]) for lr in spec["lrs"]]
+    out.append(("amos (ξ = 1/√N)", ["--model.optimizer", "amos"]))
+    out.append(("amos_adamw α₀=1e-2", ["--model.optimizer", "amos_adamw", "--model.lr", "1e-2"]))
+    out.append((f"eg_adamw lr={spec['config_lr']:g}", ["--model.optimizer", "eg_adamw", "--model.lr", str(spec["config_lr"])]))
+    return out
+
+
+def series(logdir, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    points = []
+    for events in sorted(Path(logdir).rglob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        if tag in acc.Tags()["scalars"]:
+            points += [(s.step, s.value) for s in acc.Scalars(tag)]
+    return sorted(points)
+
+
+def tensor_bytes(obj) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for k, v in obj.items() if k != "param_groups")
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
+def run_one(task, name, extra, steps, workdir):
+    from kslm.cli import main
+
+    spec = TASKS[task]
+    rundir = Path(workdir) / task / name.replace(" ", "_").replace("/", "_")
+    rundir.mkdir(parents=True)
+    os.chdir(rundir)
+    val_every = max(steps // 6, 1)
+    args = ["fit", "--config", str(REPO / spec["config"]), *spec["args"], *extra, "--trainer.max_steps", str(steps),
+            "--trainer.val_check_interval", str(val_every), "--trainer.check_val_every_n_epoch", "null",
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+            "--checkpoint.dirpath", str(rundir / "ckpt"), "--checkpoint.save_last", "true"]
+    t0 = time.time()
+    try:
+        main(args)
+    except SystemExit as exc:
+        if exc.code:
+            raise RuntimeError(f"{task} {name}: kslm exited {exc.code}") from exc
+    ckpt = torch.load(rundir / "ckpt" / "last.ckpt", weights_only=True)
+    n_params = sum(v.numel() for v in ckpt["state_dict"].values())
+    curve = series(rundir / "logs", spec["metric"])
+    also = series(rundir / "logs", spec["also"])[-1][1] if "also" in spec else None
+    return {"task": task, "run": name, "args": extra, "steps": steps, "curve": curve, "final": curve[-1][1], "also": also,
+            "state_bytes": tensor_bytes(ckpt["optimizer_states"][0]), "params": n_params, "seconds": time.time() - t0}
+
+
+def summarise(results):
+    rows = []
+    for task in TASKS:
+        rs = [r for r in results if r["task"] == task]
+        if not rs:
+            continue
+        low = TASKS[task]["lower_is_better"]
+        adamw = [r for r in rs if r["run"].startswith("adamw")]
+        best = min(adamw, key=lambda r: r["final"]) if low else max(adamw, key=lambda r: r["final"])
+        for r in rs:
+            reached = next((s for s, v in r["curve"] if (v <= best["final"] if low else v >= best["final"])), None)
+            rel = (r["final"] - best["final"]) / abs(best["final"])
+            rows.append({**{k: r.get(k) for k in ("task", "run", "final", "also", "state_bytes", "steps")},
+                         "vs_best_adamw": rel, "steps_to_best_adamw_final": reached,
+                         "state_vs_adamw": r["state_bytes"] / best["state_bytes"]})
+    return rows
+
+
+def table(rows) -> str:
+    lines = ["| task | run | final val loss | vs best AdamW | steps to best AdamW's final | val F1 | optimiser state | vs AdamW |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        f1 = f"{100 * r['also']:.1f}" if r.get("also") is not None else "–"
+        lines.append(f"| {r['task']} | {r['run']} | {r['final']:.4f} | {100 * r['vs_best_adamw']:+.1f} % | "
+                     f"{r['steps_to_best_adamw_final'] if r['steps_to_best_adamw_final'] is not None else 'not reached'}"
+                     f" / {r['steps']} | {f1} | {r['state_bytes'] / 1024:.0f} KiB | {100 * r['state_vs_adamw']:.0f} % |")
+    return "\n".join(lines)
+
+
+def save(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", nargs="+", default=["lm", "ner"], choices=list(TASKS))
+    ap.add_argument("--lm-steps", type=int, default=120)
+    ap.add_argument("--ner-steps", type=int, default=120)
+    ap.add_argument("--out", default=str(REPO / "experiments" / "results" / "optimizers.json"))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--table", nargs="+", metavar="JSON", help="print the table of these result files and exit")
+    a = ap.parse_args()
+    if a.table:
+        results = [r for path in a.table for r in json.loads(Path(path).read_text(encoding="utf-8"))["runs"]]
+        print(table(summarise(results)))
+        return
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    torch.set_num_threads(a.threads)  # on a shared CPU one thread avoids stalls at every OpenMP barrier
+    out = Path(a.out).resolve()
+    payload = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": torch.get_num_threads(),
+               "command": " ".join(["python", "experiments/optimizers.py", *sys.argv[1:]]), "runs": []}
+    with tempfile.TemporaryDirectory(prefix="kslm-optim-") as work:
+        for task in a.tasks:
+            steps = a.lm_steps if task == "lm" else a.ner_steps
+            for name, extra in runs(task):
+                payload["runs"].append(run_one(task, name, extra, steps, work))
+                r = payload["runs"][-1]
+                print(f"{task} {name}: final {r['final']:.4f} ({r['seconds']:.0f} s)", file=sys.stderr)
+                save(out, payload)  # after every run: an interrupted sweep keeps what it measured
+        os.chdir(REPO)
+    payload["summary"] = summarise(payload["runs"])
+    save(out, payload)
+    print(table(payload["summary"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Exponentiated-gradient step-size adaptation (Su, kexue.fm/archives/8968; Amid, Anil, Fifty & Warmuth,
+"Step-size Adaptation Using Exponentiated Gradient Updates", arXiv 2202.00145).
+
+A wrapper over a base optimiser (AdamW by default). With d_t the base optimiser's update of a tensor at step t
+(what it would add to θ) and g_t the current gradient, the applied step is s_t · ν_t ⊙ d_t, where
+
+    h_t   = −g_t ⊙ d_{t−1} / (rms(g_t) · rms(d_{t−1}))          (normalised ∂L/∂ν, sign flipped: EG ascends −h)
+    ν_t   = clamp(ν_{t−1} ⊙ exp(γ h_t), ν_min, ν_max)            per-coordinate gain, ν_0 = 1, fp32
+    s_t   = clamp(s_{t−1} · exp(γ_s · cos(−g_t, d_{t−1})), s_min, s_max)   global step-size scale, s_0 = 1
+    θ_{t+1} = θ_t + s_t ν_t ⊙ d_t
+
+For plain GD, d = −ηg and h_t ∝ g_{t−1} ⊙ g_t: Su's ν_{t+1} = ν_t ⊙ exp(γ g_{t−1} ⊙ g_t) — consecutive gradients with
+the same sign raise a coordinate's step, alternating signs lower it. The RMS normalisation makes γ unit-free
+(exp(γ Σ g g) is otherwise scale-dependent and can explode); the clamps bound what is left. The cosine between
+the current gradient and the previous (momentum) update drives the global scale, as the paper's global step-size.
+Gains, previous updates and the scale live in this optimiser's state_dict (with the base's), so a resumed run
+continues identically; under DDP the gradients are all-reduced before the step, so the state is identical on
+every rank (sharded optimisers — FSDP/ZeRO — would need an all-reduce of the global cosine: not supported).
+"""
+
+from typing import Tuple
+
+import torch
+from torch.optim import Optimizer
+
+from kslm.optim.precision import fp32_or_wider
+
+
+class ExponentiatedGradient(Optimizer):
+    """EG gains over `base` (which keeps its own param groups: LR schedulers act on them, shared here).
+
+    Args:
+        base: the wrapped optimiser.
+        gain_lr: γ of the per-coordinate gains.
+        scale_lr: γ_s of the global scale (0 = fixed scale 1).
+        gain_bounds: (ν_min, ν_max).
+        scale_bounds: (s_min, s_max).
+    """
+
+    def __init__(self, base: Optimizer, gain_lr: float = 0.01, scale_lr: float = 0.01,
+                 gain_bounds: Tuple[float, float] = (0.1, 10.0), scale_bounds: Tuple[float, float] = (0.01, 100.0)):
+        if gain_lr < 0 or scale_lr < 0 or not 0 < gain_bounds[0] <= 1 <= gain_bounds[1] \
+                or not 0 < scale_bounds[0] <= 1 <= scale_bounds[1]:
+            raise ValueError("EG needs gain_lr, scale_lr ≥ 0 and bounds lo ≤ 1 ≤ hi")
+        self.base = base
+        self.eg = dict(gain_lr=gain_lr, scale_lr=scale_lr, gain_bounds=tuple(gain_bounds), scale_bounds=tuple(scale_bounds))
+        super().__init__(base.param_groups, base.defaults)
+        self.param_groups = base.param_groups  # one set of groups: the scheduler's LR reaches the base
+        self.scale = 1.0
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        grads = {p: p.grad.to(fp32_or_wider(p)) for p in params}
+        # global scale from the alignment of the current gradient with the previous update
+        dot, gg, dd = 0.0, 0.0, 0.0
+        for p in params:
+            prev = self.state[p].get("prev")
+            if prev is not None:
+                dot -= float((grads[p] * prev).sum())
+                gg += float(grads[p].square().sum())
+                dd += float(prev.square().sum())
+        if gg > 0 and dd > 0:
+            lo, hi = self.eg["scale_bounds"]
+            self.scale = min(max(self.scale * torch.exp(torch.tensor(self.eg["scale_lr"] * dot / (gg * dd) ** 0.5,
+                                                                     dtype=torch.float64)).item(), lo), hi)
+        lo, hi = self.eg["gain_bounds"]
+        for p in params:
+            state = self.state[p]
+            if "gain" not in state:
+                state["gain"] = torch.ones_like(p, dtype=fp32_or_wider(p))
+            prev = state.get("prev")
+            if prev is not None:
+                g = grads[p]
+                denom = g.square().mean().sqrt() * prev.square().mean().sqrt()
+                if denom > 0:
+                    state["gain"].mul_(torch.exp(-self.eg["gain_lr"] * g * prev / denom)).clamp_(lo, hi)
+        before = {p: p.detach().clone() for p in params}
+        self.base.step()
+        for p in params:
+            d = p.to(fp32_or_wider(p)) - before[p].to(fp32_or_wider(p))
+            self.state[p]["prev"] = d
+            p.copy_((before[p].to(d.dtype) + self.scale * self.state[p]["gain"] * d).to(p.dtype))
+        return loss
+
+    def state_dict(self):
+        sd = super().state_dict()
+        sd["base"] = self.base.state_dict()
+        sd["eg"] = {"scale": self.scale}
+        return sd
+
+    def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        base, eg = state_dict.pop("base"), state_dict.pop("eg")
+        super().load_state_dict(state_dict)
+        self.base.load_state_dict(base)
+        self.param_groups = self.base.param_groups
+        self.scale = float(eg["scale"])
+
+
+__all__ = ["ExponentiatedGradient"]

@@ -1,0 +1,92 @@
+"""Amos / Amos-AdamW / EG-AdamW and the gradient penalties through `kslm fit` on the LM and NER tasks."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, run_cli, tiny_args
+from test_ner_cli import ner_args
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def series(logdir, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    values = []
+    for events in sorted(Path(logdir).rglob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        if tag in acc.Tags()["scalars"]:
+            values += [s.value for s in acc.Scalars(tag)]
+    return values
+
+
+GAU = "configs/lm/gau.yaml"
+
+
+@pytest.mark.parametrize("optimizer,extra", [
+    ("amos", []),
+    ("amos_adamw", ["--model.lr", "0.02", "--model.optimizer_args.decay", "constant_rate"]),
+    ("eg_adamw", ["--model.optimizer_args.gain_lr", "0.02"]),
+])
+def test_optimizer_trains_and_resumes_identically(small_corpus, workdir, capsys, optimizer, extra):
+    """Loss falls; the optimiser's slots (Amos v/b, EG gains and scale) are in the checkpoint, so a run resumed
+    at step 4 ends bit-identical to the uninterrupted one."""
+    common = ["--model.optimizer", optimizer, "--model.total_steps", "8", "--trainer.val_check_interval", "4",
+              "--model.backbone.dropout", "0.1", "--trainer.log_every_n_steps", "1", *extra]
+    assert run_cli(["fit", *tiny_args(small_corpus, workdir / "a", *common, steps=8, config=GAU)], capsys)[0] == 0
+    loss = series(workdir / "logs", "train/loss")
+    assert len(loss) == 8 and sum(loss[-3:]) < sum(loss[:3]) - 0.1, loss
+    assert run_cli(["fit", *tiny_args(small_corpus, workdir / "b", *common, steps=4, config=GAU)], capsys)[0] == 0
+    rest = tiny_args(small_corpus, workdir / "b", *common, "--ckpt_path", str(workdir / "b" / "ckpt" / "last.ckpt"),
+                     steps=8, config=GAU)
+    assert run_cli(["fit", *rest], capsys)[0] == 0
+    a = torch.load(workdir / "a" / "ckpt" / "last.ckpt", weights_only=True)
+    b = torch.load(workdir / "b" / "ckpt" / "last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 8 and a["hyper_parameters"]["optimizer"] == optimizer
+    assert a["optimizer_states"][0]["state"]
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+
+
+@pytest.mark.parametrize("penalty", ["input", "parameter"])
+def test_penalty_trains_and_is_logged_separately(small_corpus, workdir, capsys, penalty):
+    args = tiny_args(small_corpus, workdir, "--model.gradient_penalty", penalty, "--model.gradient_penalty_weight", "0.1",
+                     "--trainer.log_every_n_steps", "1", "--model.lr", "3e-3", steps=8, config=GAU)
+    code, err = run_cli(["fit", *args], capsys)
+    assert code == 0, err
+    loss, penalties = series(workdir / "logs", "train/loss"), series(workdir / "logs", "train/penalty")
+    assert len(loss) == 8 and sum(loss[-3:]) < sum(loss[:3]) - 0.1, loss
+    assert len(penalties) == 8 and all(p > 0 for p in penalties)
+
+
+@pytest.mark.parametrize("optimizer,penalty", [("amos", "input"), ("eg_adamw", "parameter")])
+def test_ner_takes_the_same_options(workdir, capsys, optimizer, penalty):
+    code, err = run_cli(["fit", *ner_args(workdir, "--model.optimizer", optimizer, "--model.gradient_penalty", penalty,
+                                          steps=2)], capsys)
+    assert code == 0, err
+    ckpt = torch.load(workdir / "ckpt" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 2 and all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--model.optimizer", "lion"], "model.optimizer"),
+    (["--model.optimizer", "amos", "--model.optimizer_args.betta", "0.9"], "betta"),
+    (["--model.gradient_penalty", "hessian"], "model.gradient_penalty"),
+])
+def test_bad_optimizer_options_are_one_line_errors(small_corpus, workdir, capsys, extra, needle):
+    code, err = run_cli(["fit", *tiny_args(small_corpus, workdir, *extra)], capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("kslm: error:") and needle in lines[0], err
+
+
+def test_readme_documents_every_optimizer_and_penalty():
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    for word in ("--model.optimizer amos", "amos_adamw", "eg_adamw", "--model.gradient_penalty input",
+                 "--model.gradient_penalty parameter", "--model.gradient_penalty_weight"):
+        assert word in text, word
