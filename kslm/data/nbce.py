@@ -152,6 +152,8 @@ class NBCEDataModule(pl.LightningDataModule):
         if not hasattr(model, "encode_prompt"):
             raise ConfigError("the NBCE data module needs the NBCE model (model.class_path kslm.tasks.nbce.NBCE)")
         window = self.window or model.window
+        if window is None:
+            raise ConfigError("the model does not state its window (no max_position_embeddings): set data.window")
         if model.window and window > model.window:
             raise ConfigError(f"data.window {window} exceeds the model's window {model.window}")
         self.items = [build_prompts(r, model, window, model.max_new_tokens, self.max_batch_tokens, self.predict_file)
