@@ -58,25 +58,29 @@ def eval_record(rng: random.Random, idx: int, lines_per_window: int, windows: in
             "position": kv.index(asked) / len(kv)}
 
 
-WINDOW = 128           # the model's window W (char tokens): backbone.max_length = data.seq_len = W
-LINES_PER_WINDOW = 20  # 6-character lines that fit a window beside the question and the answer
-WINDOWS = 8            # evaluation contexts hold 8 windows' worth of lines
+WINDOW = 128  # the model's window W in tokens: backbone.max_length = data.seq_len = W
+# key=value lines that fit a window beside the question and the answer: 6 tokens per line with the char tokenizer,
+# 4 with BPE (a key, "=", a value and the newline are one token each)
+LINES_PER_WINDOW = {"char": 20, "bpe": 30}
+VOCAB = {"char": 128, "bpe": 1200}
+WINDOWS = 8  # evaluation contexts hold 8 windows' worth of lines
 
 
-def make_data(out: Path, n_docs: int, seed: int) -> Path:
+def make_data(out: Path, n_docs: int, seed: int, lines: int, p_repeat: float) -> Path:
     rng = random.Random(seed)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "train.jsonl"
     with open(path, "w", encoding="utf-8") as f:
         for _ in range(n_docs):
-            f.write(json.dumps({"text": training_doc(rng, LINES_PER_WINDOW)}) + "\n")
+            f.write(json.dumps({"text": training_doc(rng, lines, p_repeat)}) + "\n")
     return path
 
 
-def train_args(out: Path, steps: int) -> list:
+def train_args(out: Path, steps: int, tokenizer: str) -> list:
     return [
         "fit", "--config", str(REPO / "configs/lm/transformer.yaml"),
-        "--data.data_files", str(out / "train.jsonl"), "--data.tokenizer_kind", "char", "--data.vocab_size", "128",
+        "--data.data_files", str(out / "train.jsonl"), "--data.tokenizer_kind", tokenizer,
+        "--data.vocab_size", str(VOCAB[tokenizer]),
         "--data.seq_len", str(WINDOW), "--data.batch_size", "32", "--data.val_fraction", "0.01",
         "--data.cache_dir", str(out / "cache"),
         "--model.backbone.d_model", "128", "--model.backbone.n_layers", "2", "--model.backbone.n_heads", "4",
@@ -88,6 +92,11 @@ def train_args(out: Path, steps: int) -> list:
     ]
 
 
+def answer_of(model, tokens) -> str:
+    """The value the model gave: the first line of its (at most 2-token) answer."""
+    return model.decode(tokens).strip().split("\n")[0]
+
+
 def truncated(rec: dict, model, window: int) -> list:
     """Plain truncation: the template with as many of the context's last lines as fit the window."""
     lines, keep = rec["context"].split("\n"), []
@@ -96,7 +105,7 @@ def truncated(rec: dict, model, window: int) -> list:
     return model.encode_prompt("\n".join(keep), rec["question"])
 
 
-def evaluate(out: Path, n: int, seed: int, ckpt=None) -> dict:
+def evaluate(out: Path, n: int, seed: int, lines: int, ckpt=None) -> dict:
     import time
 
     from kslm.data.nbce import build_prompts
@@ -105,7 +114,7 @@ def evaluate(out: Path, n: int, seed: int, ckpt=None) -> dict:
     ckpt = ckpt or out / "ckpt" / "last.ckpt"
     model = NBCE(checkpoint=str(ckpt), temperature=0.0, max_new_tokens=2, template=TEMPLATE).eval()
     rng = random.Random(seed)
-    records = [eval_record(rng, i, LINES_PER_WINDOW, WINDOWS) for i in range(n)]
+    records = [eval_record(rng, i, lines, WINDOWS) for i in range(n)]
     rows = {"nbce": [], "nbce_mean_pooling": [], "truncation": [], "oracle_chunk": []}
     chunks, ctx_tokens, hit_chunk, t0 = [], [], [], time.perf_counter()
     for rec in records:
@@ -114,18 +123,18 @@ def evaluate(out: Path, n: int, seed: int, ckpt=None) -> dict:
         chunks.append(len(prompts) - 1)
         ctx_tokens.append(model.count_tokens(rec["context"]))
         tokens, chosen = model.generate(prompts)
-        rows["nbce"].append(model.decode(tokens).strip() == rec["answer"])
+        rows["nbce"].append(answer_of(model, tokens) == rec["answer"])
         fact = line(rec["question"], rec["answer"])
         hit_chunk.append(bool(chosen) and fact in item["chunks"][chosen[-1] - 1])
         model.pooling = "mean"
-        rows["nbce_mean_pooling"].append(model.decode(model.generate(prompts)[0]).strip() == rec["answer"])
+        rows["nbce_mean_pooling"].append(answer_of(model, model.generate(prompts)[0]) == rec["answer"])
         model.pooling = "min_entropy"
         for name, p in (("truncation", truncated(rec, model, WINDOW)),
                         ("oracle_chunk", next(p for c, p in zip(item["chunks"], prompts[1:], strict=True) if fact in c))):
             model.beta = 0.0  # one context with β = 0: plain greedy decoding of that prompt
             tokens, _ = model.generate([prompts[0], p])
             model.beta = 0.25
-            rows[name].append(model.decode(tokens).strip() == rec["answer"])
+            rows[name].append(answer_of(model, tokens) == rec["answer"])
     result = {
         "checkpoint": str(ckpt), "records": n, "window": WINDOW, "mean_chunks": sum(chunks) / n,
         "mean_context_tokens": sum(ctx_tokens) / n, "context_in_windows": sum(ctx_tokens) / n / WINDOW,
@@ -146,11 +155,13 @@ def main(argv=None):
     ap.add_argument("--records", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument("--tokenizer", choices=["char", "bpe"], default="char", help="one token per character, or BPE")
+    ap.add_argument("--p-repeat", type=float, default=0.4, help="share of training lines that repeat an earlier key")
     ap.add_argument("--resume", action="store_true", help="continue OUT/ckpt/last.ckpt up to --steps (a longer schedule)")
     ap.add_argument("--ckpt", type=Path, default=None, help="checkpoint to evaluate (default OUT/ckpt/last.ckpt)")
     args = ap.parse_args(argv)
     if args.stage == "data":
-        print(make_data(args.out, args.docs, args.seed))
+        print(make_data(args.out, args.docs, args.seed, LINES_PER_WINDOW[args.tokenizer], args.p_repeat))
     elif args.stage == "train":
         import os
 
@@ -161,12 +172,12 @@ def main(argv=None):
         torch.set_num_threads(args.threads)  # on a shared 2-core VM, 2 intra-op threads stall on each other's barriers
         os.chdir(args.out)  # TensorBoard logs go to OUT/logs
         resume = ["--ckpt_path", str(args.out.resolve() / "ckpt" / "last.ckpt")] if args.resume else []
-        kslm(train_args(args.out.resolve(), args.steps) + resume)
+        kslm(train_args(args.out.resolve(), args.steps, args.tokenizer) + resume)
     else:
         import torch
 
         torch.set_num_threads(args.threads)
-        evaluate(args.out, args.records, args.seed + 1, args.ckpt)
+        evaluate(args.out, args.records, args.seed + 1, LINES_PER_WINDOW[args.tokenizer], args.ckpt)
 
 
 if __name__ == "__main__":
