@@ -311,7 +311,8 @@ def test_hf_cached_loop_padding_and_greedy(tiny_llama):
     torch.testing.assert_close(padded[0], alone[0], rtol=1e-5, atol=1e-5)
 
 
-def test_predict_hf_llama_matches_reference_loop(tiny_llama, tmp_path, capsys):
+def test_predict_hf_llama_matches_reference_loop(tiny_llama, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # logs/ and the saved config land here
     path, model, tokenizer = tiny_llama
     src = write_records(tmp_path / "in.jsonl", [r for r in RECORDS if isinstance(r["context"], list)]
                         + [{"id": "c", "context": ["Paris is in France.", "Rome is in Italy.", "Bern is in Switzerland.",
