@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from conftest import REPO, read_jsonl, run_cli, tiny_args
+from nbce_reference import reference_loop
 from nn.conftest import _single_thread  # noqa: F401  (autouse: one intra-op thread, as for the other small-model tests)
 
 from kslm.nn import Backbone, BackboneConfig
@@ -256,36 +257,12 @@ def tiny_llama(tmp_path_factory, small_corpus):
     return path, model, fast
 
 
-def reference_loop(model, tokenizer, contexts, question, max_tokens, beta=0.25, eta=0.1):
-    """bojone/NBCE test.py (final revision), with τ → 0 (argmax): HF's own left padding, KV cache and top-p warper."""
-    from transformers import LogitsProcessorList, TopPLogitsWarper
-
+def reference_answer(model, tokenizer, contexts, question, max_tokens, beta=0.25, eta=0.1):
+    """The reference loop on the reference's own prompts: HF tokenizer, left padding, row 0 without context."""
     tokenizer.padding_side = "left"
     batch = ["User: %s\n\n%s\n\nAssistant:" % (c, question) for c in [""] + contexts]
     inputs = tokenizer(batch, padding="longest", return_tensors="pt")
-    input_ids, attention_mask = inputs.input_ids, inputs.attention_mask
-    processors = LogitsProcessorList([TopPLogitsWarper(0.95)])
-    n, past, preds, k = input_ids.shape[0], None, [], None
-    with torch.no_grad():
-        for i in range(max_tokens):
-            out = model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=past, use_cache=True)
-            past = out.past_key_values
-            logits = out.logits[:, -1].float()
-            logits = logits - logits.logsumexp(dim=-1, keepdim=True)
-            logits = processors(input_ids, logits)
-            ent = -(logits.exp() * logits.clip(-100, 0)).sum(dim=-1)
-            if i > 0:
-                ent[k] -= eta
-            k = ent[1:].argmin() + 1
-            merged = (1 + beta) * logits[k] - beta * logits[0]
-            logits = torch.where(logits[0] > -100, merged, logits[k])
-            tok = int(logits.argmax())
-            if tok == tokenizer.eos_token_id:
-                break
-            preds.append(tok)
-            input_ids = torch.tensor([[tok]]).tile(n, 1)
-            attention_mask = torch.cat([attention_mask, torch.ones(n, 1, dtype=attention_mask.dtype)], dim=-1)
-    return preds
+    return reference_loop(model, inputs.input_ids, inputs.attention_mask, max_tokens, tokenizer.eos_token_id, beta, eta)
 
 
 def test_hf_cached_loop_padding_and_greedy(tiny_llama):
@@ -326,7 +303,7 @@ def test_predict_hf_llama_matches_reference_loop(tiny_llama, tmp_path, monkeypat
     assert len(got) == 3
     for rec, res in zip(read_jsonl(src), got, strict=True):
         assert res["id"] == rec["id"] and res["n_contexts"] == len(rec["context"])
-        assert res["answer_token_ids"] == reference_loop(model, tokenizer, rec["context"], rec["question"], 12)
+        assert res["answer_token_ids"] == reference_answer(model, tokenizer, rec["context"], rec["question"], 12)
         assert len(res["chosen_contexts"]) == len(res["answer_token_ids"])
         assert all(0 <= c < res["n_contexts"] for c in res["chosen_contexts"])
 
