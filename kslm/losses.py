@@ -23,6 +23,7 @@ import torch
 SPARSE_MCCE_EPS = 1e-7  # Keras K.epsilon(), the clip in bert4keras' sparse MCCE
 
 _NEG_INF = float("-inf")
+_BIG = 1e5  # stands for inf in the sparse loss: e^(−1e5) underflows to 0 in float64
 
 
 def _upcast(x: torch.Tensor) -> torch.Tensor:
@@ -57,13 +58,16 @@ def sparse_multilabel_categorical_crossentropy(
     positives. Indices must lie in [0, N)."""
     if y_true.shape[:-1] != y_pred.shape[:-1]:  # torch.gather would silently read a sub-block instead
         raise ValueError(f"y_true {tuple(y_true.shape)} and y_pred {tuple(y_pred.shape)} differ before the last axis")
-    s = _upcast(y_pred)
+    # masked scores (−inf) and the padding class enter as ∓_BIG instead of ∓inf: e^−_BIG is exactly 0 even in
+    # float64, so values and first derivatives are those of ±inf, while a second derivative (the input gradient
+    # penalty differentiates this loss twice) stays finite instead of inf − inf = NaN
+    s = _upcast(y_pred).clamp(min=-_BIG)
     zeros = s.new_zeros(s.shape[:-1] + (1,))
     s = torch.cat([s, zeros], dim=-1)  # class N: the threshold, score 0
     idx = y_true.long()
-    if mask_zero:  # class 0 at +inf for the positives (−s = −inf adds nothing), at −inf for a and b
-        s_for_pos = torch.cat([zeros - _NEG_INF, s[..., 1:]], dim=-1)
-        s_all = torch.cat([zeros + _NEG_INF, s[..., 1:]], dim=-1)
+    if mask_zero:  # class 0 at +big for the positives (e^−s adds nothing), at −big for a and b
+        s_for_pos = torch.cat([zeros + _BIG, s[..., 1:]], dim=-1)
+        s_all = torch.cat([zeros - _BIG, s[..., 1:]], dim=-1)
     else:
         s_for_pos = s_all = s
     pos_loss = _logsumexp_with_zero(-s_for_pos.gather(-1, idx))

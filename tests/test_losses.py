@@ -269,6 +269,30 @@ def test_sparse_gradcheck(mask_zero):
     torch.testing.assert_close(x.grad, d.grad, rtol=1e-8, atol=1e-10)
 
 
+def test_second_derivative_is_finite_and_matches_the_dense_one():
+    """The input gradient penalty differentiates the loss twice: with masked (−inf) scores and padded label rows the
+    Hessian-vector product must stay finite, and sparse and dense must agree on it."""
+    y, s = random_problem((3, 8), seed=52)
+    y[:, 0] = 0
+    y[0] = 0  # an all-padding row
+    s[1, 5] = -INF  # a masked (non-positive) class
+    y[1, 5] = 0
+    v = torch.randn_like(s)
+    hvps = {}
+    for kind in ("sparse", "dense"):
+        x = s.clone().requires_grad_()
+        if kind == "sparse":
+            loss = sparse_multilabel_categorical_crossentropy(y_true=to_indices(y, mask_zero=True), y_pred=x, mask_zero=True)
+        else:
+            xd = torch.cat([x[:, :1].detach() * 0 - INF, x[:, 1:]], dim=1)  # class 0 out of the loss, as mask_zero
+            loss = multilabel_categorical_crossentropy(y_true=y, y_pred=xd)
+        (g,) = torch.autograd.grad(loss.sum(), x, create_graph=True)
+        (hvp,) = torch.autograd.grad((g * v).sum(), x)
+        assert torch.isfinite(g).all() and torch.isfinite(hvp).all(), kind
+        hvps[kind] = hvp
+    torch.testing.assert_close(hvps["sparse"], hvps["dense"], rtol=1e-7, atol=1e-9)
+
+
 # ---------------------------------------------------------------- precision
 
 

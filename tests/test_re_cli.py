@@ -4,6 +4,7 @@ One fit (module fixture) overfits data/samples/re_canonical.jsonl; the tests rea
 predictions. Data errors stop before training."""
 
 import json
+import math
 import os
 
 import pytest
@@ -143,3 +144,16 @@ def test_invalid_json_names_file_and_line(workdir, capsys):
 def test_causal_backbone_is_a_config_error(workdir, capsys):
     line = _one_error_line(*run_cli(["fit", *re_args(workdir, "--model.backbone.mask", "causal")], capsys))
     assert "bidirectional" in line
+
+
+@pytest.mark.parametrize("optimizer,penalty", [("amos", "input"), ("eg_adamw", "parameter")])
+def test_optimizers_and_penalties_reach_relation_extraction(tmp_path, monkeypatch, optimizer, penalty):
+    """The optimisation options live in KslmTask: RelationExtraction gets them through compute_loss."""
+    monkeypatch.chdir(tmp_path)
+    args = re_args(tmp_path, "--model.optimizer", optimizer, "--model.gradient_penalty", penalty,
+                   "--model.gradient_penalty_weight", "0.1", steps=3)
+    code, err = run_cli(["fit", *args])
+    assert code == 0, err
+    tags = scalars(tmp_path / "logs")
+    assert tags["train/penalty"] > 0 and math.isfinite(tags["train/loss"])
+    assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["global_step"] == 3
