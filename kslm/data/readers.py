@@ -251,115 +251,6 @@ def read_bio(path, segpos: bool | None = None, repair: bool = False, stats: Read
         log.warning("%s: %d tags without an open entity were read as B- (repair=True)", p, stats.repaired_tags)
 
 
-# ----------------------------------------------------------------------------------------------- RE readers
-
-
-def _occurrences(text: str, s: str, word_boundary: bool) -> list[int]:
-    starts, i = [], text.find(s)
-    while i >= 0:
-        starts.append(i)
-        i = text.find(s, i + 1)
-    if word_boundary:  # English: "Al" must not be found inside "Alan"; fall back to any occurrence if none is a word
-        def ok(i):
-            left = i == 0 or not text[i - 1].isalnum() or not s[0].isalnum()
-            right = i + len(s) == len(text) or not text[i + len(s)].isalnum() or not s[-1].isalnum()
-            return left and right
-        words = [i for i in starts if ok(i)]
-        starts = words or starts
-    return starts
-
-
-def _locate_triples(text, raw_triples, path, line, all_occurrences, skip_unlocatable, stats, word_boundary):
-    """raw_triples: [(field, subject, predicate, object, extra)] → canonical triples with spans."""
-    out = []
-    for fld, subj, pred, obj, extra in raw_triples:
-        for name, val in (("subject", subj), ("predicate", pred), ("object", obj)):
-            if not (isinstance(val, str) and val):
-                raise DataError(f"must be a non-empty string, got {val!r}", path=path, line=line, field=f"{fld}.{name}")
-        found = {}
-        for name, val in (("subject", subj), ("object", obj)):
-            found[name] = _occurrences(text, val, word_boundary)
-        missing = [name for name in ("subject", "object") if not found[name]]
-        if missing:
-            name = missing[0]
-            val = subj if name == "subject" else obj
-            if not skip_unlocatable:
-                raise DataError(f"entity {val!r} does not occur in the text; pass skip_unlocatable=True to skip "
-                                "such triples (they are counted)", path=path, line=line, field=f"{fld}.{name}")
-            stats.skipped_triples += 1
-            stats.note(f"{path}:{line}: {fld}.{name} {val!r} not in text")
-            continue
-        pairs = ([(a, b) for a in found["subject"] for b in found["object"]] if all_occurrences
-                 else [(found["subject"][0], found["object"][0])])
-        for a, b in pairs:
-            out.append({"subject": subj, "predicate": pred, "object": obj,
-                        "subject_span": [a, a + len(subj)], "object_span": [b, b + len(obj)], **extra})
-    return out
-
-
-def _value(x):
-    """CMeIE writes objects as {"@value": "..."}."""
-    return x.get("@value") if isinstance(x, dict) else x
-
-
-def read_duie(path, all_occurrences: bool = False, skip_unlocatable: bool = False,
-              stats: ReadStats | None = None) -> Iterator[dict]:
-    """DuIE (LIC2019) and CMeIE JSONL: `spo_list` of entity strings, located in the text.
-
-    Each subject/object is placed at its FIRST occurrence in the text (as GPLinker's `search` does); with
-    `all_occurrences=True` a triple is emitted for every (subject occurrence, object occurrence) pair.
-    An entity string absent from the text is a DataError, or with `skip_unlocatable=True` the triple is skipped
-    and counted in `stats.skipped_triples` (and logged). subject_type/object_type are kept when present.
-    """
-    stats = stats if stats is not None else ReadStats()
-    p = Path(path)
-    for n, obj in iter_jsonl(path):
-        text = _text(obj, p, n)
-        spo = obj.get("spo_list", [])
-        if not isinstance(spo, list):
-            raise DataError("must be a list", path=p, line=n, field="spo_list")
-        raw = []
-        for k, t in enumerate(spo):
-            if not isinstance(t, dict):
-                raise DataError("must be an object", path=p, line=n, field=f"spo_list[{k}]")
-            extra = {key: _value(t[key]) for key in ("subject_type", "object_type") if key in t}
-            raw.append((f"spo_list[{k}]", _value(t.get("subject")), t.get("predicate"), _value(t.get("object")), extra))
-        stats.records += 1
-        yield {"text": text, "triples": _locate_triples(text, raw, p, n, all_occurrences, skip_unlocatable, stats, False)}
-    if stats.skipped_triples:
-        log.warning("%s: skipped %d triples whose entity is not in the text (skip_unlocatable=True)",
-                    p, stats.skipped_triples)
-
-
-read_cmeie = read_duie
-
-
-def read_webnlg(path, all_occurrences: bool = False, skip_unlocatable: bool = False,
-                stats: ReadStats | None = None) -> Iterator[dict]:
-    """WebNLG (PRGC/ETL-span variant) JSON array: `triple_list` [[subject, relation, object]] of full entity strings.
-
-    Located like `read_duie`, preferring occurrences on word boundaries (the text is space-tokenized English).
-    """
-    stats = stats if stats is not None else ReadStats()
-    p = Path(path)
-    for where, obj in _json_array(path):
-        text = _text(obj, p, where)
-        tl = obj.get("triple_list", [])
-        if not isinstance(tl, list):
-            raise DataError("must be a list", path=p, line=where, field="triple_list")
-        raw = []
-        for k, t in enumerate(tl):
-            if not (isinstance(t, list) and len(t) == 3):
-                raise DataError(f"expected [subject, relation, object], got {t!r}", path=p, line=where,
-                                field=f"triple_list[{k}]")
-            raw.append((f"triple_list[{k}]", t[0], t[1], t[2], {}))
-        stats.records += 1
-        yield {"text": text, "triples": _locate_triples(text, raw, p, where, all_occurrences, skip_unlocatable, stats, True)}
-    if stats.skipped_triples:
-        log.warning("%s: skipped %d triples whose entity is not in the text (skip_unlocatable=True)",
-                    p, stats.skipped_triples)
-
-
 # ----------------------------------------------------------------------------------------------- canonical
 
 
@@ -435,6 +326,8 @@ def read_any(path, fmt: str = "auto", **kwargs) -> Iterator[dict]:
     """Read `path` in format `fmt` (one of FORMATS, or "auto" to sniff); kwargs go to the reader."""
     if fmt == "auto":
         fmt = sniff_format(path)
+    from kslm.data.re_readers import read_cmeie, read_duie, read_webnlg
+
     readers = {"cluener": read_cluener, "cmeee": read_cmeee, "bio": read_bio, "duie": read_duie, "cmeie": read_cmeie,
                "webnlg": read_webnlg, "canonical": read_canonical}
     if fmt not in readers:
@@ -462,5 +355,17 @@ def cmeee_train_dev(path, n_train: int = 3200) -> tuple[list[dict], list[dict]]:
     return recs[:n_train], recs[n_train:]
 
 
-__all__ = ["FORMATS", "ReadStats", "iter_jsonl", "read_cluener", "read_cmeee", "read_bio", "read_duie", "read_cmeie", "read_webnlg",
+__all__ = ["FORMATS", "ReadStats", "iter_jsonl", "read_cluener", "read_cmeee", "read_bio",
            "read_canonical", "read_any", "sniff_format", "check_record", "cluener_train_dev", "cmeee_train_dev"]
+
+
+RE_READERS = ("read_duie", "read_cmeie", "read_webnlg")
+
+
+def __getattr__(name):
+    """The RE readers live in kslm.data.re_readers (which imports this module's file-access helpers)."""
+    if name in RE_READERS:
+        from kslm.data import re_readers
+
+        return getattr(re_readers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
