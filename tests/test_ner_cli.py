@@ -142,3 +142,32 @@ def test_long_texts_are_windowed_and_mapped_back(tmp_path, caplog):
     B, T = batch["input_ids"].shape
     assert batch["labels"].shape == (B, 3, T, T) and batch["span_mask"][:, 0].sum() == 0
     assert int(batch["labels"].sum()) == sum(len(w["spans"]) for r in dm.val_set[:2] for w in r["windows"])
+
+
+def test_token_dropout_replaces_text_tokens_only():
+    """Word dropout: about p of the text tokens become <unk>; <s>, </s>, padding and eval batches are untouched."""
+    from kslm.data.tokenizer import train_tokenizer
+    from kslm.nn.backbone import BackboneConfig
+    from kslm.tasks.ner import EntityExtraction
+
+    tok = train_tokenizer(["北京欢迎你", "上海的天气"], kind="char", vocab_size=100)
+    task = EntityExtraction(BackboneConfig(mask="bidirectional"), token_dropout=0.3)
+    task.tokenizer = tok
+    cls, sep, pad, unk = (tok.token_to_id(t) for t in ("<s>", "</s>", "<pad>", "<unk>"))
+    torch.manual_seed(0)
+    text = torch.randint(5, 100, (64, 40))  # any non-special ids
+    ids = torch.cat([torch.full((64, 1), cls), text, torch.full((64, 1), sep), torch.full((64, 8), pad)], 1)
+    mask = (ids != pad).long()
+    out = task.drop_tokens(ids, mask)
+    dropped = out != ids
+    assert (out[dropped] == unk).all()
+    assert not dropped[:, 0].any() and not dropped[:, 41:].any()  # <s>, </s>, padding
+    assert abs(dropped[:, 1:41].float().mean().item() - 0.3) < 0.03  # 2,560 Bernoulli(0.3) draws: σ ≈ 0.009
+    with pytest.raises(Exception, match="token_dropout"):
+        EntityExtraction(BackboneConfig(mask="bidirectional"), token_dropout=1.0)
+
+
+def test_fit_with_token_dropout_and_dropout(workdir, capsys):
+    code, err = run_cli(["fit", *ner_args(workdir, "--model.token_dropout", "0.2", "--model.backbone.dropout", "0.1")], capsys)
+    assert code == 0, err
+    assert torch.load(workdir / "ckpt" / "last.ckpt", weights_only=True)["hyper_parameters"]["token_dropout"] == 0.2
