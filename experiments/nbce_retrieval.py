@@ -76,17 +76,19 @@ def make_data(out: Path, n_docs: int, seed: int, lines: int, p_repeat: float) ->
     return path
 
 
-def train_args(out: Path, steps: int, tokenizer: str) -> list:
+def train_args(out: Path, steps: int, tokenizer: str, d_model: int = 128, layers: int = 2, heads: int = 4,
+               lr: float = 3e-3, batch: int = 32, accelerator: str = "cpu", val_every: int = 100) -> list:
     return [
         "fit", "--config", str(REPO / "configs/lm/transformer.yaml"),
         "--data.data_files", str(out / "train.jsonl"), "--data.tokenizer_kind", tokenizer,
         "--data.vocab_size", str(VOCAB[tokenizer]),
-        "--data.seq_len", str(WINDOW), "--data.batch_size", "32", "--data.val_fraction", "0.01",
+        "--data.seq_len", str(WINDOW), "--data.batch_size", str(batch), "--data.val_fraction", "0.01",
         "--data.cache_dir", str(out / "cache"),
-        "--model.backbone.d_model", "128", "--model.backbone.n_layers", "2", "--model.backbone.n_heads", "4",
+        "--model.backbone.d_model", str(d_model), "--model.backbone.n_layers", str(layers),
+        "--model.backbone.n_heads", str(heads),
         "--model.backbone.tied_init", "none", "--model.backbone.max_length", str(WINDOW),
-        "--model.lr", "3e-3", "--model.warmup_steps", "50",
-        "--trainer.max_steps", str(steps), "--trainer.val_check_interval", "100",
+        "--model.lr", str(lr), "--model.warmup_steps", "50", "--trainer.accelerator", accelerator,
+        "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(val_every),
         "--trainer.limit_val_batches", "4", "--trainer.enable_progress_bar", "false",
         "--checkpoint.dirpath", str(out / "ckpt"),
     ]
@@ -158,6 +160,13 @@ def main(argv=None):
     ap.add_argument("--tokenizer", choices=["char", "bpe"], default="char", help="one token per character, or BPE")
     ap.add_argument("--p-repeat", type=float, default=0.4, help="share of training lines that repeat an earlier key")
     ap.add_argument("--resume", action="store_true", help="continue OUT/ckpt/last.ckpt up to --steps (a longer schedule)")
+    ap.add_argument("--d-model", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--accelerator", default="cpu", help="cpu, gpu or auto (Lightning's trainer.accelerator)")
+    ap.add_argument("--val-every", type=int, default=100, help="validation and checkpoint interval in steps")
     ap.add_argument("--ckpt", type=Path, default=None, help="checkpoint to evaluate (default OUT/ckpt/last.ckpt)")
     args = ap.parse_args(argv)
     if args.stage == "data":
@@ -172,7 +181,8 @@ def main(argv=None):
         torch.set_num_threads(args.threads)  # on a shared 2-core VM, 2 intra-op threads stall on each other's barriers
         os.chdir(args.out)  # TensorBoard logs go to OUT/logs
         resume = ["--ckpt_path", str(args.out.resolve() / "ckpt" / "last.ckpt")] if args.resume else []
-        kslm(train_args(args.out.resolve(), args.steps, args.tokenizer) + resume)
+        kslm(train_args(args.out.resolve(), args.steps, args.tokenizer, args.d_model, args.layers, args.heads, args.lr,
+                        args.batch, args.accelerator, args.val_every) + resume)
     else:
         import torch
 
