@@ -107,7 +107,7 @@ def attend(
         if q.is_cuda and q.shape[-1] != v.shape[-1]:
             # GAU: one head whose value size e differs from its q/k size s. CUDA's flash and cuDNN kernels need
             # equal sizes, so SDPA would pick the memory-efficient kernel, which ran 2.1-2.3x slower than the math
-            # path on an H100 (bf16, d = 1024, T = 1024-4096; bench/README.md, "GPU"), for 20-27 % less memory.
+            # path on an H100 (bf16, d = 1024, T = 1024-4096; bench/README.md, "GPU"), for 12-27 % less memory.
             with sdpa_kernel(SDPBackend.MATH):
                 return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal, dropout_p=dropout_p)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal, dropout_p=dropout_p)
