@@ -7,6 +7,7 @@ Claim: with Post-LN the size of the model update after one optimiser step grows 
 bounds the update and trains at any depth; Pre-LN trains too but is worse per layer than a (Deep)Post-LN stack.
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python experiments/deepnorm_depth.py [--depths 6 24 96] [--steps 200] [--lr 1e-3]
+    (--resume keeps the runs already in --out and does only the missing ones: an interrupted sweep goes on)
     PYTHONPATH=. python experiments/deepnorm_depth.py --table experiments/results/deepnorm_depth.json
 
 Per (norm, depth): `kslm fit` on char-level Tiny Shakespeare (configs/lm/tinyshakespeare.yaml shrunk to d = 64,
@@ -162,6 +163,7 @@ def main():
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--out", default=str(REPO / "experiments" / "results" / "deepnorm_depth.json"))
+    ap.add_argument("--resume", action="store_true", help="keep the runs already in --out, do only the missing ones")
     ap.add_argument("--table", metavar="JSON", help="print the table of this result file and exit")
     a = ap.parse_args()
     if a.table:
@@ -177,9 +179,17 @@ def main():
     payload = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": torch.get_num_threads(),
                "command": " ".join(["python", "experiments/deepnorm_depth.py", *sys.argv[1:]]), "lr": a.lr,
                "steps": a.steps, "shape": SHAPE, "data": DATA, "unigram_entropy": h, "runs": []}
+    if a.resume and out.is_file():
+        old = json.loads(out.read_text(encoding="utf-8"))
+        if (old["lr"], old["steps"]) != (a.lr, a.steps):
+            raise SystemExit(f"{out} holds lr {old['lr']}, {old['steps']} steps: not this sweep")
+        payload["runs"], payload["command"] = old["runs"], old["command"] + " ; " + payload["command"]
+    done = {(r["norm"], r["depth"]) for r in payload["runs"]}
     with tempfile.TemporaryDirectory(prefix="kslm-deepnorm-") as work:
         for depth in a.depths:
             for norm in a.norms:
+                if (norm, depth) in done:
+                    continue
                 r = {"norm": norm, "depth": depth, **update_size(norm, depth, a, batches, vocab), **fit(norm, depth, a, work)}
                 r["diverged"] = r["nan"] or r["final_val"] is None or r["final_val"] > h
                 payload["runs"].append(r)

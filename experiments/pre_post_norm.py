@@ -6,7 +6,7 @@ Claim: Pre-Norm x_{t+1} = x_t + F_t(Norm(x_t)) lets ‖x_t‖ grow like t, so la
 F_t(Norm(x_t)) + F_{t+1}(Norm(x_{t+1})) ≈ (F_t + F_{t+1})(Norm(x_t)): two layers act as one wider layer, the
 "effective depth" is watered down, and Post-Norm (trained with warmup) ends better.
 
-    PYTHONPATH=. OMP_NUM_THREADS=1 python experiments/pre_post_norm.py [--layers 8] [--steps 600] [--lr 1e-3]
+    PYTHONPATH=. OMP_NUM_THREADS=1 python experiments/pre_post_norm.py [--layers 6] [--steps 400] [--lr 1e-3]
     PYTHONPATH=. python experiments/pre_post_norm.py --table experiments/results/pre_post_norm.json
 
 Per norm: `kslm fit` on char-level Tiny Shakespeare (configs/lm/tinyshakespeare.yaml shrunk to d = 128, 4 heads),
@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 TEXT = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 NORMS = ("pre", "post", "deepnorm")
 SHAPE = {"d_model": 128, "n_heads": 4}
-DATA = {"seq_len": 128, "batch_size": 16}
+DATA = {"seq_len": 64, "batch_size": 16}
 METRICS = ("rel", "cos_x", "cos_F", "cos_F1", "subst")
 
 
@@ -173,9 +173,9 @@ def save(path: Path, payload: dict) -> None:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--norms", nargs="+", default=["pre", "post"], choices=NORMS)
-    ap.add_argument("--layers", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--warmup", type=int, default=60)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--val-batches", type=int, default=4)
     ap.add_argument("--out", default=str(REPO / "experiments" / "results" / "pre_post_norm.json"))
