@@ -4,11 +4,15 @@
     prefix         UniLM prefix LM (kexue.fm/archives/9529): a random prefix per sample attends both ways;
                    the loss is on the continuation only
     bidirectional  masked LM (15 % of tokens: 80 % <mask>, 10 % random, 10 % kept), as GAU-α / RoFormerV2
-Loss is the token mean of the cross-entropy (fp32); perplexity = exp(val loss). Randomness (prefix lengths,
-MLM masks) comes from a generator seeded by (seed, step, rank), so a resumed run draws the same.
+Loss is the token mean of the cross-entropy (fp32); perplexity = exp(val loss). With `aux_objective: heat`
+(bidirectional only) the training loss adds aux_weight × the heat-equation feature prediction of the masked
+positions (kslm/nn/heat.py): train/loss is then the sum, logged apart as train/mlm_loss and train/aux_loss;
+val/loss stays the MLM loss. Randomness (prefix lengths, MLM masks) comes from a generator seeded by
+(seed, step, rank), so a resumed run draws the same.
 """
 
-from typing import Optional
+import math
+from typing import Literal, Optional
 
 import torch
 import torchmetrics
@@ -16,6 +20,7 @@ from torch.nn import functional as F
 
 from kslm.data.tokenizer import EOS_ID, MASK_ID, SPECIAL_TOKENS
 from kslm.errors import ConfigError
+from kslm.nn.heat import HeatPredictor
 from kslm.tasks.base import KslmTask, stable_seed
 
 
@@ -28,18 +33,35 @@ class LanguageModel(KslmTask):
         max_new_tokens: tokens generated per prompt by `kslm predict`.
         temperature: sampling temperature; 0 = greedy.
         top_p: nucleus sampling mass (with temperature > 0).
+        aux_objective: none, or heat: also predict the masked positions' final features from their visible
+            neighbours through a shared linear map (Su's heat-equation idea, kexue.fm/archives/9359; experimental;
+            backbone.mask bidirectional only). Costs one extra forward pass (the unmasked teacher, no gradient).
+        aux_weight: weight of the auxiliary loss.
+        heat_mode: interpolate (both neighbours, weighted by distance) or extrapolate (the left neighbour only).
     """
 
     runtime_options = ("max_new_tokens", "temperature", "top_p")
 
     def __init__(self, *args, mlm_probability: float = 0.15, seed: int = 0, max_new_tokens: int = 64,
-                 temperature: float = 0.0, top_p: float = 0.95, **kwargs):
+                 temperature: float = 0.0, top_p: float = 0.95, aux_objective: Literal["none", "heat"] = "none",
+                 aux_weight: float = 1.0, heat_mode: Literal["interpolate", "extrapolate"] = "interpolate", **kwargs):
         super().__init__(*args, **kwargs)
+        if aux_objective == "heat" and self.backbone_config.mask != "bidirectional":
+            raise ConfigError(f"model.aux_objective heat needs model.backbone.mask bidirectional (masked LM), "
+                              f"got {self.backbone_config.mask}")
+        if not (aux_weight >= 0 and math.isfinite(aux_weight)):
+            raise ConfigError(f"model.aux_weight must be a finite number ≥ 0, got {aux_weight}")
+        self.heat: Optional[HeatPredictor] = None
         if self.hparams.hf_path:
             raise ConfigError("model.hf_path is for the extraction tasks; LanguageModel trains kslm backbones "
                               "(for an HF causal LM use the NBCE predict mode)")
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
         self.val_loss = torchmetrics.MeanMetric()
+
+    def build(self, tokenizer, cfg=None, **kwargs):
+        super().build(tokenizer, cfg, **kwargs)
+        if self.hparams.get("aux_objective", "none") == "heat":  # its map is part of the checkpoint, so resume keeps it
+            self.heat = HeatPredictor(self.backbone_config.d_model, self.hparams.heat_mode)
 
     # ---------------------------------------------------------------- losses
     def _generator(self, *keys) -> torch.Generator:
@@ -47,8 +69,8 @@ class LanguageModel(KslmTask):
         g.manual_seed(stable_seed(self.hparams.seed, *keys))
         return g
 
-    def lm_loss(self, ids: torch.Tensor, g: torch.Generator):
-        """ids [B, T+1] → (mean loss, number of target tokens)."""
+    def lm_loss(self, ids: torch.Tensor, g: torch.Generator, aux: bool = False):
+        """ids [B, T+1] → (mean loss, number of target tokens[, auxiliary heat loss when `aux`])."""
         x, y = ids[:, :-1], ids[:, 1:].clone()
         mask, prefix = self.backbone_config.mask, None
         if mask == "prefix":
@@ -65,13 +87,24 @@ class LanguageModel(KslmTask):
             rand_tok = torch.randint(len(SPECIAL_TOKENS), self.backbone_config.vocab_size, x.shape, generator=g, device=x.device)
             swap = chosen & (r >= 0.8) & (r < 0.9)
             x[swap] = rand_tok[swap]
-        logits = self.backbone.logits(self.backbone(x, prefix_lengths=prefix))
+        hidden = self.backbone(x, prefix_lengths=prefix)
+        logits = self.backbone.logits(hidden)
         n = (y != -100).sum()
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum")
-        return loss / n.clamp(min=1), n
+        if not aux:
+            return loss / n.clamp(min=1), n
+        with torch.no_grad():  # the teacher: the same backbone on the unmasked text (stop-gradient target)
+            target = self.backbone(ids[:, :-1])
+        return loss / n.clamp(min=1), n, self.heat.loss(hidden, target, y != -100)[0]
 
     def compute_loss(self, batch):
-        return self.lm_loss(batch["input_ids"], self._generator("train", self.global_step, self.global_rank))[0]
+        g = self._generator("train", self.global_step, self.global_rank)
+        if self.heat is None:
+            return self.lm_loss(batch["input_ids"], g)[0]
+        loss, _, aux = self.lm_loss(batch["input_ids"], g, aux=True)
+        self.log("train/aux_loss", aux, batch_size=batch["input_ids"].shape[0])
+        self.log("train/mlm_loss", loss, batch_size=batch["input_ids"].shape[0])
+        return loss + self.hparams.aux_weight * aux
 
     def validation_step(self, batch, batch_idx):
         loss, n = self.lm_loss(batch["input_ids"], self._generator("val", batch_idx, self.global_rank))
