@@ -30,6 +30,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from _common import save, series
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
@@ -43,18 +44,6 @@ def unigram_entropy(path: Path) -> float:
     counts = Counter(path.read_text(encoding="utf-8"))
     n = sum(counts.values())
     return -sum(c / n * math.log(c / n) for c in counts.values())
-
-
-def series(logdir, tag):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    points = []
-    for events in sorted(Path(logdir).rglob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(events))
-        acc.Reload()
-        if tag in acc.Tags()["scalars"]:
-            points += [(s.step, s.value) for s in acc.Scalars(tag)]
-    return sorted(points)
 
 
 def finite(v):
@@ -147,13 +136,6 @@ def table(payload) -> str:
                      f"{'yes' if r['diverged'] else 'no'} | {r['update_1']:.3f} | {r['update_5']:.3f} | "
                      f"{r['logit_rms_change_1']:.3f} | {r['hidden_update_1']:.3f} | {r['seconds']:.0f} |")
     return "\n".join(lines)
-
-
-def save(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def main():

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import torch
+from _common import save, series
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -101,18 +102,6 @@ def ratio_table(rows) -> str:
 
 
 # ------------------------------------------------------------------ part 2: training with and without warmup
-def series(logdir, tag):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    points = []
-    for events in sorted(Path(logdir).rglob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(events))
-        acc.Reload()
-        if tag in acc.Tags()["scalars"]:
-            points += [(s.step, s.value) for s in acc.Scalars(tag)]
-    return sorted(points)
-
-
 def train_one(model: str, warmup: int, lr: float, steps: int, workdir: Path) -> dict:
     from kslm.cli import main
 
@@ -151,13 +140,6 @@ def train_table(runs) -> str:
         lines.append(f"| Post-LN {r['model']} | {r['params_no_embedding'] / 1e3:.0f} k | {r['lr']:g} | {r['warmup']} | {curve} "
                      f"| {r['final_val']:.4f} | {'yes' if r['diverged'] else 'no'} | {r['seconds']:.0f} s |")
     return "\n".join(lines)
-
-
-def save(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def main():

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from _common import save, series
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -35,18 +36,6 @@ PRETRAIN_FILES = ["cluener2020/test.json", "duie_v1_sample/train_data.json", "du
 SHAPE = ["--model.backbone.d_model", "128", "--model.backbone.n_layers", "2", "--model.backbone.n_heads", "4"]
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", "--trainer.log_every_n_steps", "10",
          "--trainer.check_val_every_n_epoch", "null"]
-
-
-def series(logdir, tag):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    points = []
-    for events in sorted(Path(logdir).rglob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(events))
-        acc.Reload()
-        if tag in acc.Tags()["scalars"]:
-            points += [(s.step, s.value) for s in acc.Scalars(tag)]
-    return sorted(points)
 
 
 def fit(rundir: Path, args) -> float:
@@ -109,13 +98,6 @@ def table(payload) -> str:
         lines[-1] += (f" {' / '.join(f'{x:.1f}' for x in f1s)} | {statistics.mean(f1s):.1f} |"
                       f" {statistics.mean(r['seconds'] for r in fts):.0f} |")
     return "\n".join(lines)
-
-
-def save(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def main():

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import torch
+from _common import save
 from torch.nn import functional as F
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,13 +134,6 @@ def table(runs, lengths) -> str:
         cells += [f"{r['by_position_delta'].get(f'{lo}-{hi}', math.nan):+.4f}" for lo, hi in BUCKETS]
         lines.append(f"| {r['attention']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def save(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False, default=str), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def main():

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from _common import save, series
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -53,18 +54,6 @@ def runs(task):
     out.append(("amos_adamw α₀=1e-2", ["--model.optimizer", "amos_adamw", "--model.lr", "1e-2"]))
     out.append((f"eg_adamw lr={spec['config_lr']:g}", ["--model.optimizer", "eg_adamw", "--model.lr", str(spec["config_lr"])]))
     return out
-
-
-def series(logdir, tag):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    points = []
-    for events in sorted(Path(logdir).rglob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(events))
-        acc.Reload()
-        if tag in acc.Tags()["scalars"]:
-            points += [(s.step, s.value) for s in acc.Scalars(tag)]
-    return sorted(points)
 
 
 def tensor_bytes(obj) -> int:
@@ -130,13 +119,6 @@ def table(rows) -> str:
                      f"{r['steps_to_best_adamw_final'] if r['steps_to_best_adamw_final'] is not None else 'not reached'}"
                      f" / {r['steps']} | {f1} | {r['state_bytes'] / 1024:.0f} KiB | {100 * r['state_vs_adamw']:.0f} % |")
     return "\n".join(lines)
-
-
-def save(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def main():

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import torch
+from _common import save, series
 from torch.nn import functional as F
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,18 +42,6 @@ NORMS = ("pre", "post", "deepnorm")
 SHAPE = {"d_model": 128, "n_heads": 4}
 DATA = {"seq_len": 64, "batch_size": 16}
 METRICS = ("rel", "cos_x", "cos_F", "cos_F1", "subst")
-
-
-def series(logdir, tag):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    points = []
-    for events in sorted(Path(logdir).rglob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(events))
-        acc.Reload()
-        if tag in acc.Tags()["scalars"]:
-            points += [(s.step, s.value) for s in acc.Scalars(tag)]
-    return sorted(points)
 
 
 def fit(norm, a, rundir):
@@ -161,13 +150,6 @@ def table(payload) -> str:
         lines.append(f"| {r['norm']} | {r['final_val']:.4f} | {s['rel']:.3f} | {s['cos_x']:.3f} | {s['cos_F']:.3f} | "
                      f"{s['cos_F1']:.3f} | {s['subst']:.3f} | {s['rel_top']:.3f} | {s['cos_x_top']:.3f} | {s['subst_top']:.3f} |")
     return "\n".join(lines)
-
-
-def save(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def main():

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import torch
+from _common import save, series
 from torch.nn import functional as F
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,18 +44,6 @@ VARIANTS = {  # name → (tie_embeddings, tied_init)
     "ortho projection": ("true", "ortho"),
     "untied": ("false", "none"),
 }
-
-
-def series(logdir, tag):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    points = []
-    for events in sorted(Path(logdir).rglob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(events))
-        acc.Reload()
-        if tag in acc.Tags()["scalars"]:
-            points += [(s.step, s.value) for s in acc.Scalars(tag)]
-    return sorted(points)
 
 
 def kslm(sub, tie, init, rundir: Path, a) -> None:
@@ -115,13 +104,6 @@ def table(payload) -> str:
         lines.append(f"| {r['variant']} | {r['sigma']:.4f} | {formula} | {r['two_gram_loss']:.2f} | {r['initial_loss']:.3f} | "
                      + " | ".join(f"{curve[s]:.3f}" if s in curve else "–" for s in show) + " |")
     return "\n".join(lines)
-
-
-def save(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def main():
