@@ -1,6 +1,7 @@
 """GlobalPointer / Efficient GlobalPointer NER end to end through `kslm …` (in-process), on the sample files."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -174,3 +175,38 @@ def test_fit_with_token_dropout_and_dropout(workdir, capsys):
     code, err = run_cli(["fit", *ner_args(workdir, "--model.token_dropout", "0.2", "--model.backbone.dropout", "0.1")], capsys)
     assert code == 0, err
     assert torch.load(workdir / "ckpt" / "last.ckpt", weights_only=True)["hyper_parameters"]["token_dropout"] == 0.2
+
+
+def test_bce_baseline_loss_is_the_mean_over_valid_cells():
+    """`--model.loss bce` (the MCCE post's baseline): per-cell sigmoid CE averaged over the finite (valid) cells only,
+    against a float64 loop; the default stays MCCE."""
+    from kslm.losses import multilabel_categorical_crossentropy
+    from kslm.nn.backbone import BackboneConfig
+    from kslm.tasks.ner import EntityExtraction
+
+    torch.manual_seed(0)
+    B, K, L = 2, 3, 5
+    logits = torch.randn(B, K, L, L) * 3
+    valid = torch.ones(L, L).triu().bool().expand(B, K, L, L).clone()
+    valid[1, :, :, 3:] = False  # a shorter second sentence
+    logits = logits.masked_fill(~valid, float("-inf"))
+    labels = (torch.rand(B, K, L, L) < 0.2) & valid
+    want, n = 0.0, 0
+    for x, y, v in zip(logits.flatten().tolist(), labels.flatten().tolist(), valid.flatten().tolist(), strict=True):
+        if v:
+            p = 1 / (1 + math.exp(-x))
+            want -= math.log(p) if y else math.log(1 - p)
+            n += 1
+    task = EntityExtraction(BackboneConfig(mask="bidirectional"), loss="bce")
+    assert task.loss(logits, labels.float()).item() == pytest.approx(want / n, rel=1e-5)
+    mcce = EntityExtraction(BackboneConfig(mask="bidirectional"))
+    expected = multilabel_categorical_crossentropy(y_true=labels.float().reshape(B * K, -1), y_pred=logits.reshape(B * K, -1))
+    torch.testing.assert_close(mcce.loss(logits, labels.float()), expected.mean())
+
+
+def test_fit_with_bce_loss(workdir, capsys):
+    code, err = run_cli(["fit", *ner_args(workdir, "--model.loss", "bce", steps=3)], capsys)
+    assert code == 0, err
+    ckpt = torch.load(workdir / "ckpt" / "last.ckpt", weights_only=True)
+    assert ckpt["hyper_parameters"]["loss"] == "bce"
+    assert math.isfinite(scalars(workdir / "logs")["val/loss"])

@@ -4,9 +4,14 @@ A bidirectional backbone encodes each window (<s> text </s>); the head scores ev
 the loss is the dense multilabel "softmax + CE" over the flattened [B·types, L·L] logits (−inf = masked), mean over
 batch × types (TECHNIQUES §8.4). Spans with score > 0 are entities; they are mapped back to characters through the
 windows' offsets (nested and overlapping entities included) and scored with exact-match span F1 per record.
+
+`loss: bce` is the baseline the MCCE post argues against (kexue.fm/archives/7359): an independent sigmoid
+cross-entropy per valid span cell, mean over the valid cells, with the same decision rule (logit > 0 ⇔ p > ½).
 """
 
 from typing import List, Literal, Optional
+
+from torch.nn import functional as F
 
 from kslm.heads.global_pointer import EfficientGlobalPointer, GlobalPointer
 from kslm.losses import multilabel_categorical_crossentropy
@@ -21,6 +26,8 @@ class EntityExtraction(ExtractionTask):
         head: gp (GlobalPointer, one q/k pair per type) or egp (Efficient GlobalPointer, shared q/k + per-type bias).
         head_size: the head's q/k size d.
         types: entity types; empty = the training data's types (stored in the checkpoint).
+        loss: mcce (multilabel "softmax + CE", Su's) or bce (per-cell sigmoid cross-entropy, the usual baseline:
+            for comparisons; it sees ≈ L²/2 negatives per positive).
     """
 
     label_key = "types"
@@ -28,7 +35,7 @@ class EntityExtraction(ExtractionTask):
     head_options = ("head", "head_size")
 
     def __init__(self, *args, head: Literal["gp", "egp"] = "egp", head_size: int = 64,
-                 types: Optional[List[str]] = None, **kwargs):
+                 types: Optional[List[str]] = None, loss: Literal["mcce", "bce"] = "mcce", **kwargs):
         super().__init__(*args, **kwargs)
         self.val_f1 = SpanF1()
 
@@ -46,6 +53,9 @@ class EntityExtraction(ExtractionTask):
         return self.head_module(hidden, span_mask)  # [B, types, L, L] fp32, −inf outside valid spans
 
     def loss(self, logits, labels):
+        if self.hparams.loss == "bce":
+            valid = logits.isfinite()  # −inf marks cells outside the text or below the diagonal
+            return F.binary_cross_entropy_with_logits(logits[valid], labels[valid].to(logits.dtype))
         B, K, L, _ = logits.shape  # one MCCE row per (sample, type) over its L·L spans
         per_row = multilabel_categorical_crossentropy(y_true=labels.reshape(B * K, L * L),
                                                       y_pred=logits.reshape(B * K, L * L))
