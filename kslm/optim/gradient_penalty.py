@@ -1,4 +1,4 @@
-"""Gradient penalties (Su, kexue.fm/archives/9145 "输入梯度惩罚与参数梯度惩罚的一个不等式"; 7234; 7787).
+"""Gradient penalties (Su, kexue.fm/archives/8796 "输入梯度惩罚与参数梯度惩罚的一个不等式"; 7234; 7787).
 
     input       P = ε/2 · ‖∂L/∂e‖²       e = the embedding output; double backward (create_graph)
     parameter   P = ε/2 · ‖∇_θ L‖²       its gradient ε·H g by one extra forward/backward (finite difference):
