@@ -1,10 +1,16 @@
-"""What the experiment scripts share: TensorBoard scalars of a run, and writing a result JSON atomically.
+"""What the experiment scripts share: TensorBoard scalars of a run, writing a result JSON atomically, the folder the
+runs work in, and running `kslm` in this process.
+
+Runs work in a temporary folder that is deleted at the end; with KSLM_KEEP_RUNS=DIR set they work in a new folder
+under DIR instead and keep it, so `tensorboard --logdir DIR` shows every run's curves.
 
 The scripts run as `python experiments/<name>.py`, so this folder is on sys.path and `from _common import …` works.
 """
 
 import json
 import os
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -27,3 +33,35 @@ def save(path: Path, payload: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False, default=str), encoding="utf-8")
     os.replace(tmp, path)
+
+
+def kslm_main(args, rundir) -> None:
+    """`kslm ARGS` in this process with `rundir` as the working directory (TensorBoard logs land in rundir/logs);
+    a non-zero exit becomes a RuntimeError naming the command."""
+    from kslm.cli import main
+
+    rundir = Path(rundir)
+    rundir.mkdir(parents=True, exist_ok=True)
+    here = os.getcwd()
+    os.chdir(rundir)
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        if exc.code:
+            raise RuntimeError(f"kslm {' '.join(map(str, args))}: exited {exc.code}") from exc
+    finally:
+        os.chdir(here)
+
+
+@contextmanager
+def workdir(prefix: str):
+    """A folder for the runs: temporary, or a new one under $KSLM_KEEP_RUNS that is kept (TensorBoard logs)."""
+    keep = os.environ.get("KSLM_KEEP_RUNS")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        path = tempfile.mkdtemp(prefix=prefix, dir=keep)
+        print(f"runs kept in {path}", flush=True)
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as path:
+        yield path

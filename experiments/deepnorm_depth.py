@@ -24,13 +24,12 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
 import torch
-from _common import save, series
+from _common import save, series, workdir
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
@@ -167,7 +166,7 @@ def main():
             raise SystemExit(f"{out} holds lr {old['lr']}, {old['steps']} steps: not this sweep")
         payload["runs"], payload["command"] = old["runs"], old["command"] + " ; " + payload["command"]
     done = {(r["norm"], r["depth"]) for r in payload["runs"]}
-    with tempfile.TemporaryDirectory(prefix="kslm-deepnorm-") as work:
+    with workdir("kslm-deepnorm-") as work:
         for depth in a.depths:
             for norm in a.norms:
                 if (norm, depth) in done:

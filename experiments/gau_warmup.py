@@ -24,12 +24,11 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-from _common import save, series
+from _common import save, series, workdir
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -167,7 +166,7 @@ def main():
             payload["ratio"] = measure_ratios(a.seeds)
             save(out, payload)
         if "train" in a.parts:
-            with tempfile.TemporaryDirectory(prefix="kslm-gauwarm-") as work:
+            with workdir("kslm-gauwarm-") as work:
                 for lr in a.lrs:
                     for model in a.models:
                         for warmup in a.warmups:

@@ -22,12 +22,11 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-from _common import save, series
+from _common import save, series, workdir
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -120,7 +119,7 @@ def main():
                "command": " ".join(["python", "experiments/heat_objective.py", *sys.argv[1:]]), "runs": []}
     t0 = time.time()
     heat = ["--model.aux_objective", "heat", "--model.aux_weight", str(a.aux_weight), "--model.heat_mode", a.heat_mode]
-    with tempfile.TemporaryDirectory(prefix="kslm-heat-") as tmp:
+    with workdir("kslm-heat-") as tmp:
         work = Path(tmp)
         ckpts = {}
         for name, extra in (("mlm", []), ("mlm+heat", heat)):

@@ -27,12 +27,11 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-from _common import save
+from _common import save, workdir
 from torch.nn import functional as F
 
 REPO = Path(__file__).resolve().parents[1]
@@ -166,7 +165,7 @@ def main():
                "command": " ".join(["python", "experiments/length_generalisation.py", *sys.argv[1:]]),
                "lengths": a.lengths, "train_chars": train_file.stat().st_size, "heldout_chars": len(heldout_text),
                "runs": []}
-    with tempfile.TemporaryDirectory(prefix="kslm-lengen-") as work:
+    with workdir("kslm-lengen-") as work:
         for attention in a.attentions:
             run = train(attention, train_file, Path(work) / attention, a)
             t0, c0 = time.time(), time.process_time()

@@ -19,12 +19,11 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-from _common import save, series
+from _common import save, series, workdir
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -140,7 +139,7 @@ def main():
     out = Path(a.out).resolve()
     payload = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": torch.get_num_threads(),
                "command": " ".join(["python", "experiments/optimizers.py", *sys.argv[1:]]), "runs": []}
-    with tempfile.TemporaryDirectory(prefix="kslm-optim-") as work:
+    with workdir("kslm-optim-") as work:
         for task in a.tasks:
             steps = a.lm_steps if task == "lm" else a.ner_steps
             for name, extra in runs(task):

@@ -28,12 +28,11 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-from _common import save, series
+from _common import save, series, workdir
 from torch.nn import functional as F
 
 REPO = Path(__file__).resolve().parents[1]
@@ -175,7 +174,7 @@ def main():
     payload = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": torch.get_num_threads(),
                "command": " ".join(["python", "experiments/pre_post_norm.py", *sys.argv[1:]]), "layers": a.layers,
                "steps": a.steps, "warmup": a.warmup, "lr": a.lr, "shape": SHAPE, "data": DATA, "runs": []}
-    with tempfile.TemporaryDirectory(prefix="kslm-prepost-") as work:
+    with workdir("kslm-prepost-") as work:
         for norm in a.norms:
             run, ckpt = fit(norm, a, Path(work) / norm)
             stats = layer_stats(ckpt, batches)

@@ -27,12 +27,11 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-from _common import save, series
+from _common import save, series, workdir
 from torch.nn import functional as F
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,7 +136,7 @@ def main():
                "command": " ".join(["python", "experiments/tied_embedding_init.py", *sys.argv[1:]]),
                "vocab": a.vocab, "d_model": a.d_model, "ln_V": math.log(a.vocab),
                "show_steps": sorted({a.val_every, 2 * a.val_every, 4 * a.val_every, a.steps // 2, a.steps}), "runs": []}
-    with tempfile.TemporaryDirectory(prefix="kslm-tied-") as work:
+    with workdir("kslm-tied-") as work:
         for name in a.variants:
             tie, init = VARIANTS[name]
             t0, c0 = time.time(), time.process_time()
