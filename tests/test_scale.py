@@ -1,11 +1,13 @@
 """Scale-out paths: 2-rank CPU DDP (gloo) in a subprocess running the real CLI, and bf16-mixed."""
 
+import json
 import os
 import subprocess
 import sys
 
+import pytest
 import torch
-from conftest import run_cli, tiny_args
+from conftest import REPO, run_cli, tiny_args
 
 
 def test_ddp_two_cpu_ranks(small_corpus, tmp_path):
@@ -19,6 +21,28 @@ def test_ddp_two_cpu_ranks(small_corpus, tmp_path):
     assert ckpt["global_step"] == 3
     # Lightning announces both gloo ranks
     assert "MEMBER: 2/2" in proc.stderr or "distributed_backend=gloo" in proc.stderr
+
+
+@pytest.mark.parametrize("extra", [
+    ["--model.gradient_penalty", "parameter", "--model.gradient_penalty_weight", "0.5", "--model.optimizer", "eg_adamw"],
+    ["--model.gradient_penalty", "input", "--model.optimizer", "amos"],
+], ids=["parameter-penalty+eg", "input-penalty+amos"])
+def test_ddp_ranks_stay_in_sync_with_penalties_and_optimisers(small_corpus, tmp_path, extra):
+    """Under 2-rank DDP the parameter penalty's surrogate backward (and the input penalty's double backward) must
+    still all-reduce the gradients, and EG / Amos state must follow: after training every rank holds the same
+    parameters and optimiser state (gathered by tests/ddp_sync_check.py)."""
+    out = tmp_path / "sync.json"
+    callbacks = json.dumps([{"class_path": "ddp_sync_check.RankSyncCheck", "init_args": {"out": str(out)}}])
+    args = tiny_args(small_corpus, tmp_path, "--trainer.devices", "2", "--trainer.strategy", "ddp",
+                     "--trainer.accelerator", "cpu", "--trainer.callbacks", callbacks, *extra, steps=3)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-m", "kslm.cli", "fit", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sync = json.loads(out.read_text(encoding="utf-8"))
+    assert sync["world_size"] == 2 and sync["numel"] > 1000
+    assert sync["max_abs_diff"] == {"params": 0.0, "optimizer_state": 0.0}, sync
 
 
 def test_bf16_mixed_few_steps(small_corpus, tmp_path, capsys, monkeypatch):

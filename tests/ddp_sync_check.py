@@ -1,0 +1,28 @@
+"""A callback for the DDP tests (imported by the `kslm` subprocess through PYTHONPATH): at the end of training it
+gathers every rank's parameters and optimiser state and rank 0 writes the largest difference from rank 0's copy, so
+a test can tell synchronised ranks from ranks that drifted apart."""
+
+import json
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import Callback
+
+
+def _flat(tensors) -> torch.Tensor:
+    parts = [t.detach().double().flatten() for t in tensors if torch.is_tensor(t) and t.is_floating_point()]
+    return torch.cat(parts) if parts else torch.zeros(1, dtype=torch.float64)
+
+
+class RankSyncCheck(Callback):
+    def __init__(self, out: str):
+        self.out = out
+
+    def on_train_end(self, trainer, pl_module):
+        params = _flat(pl_module.parameters())
+        state = _flat(v for s in trainer.optimizers[0].state.values() for v in s.values())
+        gathered = [trainer.strategy.all_gather(x) for x in (params, state)]  # [world, n] each
+        if trainer.is_global_zero:
+            diff = {name: (g - g[0]).abs().max().item() for name, g in zip(("params", "optimizer_state"), gathered, strict=True)}
+            Path(self.out).write_text(json.dumps({"world_size": int(gathered[0].shape[0]), "numel": params.numel(),
+                                                  "max_abs_diff": diff}), encoding="utf-8")
