@@ -14,11 +14,36 @@ SQUAREPLUS_MINIMAX_B = 1.52382103
 SQUAREPLUS_UPPER_B = 4 * 0.6931471805599453**2  # 1.9218...
 
 
+class _SquarePlus(torch.autograd.Function):
+    """Forward without cancellation: with s = (|x| + √(x² + b))/2, SquarePlus(x) = s for x ≥ 0 and b/(4s) for x < 0
+    (the conjugate of the formula). Backward is the closed form ½(1 + x/√(x² + b)) computed from the saved input, so
+    autograd keeps one node instead of differentiating both branches of a `where`; it is built from differentiable ops,
+    so double backward (the input gradient penalty) works."""
+
+    @staticmethod
+    def forward(ctx, x, b: float):
+        ctx.save_for_backward(x)
+        ctx.b = b
+        s = (x * x).add_(b).sqrt_().add_(x.abs()).mul_(0.5)
+        return torch.where(x >= 0, s, s.reciprocal().mul_(0.25 * b))
+
+    @staticmethod
+    def backward(ctx, grad):
+        # ½(1 + x/r), r = √(x² + b), cancels for x ≪ 0; with q = r + |x| it is ½q/r for x ≥ 0 and ½b/(rq) for x < 0
+        (x,) = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: out of place, so the graph of this backward is kept
+            r = torch.sqrt(x * x + ctx.b)
+            q = r + x.abs()
+            return grad * torch.where(x >= 0, 0.5 * q / r, 0.5 * ctx.b / (r * q)), None
+        r = (x * x).add_(ctx.b).sqrt_()
+        q = x.abs().add_(r)
+        return torch.where(x >= 0, q.div(r), r.mul_(q).reciprocal_().mul_(ctx.b)).mul_(grad).mul_(0.5), None
+
+
 def squareplus(x: torch.Tensor, b: float = 4.0) -> torch.Tensor:
     if b == 0:  # exactly ReLU; the formula's 0/0 branch (and √0 at x = 0) would give NaN gradients
         return torch.relu(x)
-    root = torch.sqrt(x * x + b)
-    return torch.where(x >= 0, 0.5 * (x + root), 0.5 * b / (root - x))
+    return _SquarePlus.apply(x, b)
 
 
 class SquarePlus(nn.Module):

@@ -125,3 +125,13 @@ def test_upper_bound_constant():
     # slightly below the bound it dips under SoftPlus (at x = 0: √b/2 < ln 2)
     below = (squareplus(x, 1.92) - _softplus(x)).min().item()
     assert -1e-3 < below < -1e-4, below
+
+
+@pytest.mark.parametrize("b", [SQUAREPLUS_MINIMAX_B, 4.0])
+def test_gradient_and_double_backward_against_finite_differences(b):
+    """The custom backward (closed form, built from differentiable ops) against numerical differentiation, first and
+    second order: the input gradient penalty differentiates through it twice."""
+    torch.manual_seed(0)
+    x = (torch.randn(64, dtype=torch.float64) * 4).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: squareplus(t, b), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: squareplus(t, b), (x,))
