@@ -60,7 +60,7 @@ class SquarePlus(nn.Module):
         return f"b={self.b}"
 
 
-def build_activation(name: str) -> nn.Module:
+def build_activation(name: str, squareplus_b: float = 4.0) -> nn.Module:
     if name == "gelu":
         return nn.GELU()
     if name == "silu":
@@ -68,7 +68,7 @@ def build_activation(name: str) -> nn.Module:
     if name == "relu":
         return nn.ReLU()
     if name == "squareplus":
-        return SquarePlus()
+        return SquarePlus(squareplus_b)
     raise ValueError(f"unknown activation {name!r} (gelu | silu | relu | squareplus)")
 
 

@@ -4,6 +4,7 @@ One typed config drives every option of the seed posts; DeepNorm's α/β are der
 block type (a GAU layer is half a Transformer block), never typed by hand.
 """
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Literal, Optional
 
@@ -41,6 +42,8 @@ class BackboneConfig:
         mask: causal (GPT), bidirectional (MLM) or prefix (UniLM prefix LM).
         position: rope or none.
         activation: FFN / GAU activation: gelu, silu, relu or squareplus.
+        squareplus_b: b of SquarePlus (x + √(x² + b))/2: 4 (the paper's), 1.52382103 (Su's minimax fit to SoftPlus)
+            or ≥ 1.9218 (never below SoftPlus); 0 is ReLU.
         tie_embeddings: share the input embedding with the output layer.
         tied_init: remedy for tied embeddings: rescaled (σ = ln V/d), swap, ortho or none.
         max_length: longest sequence the model accepts.
@@ -66,6 +69,7 @@ class BackboneConfig:
     mask: Literal["causal", "bidirectional", "prefix"] = "causal"
     position: Literal["rope", "none"] = "rope"
     activation: Literal["gelu", "silu", "relu", "squareplus"] = "gelu"
+    squareplus_b: float = 4.0
     tie_embeddings: bool = True
     tied_init: Literal["rescaled", "swap", "ortho", "none"] = "none"
     max_length: int = 2048
@@ -87,6 +91,8 @@ class BackboneConfig:
             raise ConfigError(f"RoPE needs an even head size, got {head}")
         if self.tied_init == "swap" and self.d_model % 2:
             raise ConfigError("backbone.tied_init swap needs an even d_model")
+        if not (self.squareplus_b >= 0 and math.isfinite(self.squareplus_b)):
+            raise ConfigError(f"backbone.squareplus_b must be a finite number ≥ 0, got {self.squareplus_b}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"backbone.dropout must be in [0, 1), got {self.dropout}")
         if self.block == "rnn" and self.mask == "prefix":

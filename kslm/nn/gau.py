@@ -24,12 +24,12 @@ class GatedAttentionUnit(nn.Module):
     ffn_output = "o_dense"  # its output matrix: Amos η = √(2/fan_in) (kslm.optim.roles)
 
     def __init__(self, d_model: int, expansion: int, qk_dim: int, activation: str, attention: str,
-                 train_length: int, dropout: float, rope: bool):
+                 train_length: int, dropout: float, rope: bool, squareplus_b: float = 4.0):
         super().__init__()
         self.e, self.s = expansion * d_model, qk_dim
         self.attention, self.train_length, self.attn_dropout, self.rope = attention, train_length, dropout, rope
         self.i_dense = nn.Linear(d_model, 2 * self.e + self.s, bias=False)
-        self.act = build_activation(activation)
+        self.act = build_activation(activation, squareplus_b)
         self.q_scale = nn.Parameter(torch.ones(self.s))
         self.q_offset = nn.Parameter(torch.zeros(self.s))
         self.k_scale = nn.Parameter(torch.ones(self.s))
@@ -62,4 +62,4 @@ class GatedAttentionUnit(nn.Module):
 def gau_sublayers(cfg):
     """One GAU layer is one residual sub-layer (two GAU layers ≈ one attention + FFN block)."""
     return [GatedAttentionUnit(cfg.d_model, cfg.expansion, cfg.qk_dim, cfg.activation, cfg.attention,
-                               cfg.train_length, cfg.dropout, cfg.position == "rope")]
+                               cfg.train_length, cfg.dropout, cfg.position == "rope", cfg.squareplus_b)]

@@ -33,7 +33,7 @@ from kslm.nn.transformer import FeedForward
 
 class RNNMixer(nn.Module):
     def __init__(self, d_model: int, cell: str = "tanh", method: str = "newton", iterations=None,
-                 activation: str = "silu", bidirectional: bool = False):
+                 activation: str = "silu", bidirectional: bool = False, squareplus_b: float = 4.0):
         super().__init__()
         if cell not in ("tanh", "gru"):
             raise ValueError(f"unknown RNN cell {cell!r} (tanh | gru)")
@@ -42,7 +42,7 @@ class RNNMixer(nn.Module):
         self.n_in = 1 if cell == "tanh" else 3
         self.in_proj = nn.Linear(d_model, self.n_dir * self.n_in * d_model + d_model)
         self.recurrent = nn.Parameter(torch.empty(self.n_dir, 1 if cell == "tanh" else 3, d_model))
-        self.act = build_activation(activation)
+        self.act = build_activation(activation, squareplus_b)
         self.out_proj = nn.Linear(d_model, d_model, bias=False)
 
     def reset_parameters(self):
@@ -89,8 +89,8 @@ def rnn_sublayers(cfg):
     """One RNN block = [RNN mixer, FFN], two residual sub-layers (like a Transformer block)."""
     return [
         RNNMixer(cfg.d_model, cfg.rnn_cell, cfg.rnn_method, cfg.rnn_iterations, cfg.activation,
-                 bidirectional=cfg.mask == "bidirectional"),
-        FeedForward(cfg.d_model, cfg.d_ff or 4 * cfg.d_model, cfg.activation),
+                 bidirectional=cfg.mask == "bidirectional", squareplus_b=cfg.squareplus_b),
+        FeedForward(cfg.d_model, cfg.d_ff or 4 * cfg.d_model, cfg.activation, cfg.squareplus_b),
     ]
 
 

@@ -43,10 +43,10 @@ class MultiHeadAttention(nn.Module):
 class FeedForward(nn.Module):
     ffn_output = "fc2"  # its output matrix: Amos η = √(2/fan_in) (kslm.optim.roles)
 
-    def __init__(self, d_model: int, d_ff: int, activation: str):
+    def __init__(self, d_model: int, d_ff: int, activation: str, squareplus_b: float = 4.0):
         super().__init__()
         self.fc1 = nn.Linear(d_model, d_ff, bias=False)
-        self.act = build_activation(activation)
+        self.act = build_activation(activation, squareplus_b)
         self.fc2 = nn.Linear(d_ff, d_model, bias=False)
 
     def reset_parameters(self):
@@ -65,7 +65,7 @@ def transformer_sublayers(cfg):
     rope = cfg.position == "rope"
     return [
         MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.attention, cfg.train_length, cfg.dropout, rope),
-        FeedForward(cfg.d_model, cfg.d_ff or 4 * cfg.d_model, cfg.activation),
+        FeedForward(cfg.d_model, cfg.d_ff or 4 * cfg.d_model, cfg.activation, cfg.squareplus_b),
     ]
 
 

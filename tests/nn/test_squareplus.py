@@ -135,3 +135,18 @@ def test_gradient_and_double_backward_against_finite_differences(b):
     x = (torch.randn(64, dtype=torch.float64) * 4).requires_grad_(True)
     assert torch.autograd.gradcheck(lambda t: squareplus(t, b), (x,))
     assert torch.autograd.gradgradcheck(lambda t: squareplus(t, b), (x,))
+
+
+@pytest.mark.parametrize("block", ["transformer", "gau", "rnn"])
+def test_backbone_squareplus_b_reaches_every_activation(block):
+    """`backbone.squareplus_b` sets b in every SquarePlus the blocks build; a negative b is a config error."""
+    from kslm.errors import ConfigError
+    from kslm.nn import Backbone, BackboneConfig
+
+    cfg = BackboneConfig(block=block, vocab_size=50, d_model=32, n_layers=2, n_heads=2, qk_dim=16,
+                         activation="squareplus", squareplus_b=SQUAREPLUS_MINIMAX_B)
+    found = [m.b for m in Backbone(cfg).modules() if isinstance(m, SquarePlus)]
+    assert found and all(b == SQUAREPLUS_MINIMAX_B for b in found)
+    assert BackboneConfig.from_dict(cfg.to_dict()).squareplus_b == SQUAREPLUS_MINIMAX_B
+    with pytest.raises(ConfigError, match="squareplus_b"):
+        BackboneConfig(squareplus_b=-1.0)
