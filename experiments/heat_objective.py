@@ -11,8 +11,9 @@ objective (kslm/nn/heat.py, `--model.aux_objective heat`) to MLM pretraining giv
 
 Setup: configs/ner/cluener-pretrain.yaml shrunk (d 128, 2 layers, 4 heads, seq 64, batch 32) pretrained with (a) MLM
 and (b) MLM + heat (interpolate, weight --aux-weight), equal steps; then configs/ner/cluener-egp.yaml shrunk the same
-way fine-tuned from each checkpoint (`--model.pretrained`) and (c) from scratch, equal steps, no gradient penalty,
-all three with the pretraining's char tokenizer. Dev = the last 1,000 CLUENER training lines (cluener dev split).
+way fine-tuned from each checkpoint (`--model.pretrained`) and (c) from scratch, equal steps, without the shipped
+config's regularisers (dropout, token dropout, gradient penalty), all three with the pretraining's char tokenizer.
+Dev = the last 1,000 CLUENER training lines (cluener dev split).
 Runs share this process (one lightning import); TensorBoard logs go under a temporary folder; the JSON is written
 atomically after every run.
 """
@@ -69,9 +70,11 @@ def pretrain(work: Path, name: str, extra, steps: int, seed: int) -> dict:
 
 def finetune(work: Path, name: str, ckpt, tokenizer: str, steps: int, seed: int) -> dict:
     rundir = work / f"finetune-{name}-seed{seed}"
-    init = ["--model.pretrained", ckpt, "--model.backbone.dropout", "0.0"] if ckpt else ["--data.tokenizer", tokenizer, *SHAPE]
+    init = ["--model.pretrained", ckpt] if ckpt else ["--data.tokenizer", tokenizer, *SHAPE]
+    # the shipped config's regularisers (dropout, token dropout, gradient penalty) off for every run alike
     args = ["--config", str(REPO / "configs/ner/cluener-egp.yaml"), "--data.train_file", str(DATA / "cluener2020/train.json"),
-            *init, "--model.gradient_penalty", "none", "--model.warmup_steps", "50", "--model.lr", "2e-3",
+            *init, "--model.backbone.dropout", "0.0", "--model.token_dropout", "0.0", "--model.gradient_penalty", "none",
+            "--model.warmup_steps", "50", "--model.lr", "2e-3",
             "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(max(steps // 2, 1)),
             "--seed_everything", str(seed)]
     seconds = fit(rundir, args)

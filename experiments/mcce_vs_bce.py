@@ -6,7 +6,7 @@ handful of entities — independent sigmoids are swamped by the negatives (their
 everything down), so they need re-weighting or threshold tuning; MCCE compares every positive with every negative
 through one logsumexp and needs neither. Su: MCCE works better than sigmoid + BCE for such heads.
 
-    PYTHONPATH=. OMP_NUM_THREADS=1 python experiments/mcce_vs_bce.py [--steps 600]
+    PYTHONPATH=. OMP_NUM_THREADS=1 python experiments/mcce_vs_bce.py [--steps 3000]
     PYTHONPATH=. python experiments/mcce_vs_bce.py --table experiments/results/mcce_vs_bce.json
 
 Each run is `kslm fit --config configs/ner/cluener-egp.yaml` shrunk to d = 128, 2 blocks, 4 heads, max_length 64,
@@ -60,8 +60,8 @@ def table(payload) -> str:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--val-every", type=int, default=200)
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--val-every", type=int, default=500)
     ap.add_argument("--d-model", type=int, default=128)
     ap.add_argument("--head", default="egp", choices=["egp", "gp"])
     ap.add_argument("--losses", nargs="+", default=LOSSES, choices=LOSSES)

@@ -41,7 +41,9 @@ TASKS = {
         "lrs": [3e-3, 1e-2, 3e-2], "config_lr": 1e-3,  # the shipped config's lr
         "args": ["--data.train_file", str(DATA / "cluener2020" / "train.json"), "--data.batch_size", "16",
                  "--data.max_length", "64", "--model.backbone.d_model", "64", "--model.backbone.n_layers", "2",
-                 "--model.backbone.n_heads", "4", "--model.warmup_steps", "20", "--trainer.limit_val_batches", "8"],
+                 "--model.backbone.n_heads", "4", "--model.warmup_steps", "20", "--trainer.limit_val_batches", "8",
+                 # the setup these results were measured with, before the shipped config gained its regularisers
+                 "--model.backbone.dropout", "0.0", "--model.token_dropout", "0.0", "--model.gradient_penalty", "none"],
     },
 }
 
