@@ -16,7 +16,8 @@ Part 2 times forward and forward+backward of each activation on one fp32 tensor 
 all threads, median of 7 after 2 warm-ups: kslm's stable SquarePlus (a torch.where of two branches), the plain
 formula, SoftPlus, GELU (erf and tanh), SiLU and ReLU, and SquarePlus under torch.compile (one fused kernel).
 Part 3 trains the same small char-level Transformer on Tiny Shakespeare with `--model.backbone.activation` gelu,
-squareplus and relu (same seed, data order and steps) and compares final val loss.
+relu and squareplus at b = 4 and at Su's b = 1.5238 (`--model.backbone.squareplus_b`; same seed, data order and
+steps) and compares val loss.
 """
 
 import argparse
@@ -35,7 +36,8 @@ from torch.nn import functional as F
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 POST = {"minimax_b": 1.52382103, "minimax_error": 0.075931, "upper_b": 1.921812}
-ACTIVATIONS = ["gelu", "squareplus", "relu"]
+VARIANTS = {"gelu": ("gelu", 4.0), "relu": ("relu", 4.0), "squareplus b=4": ("squareplus", 4.0),
+            "squareplus b=1.5238 (minimax)": ("squareplus", 1.52382103)}
 
 
 def constants() -> dict:
@@ -95,10 +97,12 @@ def timings(numel: int, threads: int, compiled: bool) -> list:
     return rows
 
 
-def train(act: str, rundir: Path, a) -> dict:
+def train(name: str, rundir: Path, a) -> dict:
+    act, b = VARIANTS[name]
     args = ["fit", "--config", str(REPO / "configs/lm/tinyshakespeare.yaml"), "--data.data_files", str(DATA),
             "--data.seq_len", "128", "--data.batch_size", "16", "--model.backbone.d_model", str(a.d_model),
             "--model.backbone.n_layers", "2", "--model.backbone.n_heads", "4", "--model.backbone.activation", act,
+            "--model.backbone.squareplus_b", str(b),
             "--model.lr", "3e-3", "--model.warmup_steps", "20", "--trainer.max_steps", str(a.steps),
             "--trainer.val_check_interval", str(max(1, a.steps // 4)), "--trainer.check_val_every_n_epoch", "null",
             "--trainer.limit_val_batches", "8", "--trainer.enable_progress_bar", "false",
@@ -106,7 +110,7 @@ def train(act: str, rundir: Path, a) -> dict:
     t0 = time.time()
     kslm_main(args, rundir)
     val = series(rundir / "logs", "val/loss")
-    return {"activation": act, "val_curve": val, "final_val_loss": val[-1][1], "seconds": time.time() - t0}
+    return {"activation": name, "val_curve": val, "final_val_loss": val[-1][1], "seconds": time.time() - t0}
 
 
 def table(p: dict) -> str:
@@ -160,9 +164,9 @@ def main():
     payload["runs"] = []
     if a.steps:
         with workdir("kslm-squareplus-") as work:
-            for act in ACTIVATIONS:
-                payload["runs"].append(train(act, Path(work) / act, a))
-                print(f"{act}: final val loss {payload['runs'][-1]['final_val_loss']:.4f}", file=sys.stderr)
+            for i, name in enumerate(VARIANTS):
+                payload["runs"].append(train(name, Path(work) / str(i), a))
+                print(f"{name}: final val loss {payload['runs'][-1]['final_val_loss']:.4f}", file=sys.stderr)
                 save(out, payload)
     payload["wall_seconds"] = time.time() - t_start
     save(out, payload)
