@@ -29,7 +29,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from _common import save, series, workdir
+from _common import kslm_main, save, series, workdir
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
@@ -50,11 +50,7 @@ def finite(v):
 
 
 def fit(norm, depth, a, workdir):
-    from kslm.cli import main
-
     rundir = Path(workdir) / f"{norm}-{depth}"
-    rundir.mkdir(parents=True)
-    os.chdir(rundir)
     args = ["fit", "--config", str(REPO / "configs/lm/tinyshakespeare.yaml"), "--data.data_files", str(TEXT),
             "--data.seq_len", str(DATA["seq_len"]), "--data.batch_size", str(DATA["batch_size"]),
             *[x for k, v in SHAPE.items() for x in (f"--model.backbone.{k}", str(v))],
@@ -65,11 +61,7 @@ def fit(norm, depth, a, workdir):
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
             "--checkpoint.dirpath", str(rundir / "ckpt")]
     t0 = time.time()
-    try:
-        main(args)
-    except SystemExit as exc:
-        if exc.code:
-            raise RuntimeError(f"{norm}-{depth}: kslm exited {exc.code}") from exc
+    kslm_main(args, rundir)
     val = series(rundir / "logs", "val/loss")
     train = series(rundir / "logs", "train/loss")
     return {"val_curve": [(s, finite(v)) for s, v in val], "train_curve": [(s, finite(v)) for s, v in train],
@@ -176,7 +168,6 @@ def main():
                 payload["runs"].append(r)
                 print(f"{norm}-{depth}: val {r['final_val']}, update {r['update_1']:.3f} ({r['seconds']:.0f} s)", file=sys.stderr)
                 save(out, payload)  # after every run: an interrupted sweep keeps what it measured
-        os.chdir(REPO)
     payload["wall_seconds"] = time.time() - t0
     save(out, payload)
     print(table(payload))

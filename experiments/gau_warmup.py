@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import save, series, workdir
+from _common import kslm_main, save, series, workdir
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -102,12 +102,8 @@ def ratio_table(rows) -> str:
 
 # ------------------------------------------------------------------ part 2: training with and without warmup
 def train_one(model: str, warmup: int, lr: float, steps: int, workdir: Path) -> dict:
-    from kslm.cli import main
-
     name = f"{model}-w{warmup}-lr{lr:g}"
     rundir = workdir / name
-    rundir.mkdir(parents=True)
-    os.chdir(rundir)
     args = ["fit", "--config", str(REPO / "configs/lm/tinyshakespeare.yaml"), *COMMON, *MODELS[model],
             "--model.lr", str(lr), "--model.warmup_steps", str(warmup), "--trainer.max_steps", str(steps),
             "--trainer.val_check_interval", str(max(steps // 6, 1)), "--trainer.check_val_every_n_epoch", "null",
@@ -115,11 +111,7 @@ def train_one(model: str, warmup: int, lr: float, steps: int, workdir: Path) -> 
             "--trainer.enable_model_summary", "false", "--checkpoint.dirpath", str(rundir / "ckpt"),
             "--checkpoint.save_last", "true"]
     t0 = time.time()
-    try:
-        main(args)
-    except SystemExit as exc:
-        if exc.code:
-            raise RuntimeError(f"{name}: kslm exited {exc.code}") from exc
+    kslm_main(args, rundir)
     ckpt = torch.load(rundir / "ckpt" / "last.ckpt", weights_only=True)
     params = sum(v.numel() for k, v in ckpt["state_dict"].items() if "embed" not in k and "head" not in k)
     val, train = series(rundir / "logs", "val/loss"), series(rundir / "logs", "train/loss")
@@ -174,7 +166,6 @@ def main():
                             r = payload["runs"][-1]
                             print(f"{r['run']}: final val {r['final_val']:.4f} ({r['seconds']:.0f} s)", file=sys.stderr)
                             save(out, payload)
-                os.chdir(REPO)
         payload["seconds"] = time.time() - t0
         save(out, payload)
     if payload["ratio"]:

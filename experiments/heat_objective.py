@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import save, series, workdir
+from _common import kslm_main, save, series, workdir
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -39,18 +39,8 @@ QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summa
 
 
 def fit(rundir: Path, args) -> float:
-    from kslm.cli import main
-
-    rundir.mkdir(parents=True)
-    os.chdir(rundir)
     t0 = time.time()
-    try:
-        main(["fit", *args, *QUIET, "--checkpoint.dirpath", str(rundir / "ckpt"), "--checkpoint.save_last", "true"])
-    except SystemExit as exc:
-        if exc.code:
-            raise RuntimeError(f"{rundir.name}: kslm exited {exc.code}") from exc
-    finally:
-        os.chdir(REPO)
+    kslm_main(["fit", *args, *QUIET, "--checkpoint.dirpath", str(rundir / "ckpt"), "--checkpoint.save_last", "true"], rundir)
     return time.time() - t0
 
 

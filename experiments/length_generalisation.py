@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import save, workdir
+from _common import kslm_main, save, workdir
 from torch.nn import functional as F
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,10 +64,6 @@ def encode_like_training(tokenizer, text: str) -> torch.Tensor:
 
 
 def train(attention: str, train_file: Path, rundir: Path, a) -> dict:
-    from kslm.cli import main
-
-    rundir.mkdir(parents=True, exist_ok=True)
-    os.chdir(rundir)
     args = ["fit", "--config", str(REPO / "configs/lm/tinyshakespeare.yaml"), "--data.data_files", str(train_file),
             "--data.seq_len", "128", "--data.batch_size", str(a.batch), "--model.backbone.d_model", str(a.d_model),
             "--model.backbone.n_layers", str(a.layers), "--model.backbone.n_heads", str(a.heads),
@@ -78,12 +74,7 @@ def train(attention: str, train_file: Path, rundir: Path, a) -> dict:
             "--trainer.limit_val_batches", "8", "--trainer.enable_progress_bar", "false",
             "--trainer.enable_model_summary", "false", "--checkpoint.dirpath", str(rundir / "ckpt")]
     t0, c0 = time.time(), time.process_time()
-    try:
-        main(args)
-    except SystemExit as exc:
-        if exc.code:
-            raise RuntimeError(f"{attention}: kslm exited {exc.code}") from exc
-    os.chdir(REPO)
+    kslm_main(args, rundir)
     return {"checkpoint": rundir / "ckpt" / "last.ckpt", "train_seconds": time.time() - t0,
             "train_cpu_seconds": time.process_time() - c0, "args": args[1:]}
 

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import save, series, workdir
+from _common import kslm_main, save, series, workdir
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -68,23 +68,15 @@ def tensor_bytes(obj) -> int:
 
 
 def run_one(task, name, extra, steps, workdir):
-    from kslm.cli import main
-
     spec = TASKS[task]
     rundir = Path(workdir) / task / name.replace(" ", "_").replace("/", "_")
-    rundir.mkdir(parents=True)
-    os.chdir(rundir)
     val_every = max(steps // 6, 1)
     args = ["fit", "--config", str(REPO / spec["config"]), *spec["args"], *extra, "--trainer.max_steps", str(steps),
             "--trainer.val_check_interval", str(val_every), "--trainer.check_val_every_n_epoch", "null",
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
             "--checkpoint.dirpath", str(rundir / "ckpt"), "--checkpoint.save_last", "true"]
     t0 = time.time()
-    try:
-        main(args)
-    except SystemExit as exc:
-        if exc.code:
-            raise RuntimeError(f"{task} {name}: kslm exited {exc.code}") from exc
+    kslm_main(args, rundir)
     ckpt = torch.load(rundir / "ckpt" / "last.ckpt", weights_only=True)
     n_params = sum(v.numel() for v in ckpt["state_dict"].values())
     curve = series(rundir / "logs", spec["metric"])
@@ -149,7 +141,6 @@ def main():
                 r = payload["runs"][-1]
                 print(f"{task} {name}: final {r['final']:.4f} ({r['seconds']:.0f} s)", file=sys.stderr)
                 save(out, payload)  # after every run: an interrupted sweep keeps what it measured
-        os.chdir(REPO)
     payload["summary"] = summarise(payload["runs"])
     save(out, payload)
     print(table(payload["summary"]))

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import save, series, workdir
+from _common import kslm_main, save, series, workdir
 from torch.nn import functional as F
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,10 +44,6 @@ METRICS = ("rel", "cos_x", "cos_F", "cos_F1", "subst")
 
 
 def fit(norm, a, rundir):
-    from kslm.cli import main
-
-    rundir.mkdir(parents=True)
-    os.chdir(rundir)
     args = ["fit", "--config", str(REPO / "configs/lm/tinyshakespeare.yaml"), "--data.data_files", str(TEXT),
             "--data.seq_len", str(DATA["seq_len"]), "--data.batch_size", str(DATA["batch_size"]),
             *[x for k, v in SHAPE.items() for x in (f"--model.backbone.{k}", str(v))],
@@ -58,11 +54,7 @@ def fit(norm, a, rundir):
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
             "--checkpoint.dirpath", str(rundir / "ckpt"), "--checkpoint.save_last", "true"]
     t0 = time.time()
-    try:
-        main(args)
-    except SystemExit as exc:
-        if exc.code:
-            raise RuntimeError(f"{norm}: kslm exited {exc.code}") from exc
+    kslm_main(args, rundir)
     val = series(rundir / "logs", "val/loss")
     return {"val_curve": val, "final_val": val[-1][1], "seconds": time.time() - t0}, rundir / "ckpt" / "last.ckpt"
 
@@ -181,7 +173,6 @@ def main():
             payload["runs"].append({"norm": norm, **run, "stats": stats, "finite": math.isfinite(run["final_val"])})
             print(f"{norm}: val {run['final_val']:.4f} ({run['seconds']:.0f} s)", file=sys.stderr)
             save(out, payload)
-        os.chdir(REPO)
     payload["wall_seconds"] = time.time() - t0
     save(out, payload)
     print(table(payload))

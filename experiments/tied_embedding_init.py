@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import save, series, workdir
+from _common import kslm_main, save, series, workdir
 from torch.nn import functional as F
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,10 +46,6 @@ VARIANTS = {  # name → (tie_embeddings, tied_init)
 
 
 def kslm(sub, tie, init, rundir: Path, a) -> None:
-    from kslm.cli import main
-
-    rundir.mkdir(parents=True, exist_ok=True)
-    os.chdir(rundir)
     args = [sub, "--config", str(REPO / "configs/lm/tinyshakespeare.yaml"), "--data.data_files", str(DATA),
             "--data.seq_len", "128", "--data.batch_size", str(a.batch), "--model.backbone.d_model", str(a.d_model),
             "--model.backbone.n_layers", str(a.layers), "--model.backbone.n_heads", str(a.heads),
@@ -59,13 +55,7 @@ def kslm(sub, tie, init, rundir: Path, a) -> None:
     if sub == "fit":
         args += ["--trainer.max_steps", str(a.steps), "--trainer.val_check_interval", str(a.val_every),
                  "--trainer.check_val_every_n_epoch", "null", "--checkpoint.dirpath", str(rundir / "ckpt")]
-    try:
-        main(args)
-    except SystemExit as exc:
-        if exc.code:
-            raise RuntimeError(f"{sub} {tie}/{init}: kslm exited {exc.code}") from exc
-    finally:
-        os.chdir(REPO)
+    kslm_main(args, rundir)
 
 
 @torch.no_grad()
