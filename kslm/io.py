@@ -1,0 +1,97 @@
+"""The one atomic writer of the repository (kslm, bench/ and experiments/ all write through it).
+
+A file is written to a temporary file in the target's folder and renamed over the target (`os.replace`, atomic on
+POSIX), so a reader — or a run killed half-way — never sees a half-written file. The temporary file is removed on
+any failure, and the result gets the mode a plain `open(path, "w")` would give (0666 less the umask), not
+`mkstemp`'s 0600. `atomic_dir` does the same for a whole directory (written beside it, then renamed into place).
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Union
+
+PathLike = Union[str, os.PathLike]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_open(path: PathLike, mode: str = "w", encoding: str = "utf-8") -> Iterator:
+    """`with atomic_open(path) as f: f.write(…)`: the target appears, complete, only when the block ends without
+    an exception. Modes "w" (text, `encoding`) and "wb"."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open writes only ('w' or 'wb'), got {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": encoding})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: PathLike, text: str) -> None:
+    with atomic_open(path) as f:
+        f.write(text)
+
+
+def write_bytes(path: PathLike, data: bytes) -> None:
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def write_json(path: PathLike, data: Any, indent: int = 2) -> None:
+    write_text(path, json.dumps(data, ensure_ascii=False, indent=indent) + "\n")
+
+
+def write_jsonl(path: PathLike, records: Iterable[Any]) -> int:
+    """One JSON object per line; → the number of records written."""
+    n = 0
+    with atomic_open(path) as f:
+        for rec in records:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+@contextmanager
+def atomic_dir(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """`with atomic_dir(out) as tmp: write files into tmp`: the directory appears at `path`, complete, when the
+    block ends without an exception. An existing non-empty `path` is replaced only with `overwrite`."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise FileExistsError(f"{path} exists and is not empty")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        if path.is_dir():
+            old = path.with_name(f".{path.name}.old.{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+__all__ = ["atomic_open", "write_text", "write_bytes", "write_json", "write_jsonl", "atomic_dir"]
