@@ -1,34 +1,166 @@
-"""Reading kslm checkpoints: Lightning .ckpt files with the backbone config and tokenizer inside.
+"""The kslm checkpoint payload: what a Lightning `.ckpt` carries beside its weights so that it is self-contained.
 
-Everything here loads with `torch.load(weights_only=True)`: a checkpoint may come from someone else.
+This module is the payload's only writer and reader. `Payload` names the task that trained the weights (so a
+checkpoint given to another task's config is refused), the task's settings (so `kslm predict --ckpt_path X` needs
+no `--config`), the backbone config (or the Hugging Face config of an HF encoder), the tokenizer JSON, the label
+set (entity types / predicates), the head options and the data settings prediction needs. Files are read with
+`torch.load(weights_only=True)`: a checkpoint may come from someone else, and loading one never runs code.
 """
 
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+from tokenizers import Tokenizer
 
 from kslm.errors import CheckpointError
+from kslm.nn import BackboneConfig
+
+FORMAT_VERSION = 1
+KEY = "kslm"  # the payload's key in Lightning's checkpoint dict
+TASKS = {  # short name → class path (the payload stores the short name)
+    "LanguageModel": "kslm.tasks.lm.LanguageModel",
+    "EntityExtraction": "kslm.tasks.ner.EntityExtraction",
+    "RelationExtraction": "kslm.tasks.re.RelationExtraction",
+}
+DATA_MODULES = {  # the data module that serves each task (predict without --config)
+    "LanguageModel": "kslm.data.lm.LMDataModule",
+    "EntityExtraction": "kslm.data.ner.NERDataModule",
+    "RelationExtraction": "kslm.data.re.REDataModule",
+}
 
 
-def read_checkpoint(path) -> dict:
-    p = Path(path)
+def task_name(class_path: str) -> str:
+    """'kslm.tasks.ner.EntityExtraction' (or its short name) → 'EntityExtraction'."""
+    return str(class_path).rsplit(".", 1)[-1]
+
+
+@dataclass
+class Payload:
+    """Everything a kslm checkpoint holds beside Lightning's own state.
+
+    task: the task's class name (LanguageModel, EntityExtraction, RelationExtraction).
+    settings: the task's init arguments (backbone excepted; run-time options such as sampling excepted).
+    backbone: BackboneConfig as a dict (the vocabulary size resolved), or None for a Hugging Face encoder.
+    hf_config: the HF encoder's config dict (extraction tasks over `model.hf_path`), else None.
+    tokenizer: the tokenizers JSON.
+    labels: entity types (NER) or predicates (RE); None for language models.
+    head: the options that shape the head (NER: head, head_size; RE: head_size).
+    data: the data module's settings prediction needs (window length, stride, batch size).
+    rng: torch's CPU RNG state at the save (dropout resumes exactly).
+    """
+
+    task: str
+    tokenizer: str
+    backbone: Optional[Dict[str, Any]] = None
+    hf_config: Optional[Dict[str, Any]] = None
+    settings: Dict[str, Any] = field(default_factory=dict)
+    labels: Optional[List[str]] = None
+    head: Dict[str, Any] = field(default_factory=dict)
+    data: Dict[str, Any] = field(default_factory=dict)
+    rng: Optional[torch.Tensor] = None
+    version: int = FORMAT_VERSION
+
+    # ------------------------------------------------------------ conversion
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any, source="<checkpoint>") -> "Payload":
+        if not isinstance(d, dict) or not isinstance(d.get("tokenizer"), str):
+            raise CheckpointError(f"{source}: not a kslm checkpoint (no tokenizer inside)")
+        if "version" not in d:  # the payload before it had an owner: flat keys, no task name
+            d = _from_unversioned(d)
+        if d["version"] > FORMAT_VERSION:
+            raise CheckpointError(f"{source}: checkpoint format {d['version']} is newer than this kslm's "
+                                  f"({FORMAT_VERSION}); upgrade kslm")
+        if d.get("task") not in TASKS:
+            raise CheckpointError(f"{source}: unknown task {d.get('task')!r} in the checkpoint")
+        if d.get("backbone") is None and d.get("hf_config") is None:
+            raise CheckpointError(f"{source}: not a kslm checkpoint (no backbone config inside)")
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    # ------------------------------------------------------------- accessors
+    @property
+    def task_class_path(self) -> str:
+        return TASKS[self.task]
+
+    def backbone_config(self) -> BackboneConfig:
+        return BackboneConfig.from_dict(self.backbone)
+
+    def load_tokenizer(self) -> Tokenizer:
+        return Tokenizer.from_str(self.tokenizer)
+
+    @property
+    def max_length(self) -> Optional[int]:
+        """The longest sequence the stored backbone accepts (an HF encoder: its max_position_embeddings)."""
+        if self.backbone is not None:
+            return self.backbone.get("max_length")
+        return (self.hf_config or {}).get("max_position_embeddings")
+
+    def predict_config(self) -> Tuple[dict, dict]:
+        """(model, data) config sections equivalent to the training config's, for `kslm predict` without --config."""
+        model = {"class_path": self.task_class_path, "init_args": {**self.settings}}
+        if self.backbone is not None:
+            model["init_args"]["backbone"] = dict(self.backbone)
+        return model, {"class_path": DATA_MODULES[self.task], "init_args": dict(self.data)}
+
+
+def _from_unversioned(d: dict) -> dict:
+    """Checkpoints written before the payload had a format version: {backbone, tokenizer, rng, hf_config?,
+    types | predicates, head options}."""
+    task = "EntityExtraction" if "types" in d else "RelationExtraction" if "predicates" in d else "LanguageModel"
+    head = {k: d[k] for k in ("head", "head_size") if k in d}
+    return {"task": task, "tokenizer": d["tokenizer"], "backbone": d.get("backbone"), "hf_config": d.get("hf_config"),
+            "labels": d.get("types", d.get("predicates")), "head": head, "rng": d.get("rng"), "version": 0}
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+def read_checkpoint(path, field_name: Optional[str] = None) -> dict:
+    """The raw checkpoint dict (weights_only loading). Any unreadable file is a one-line CheckpointError."""
+    p = Path(str(path))
+    where = f" (field '{field_name}')" if field_name else ""
     if not p.is_file():
-        raise CheckpointError(f"{p}: checkpoint not found")
+        raise CheckpointError(f"{p}: checkpoint not found{where}")
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{p}: cannot read checkpoint ({str(exc).splitlines()[0]})") from None
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and struct errors alike: the file is not a readable checkpoint
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(f"{p}: cannot read checkpoint ({detail}){where}") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{p}: not a Lightning checkpoint (a {type(ckpt).__name__}, not a dict){where}")
+    return ckpt
 
 
-def load_backbone(path, prefix: str = "backbone.") -> Tuple["object", dict, "object"]:
-    """→ (BackboneConfig, backbone state_dict, tokenizers.Tokenizer) from a kslm LM checkpoint."""
-    from kslm.data.tokenizer import tokenizer_from_checkpoint
-    from kslm.nn import BackboneConfig
+def payload_of(ckpt: dict, source="<checkpoint>") -> Payload:
+    """The payload inside a checkpoint dict (as Lightning hands it to on_load_checkpoint)."""
+    if KEY not in ckpt:
+        raise CheckpointError(f"{source}: not a kslm checkpoint (no backbone config and tokenizer inside)")
+    return Payload.from_dict(ckpt[KEY], source)
 
+
+def read_payload(path, field_name: Optional[str] = None) -> Payload:
+    return payload_of(read_checkpoint(path, field_name), path)
+
+
+def store(ckpt: dict, payload: Payload) -> None:
+    """Put `payload` into a checkpoint dict (LightningModule.on_save_checkpoint)."""
+    ckpt[KEY] = payload.to_dict()
+
+
+def load_backbone(path, prefix: str = "backbone.") -> Tuple[BackboneConfig, dict, Tokenizer]:
+    """→ (BackboneConfig, backbone state_dict, tokenizer) of a kslm checkpoint with a kslm backbone."""
     ckpt = read_checkpoint(path)
-    if "kslm" not in ckpt or "backbone" not in ckpt["kslm"]:
-        raise CheckpointError(f"{path}: not a kslm checkpoint (no backbone config inside)")
-    cfg = BackboneConfig.from_dict(ckpt["kslm"]["backbone"])
-    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    return cfg, state, tokenizer_from_checkpoint(ckpt, path)
+    payload = payload_of(ckpt, path)
+    if payload.backbone is None:
+        raise CheckpointError(f"{path}: the checkpoint's backbone is a Hugging Face encoder, not a kslm backbone")
+    state = {k[len(prefix):]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith(prefix)}
+    return payload.backbone_config(), state, payload.load_tokenizer()
+
+
+__all__ = ["Payload", "FORMAT_VERSION", "TASKS", "read_checkpoint", "read_payload", "payload_of", "store",
+           "load_backbone", "task_name"]

@@ -1,20 +1,90 @@
 """KslmCLI: the only entry point — `kslm fit|validate|test|predict --config configs/….yaml [--key value …]`."""
 
+import json
 import logging
 import re
 import sys
 import warnings
 from pathlib import Path
+from typing import Optional
 
-from jsonargparse import ArgumentError
+from jsonargparse import ArgumentError, Namespace
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
 
 from kslm.callbacks import JsonlPredictionWriter, KslmCheckpoint, TokenThroughput
+from kslm.checkpoint import read_payload, task_name
+from kslm.connect import connect
 from kslm.errors import CheckpointError, KslmError
+
+LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")  # ckpt_path values Lightning resolves itself
+
+
+def _option(argv, *names) -> Optional[str]:
+    """The value of `--name VALUE` or `--name=VALUE` in argv (the last one given), else None."""
+    value = None
+    for i, a in enumerate(argv):
+        for n in names:
+            if a == n and i + 1 < len(argv):
+                value = argv[i + 1]
+            elif a.startswith(n + "="):
+                value = a[len(n) + 1:]
+    return value
+
+
+def checkpoint_config_args(argv: list) -> list:
+    """`kslm predict|validate|test --ckpt_path X` without --config or --model: the checkpoint knows its task, its
+    settings and its data settings; they become the --model / --data sections (later options still override)."""
+    if not argv or argv[0] not in ("validate", "test", "predict"):
+        return argv
+    rest = argv[1:]
+    if any(a in ("-c", "--config", "--model") or a.startswith(("--config=", "--model=")) for a in rest):
+        return argv
+    ckpt = _option(rest, "--ckpt_path")
+    if not ckpt or ckpt in LIGHTNING_CKPT_NAMES:
+        return argv
+    model, data = read_payload(ckpt, "ckpt_path").predict_config()
+    given_data = any(a == "--data" or a.startswith("--data=") for a in rest)
+    injected = ["--model", json.dumps(model)] + ([] if given_data else ["--data", json.dumps(data)])
+    return [argv[0], *injected, *rest]
 
 
 class KslmCLI(LightningCLI):
+    def parse_arguments(self, parser, args):
+        if isinstance(args, (dict, Namespace)):
+            return super().parse_arguments(parser, args)
+        self.config = parser.parse_args(checkpoint_config_args(list(sys.argv[1:] if args is None else args)))
+
+    def _ckpt_file(self, cfg) -> Optional[str]:
+        """ckpt_path as a file: 'last' is this config's last.ckpt, if there is one."""
+        ckpt = cfg.get("ckpt_path")
+        if not ckpt:
+            return None
+        if ckpt == "last":
+            dirpath = cfg.checkpoint.get("dirpath") or str(Path("checkpoints") / self._config_name(cfg))
+            last = Path(dirpath) / "last.ckpt"
+            return str(last) if last.is_file() else None
+        return None if ckpt in LIGHTNING_CKPT_NAMES else str(ckpt)
+
+    def _parse_ckpt_path(self):
+        """Lightning's version torch.loads the file raw and lets its hyper-parameters replace the model's, whatever
+        the task; kslm reads the payload (one-line errors), refuses another task's checkpoint and applies the
+        checkpoint's task settings and backbone."""
+        sub = self.config.get("subcommand")
+        if not sub:
+            return
+        cfg = self.config[sub]
+        ckpt = self._ckpt_file(cfg)
+        if ckpt is None:
+            return
+        payload = read_payload(ckpt, "ckpt_path")
+        configured = task_name((cfg.get("model") or {}).get("class_path", ""))
+        if configured != payload.task:
+            raise CheckpointError(f"{ckpt}: a {payload.task} checkpoint cannot be used with a {configured} config "
+                                  "(field 'ckpt_path')")
+        model, _ = payload.predict_config()
+        self.config = self.parser.parse_object({sub: {"model": model}}, self.config)
+
     def add_arguments_to_parser(self, parser):
         parser.add_lightning_class_args(KslmCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.dirpath": None,
@@ -40,26 +110,13 @@ class KslmCLI(LightningCLI):
                 if not any(str(getattr(c, "class_path", "")).endswith(cls.__name__) for c in callbacks):
                     callbacks.append({"class_path": f"{cls.__module__}.{cls.__name__}", "init_args": args})
         cfg.trainer.callbacks = callbacks
-        ckpt = cfg.get("ckpt_path")
-        if ckpt and ckpt not in ("last", "best", "hpc", "registry") and not Path(str(ckpt)).is_file():
-            raise CheckpointError(f"{ckpt}: checkpoint not found (field 'ckpt_path')")
-        # the tokenizer travels with the weights: resuming, evaluating or predicting from a checkpoint takes the
-        # checkpoint's, a model initialised from a pretrained LM or an HF encoder takes theirs
-        data, model = cfg.get("data"), (cfg.get("model") or {}).get("init_args") or {}
-        if data is not None and "tokenizer" in (data.get("init_args") or {}) and not data.init_args.tokenizer:
-            if ckpt and Path(str(ckpt)).is_file():
-                data.init_args.tokenizer = str(ckpt)
-            elif model.get("pretrained") or model.get("hf_path"):
-                data.init_args.tokenizer = str(model.get("pretrained") or model.get("hf_path"))
 
+    def _connect(self):
+        """Resolve tokenizer, labels and window once, and hand them to model and data (kslm.connect)."""
+        cfg = self.config[self.subcommand]
+        connect(self.model, self.datamodule, self._ckpt_file(cfg), self.subcommand)
 
-    def _weights_from_checkpoint(self):
-        """Tell the model when `--ckpt_path` will supply its weights, so that it neither reads `pretrained` nor
-        needs `hf_path`'s directory (configure_model runs before Lightning restores the checkpoint)."""
-        cfg = self.config_init[self.subcommand]
-        self.model.weights_from_checkpoint = bool(cfg.get("ckpt_path"))
-
-    before_fit = before_validate = before_test = before_predict = _weights_from_checkpoint
+    before_fit = before_validate = before_test = before_predict = _connect
 
 
 def _one_line(message: str) -> str:

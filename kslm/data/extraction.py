@@ -1,6 +1,6 @@
-"""What the NER and RE data modules share: reading records with their line numbers, the tokenizer (trained on the
-train texts and cached, or loaded from a tokenizer.json / kslm .ckpt), windows wrapped in <s> … </s>, record
-batches for validation / prediction, and the resumable training loader with exact-resume state.
+"""What the NER and RE data modules share: reading records with their line numbers, the tokenizer (connected by the
+CLI, or trained on the train texts and cached, or loaded from data.tokenizer), the label set of the training data,
+windows wrapped in <s> … </s>, and record batches for validation / prediction (resume: kslm.data.base).
 
 Subclasses say how records are read (`_read_split`), which labels they carry (`_labels_of`), how a record is cut
 into windows (`encode`) and how windows are batched with their targets (`collate_windows`).
@@ -12,14 +12,12 @@ import logging
 from pathlib import Path
 from typing import List, Literal, Optional
 
-import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
-from kslm.data.lm import default_cache_dir
+from kslm.data.base import KslmDataModule
 from kslm.data.readers import read_any, sniff_format
-from kslm.data.sampler import ResumableSampler
-from kslm.data.tokenizer import atomic_write_text, load_tokenizer, special_ids, train_tokenizer
+from kslm.data.tokenizer import atomic_write_text, special_ids, tokenizer_from_source, train_tokenizer
 from kslm.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -39,12 +37,13 @@ def read_records_with_lines(path, fmt: str = "auto", **kwargs) -> List[dict]:
     return [{**r, "line": n} for r, n in zip(recs, lines, strict=True)]
 
 
-class ExtractionDataModule(pl.LightningDataModule):
+class ExtractionDataModule(KslmDataModule):
     """Base of NERDataModule and REDataModule (they document train_file, val_file, predict_file and format).
 
     Args:
-        tokenizer: a tokenizer.json or kslm .ckpt to take the tokenizer (and with a .ckpt, the labels) from;
-            empty = train one on the train texts.
+        tokenizer: a tokenizer.json, a Hugging Face model directory or a kslm .ckpt to take the tokenizer from
+            (only the tokenizer: labels come from the training data, or from --ckpt_path); empty = train one on the
+            train texts. The tokenizer of --ckpt_path, --model.pretrained or --model.hf_path takes precedence.
         tokenizer_kind: char (one token per character; Chinese) or bpe (byte-level BPE; English).
         vocab_size: vocabulary size when training a tokenizer.
         min_frequency: a token's minimum count in the train texts when training a tokenizer.
@@ -65,7 +64,7 @@ class ExtractionDataModule(pl.LightningDataModule):
                  max_length: int = 128,
                  stride: Optional[int] = None, batch_size: int = 16, num_workers: int = 0, seed: int = 1234,
                  cache_dir: Optional[str] = None):
-        super().__init__()
+        super().__init__(cache_dir, batch_size, num_workers, seed)
         for name, path in (("train_file", train_file), ("val_file", val_file), ("predict_file", predict_file)):
             if path and not Path(path).is_file():
                 raise DataError("file not found", path=path, field=f"data.{name}")
@@ -76,14 +75,9 @@ class ExtractionDataModule(pl.LightningDataModule):
         self.train_file, self.val_file, self.predict_file, self.format = train_file, val_file, predict_file, format
         self.tokenizer_path, self.tokenizer_kind = tokenizer, tokenizer_kind
         self.vocab_size, self.min_frequency = vocab_size, min_frequency
-        self.max_length, self.stride, self.batch_size = max_length, stride, batch_size
-        self.num_workers, self.seed = num_workers, seed
-        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-        self.tokenizer = None
-        self.labels: Optional[List[str]] = None
+        self.max_length, self.stride = max_length, stride
         self.train_set = self.val_set = self.predict_set = None
-        self._records = None  # (train records, val records)
-        self._resume = None
+        self._records = None  # (train records, val records, their labels)
 
     # ------------------------------------------------------------- subclass hooks
     def _read_split(self):
@@ -112,48 +106,57 @@ class ExtractionDataModule(pl.LightningDataModule):
     gold_keys: tuple = ()  # per-record keys copied into record batches (the gold labels)
 
     # ---------------------------------------------------------------- reading
-    def _read(self):
-        if self._records is not None:
-            return self._records
-        if not self.train_file:
-            raise DataError("training needs --data.train_file", field="data.train_file")
-        train, val = self._read_split()
-        if not train:
-            raise DataError("no records", path=self.train_file, field="data.train_file")
-        self.labels = self._labels_of(train, val)
-        self._records = (train, val)
+    def _read_records(self):
+        """(train, val) records and the sorted label set of the training records, read once."""
+        if self._records is None:
+            if not self.train_file:
+                raise DataError("training needs --data.train_file", field="data.train_file")
+            train, val = self._read_split()
+            if not train:
+                raise DataError("no records", path=self.train_file, field="data.train_file")
+            self._records = (train, val, self._labels_of(train, val))
         return self._records
+
+    def _read(self):
+        """(train, val) records, their labels checked against the connected ones (a checkpoint's, --model.<labels>)."""
+        train, val, labels = self._read_records()
+        if self.labels is None:
+            self.labels = labels
+        elif list(self.labels) != labels:
+            raise DataError(f"the training data's {self.label_key} {labels} differ from the model's {list(self.labels)} "
+                            f"(from --ckpt_path or --model.{self.label_key})", path=self.train_file, field="data.train_file")
+        return train, val
+
+    def label_set(self) -> List[str]:
+        """The sorted labels of the training records."""
+        return list(self._read_records()[2])
 
     def _source_key(self) -> str:
         p = Path(self.train_file)
         src = [str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns, *self._source_options()]
         return hashlib.sha256(json.dumps(src).encode()).hexdigest()[:16]
 
-    def load_tokenizer(self):
-        if self.tokenizer is not None:
-            return self.tokenizer
+    def build_tokenizer(self):
+        """data.tokenizer, else a tokenizer trained on the train texts (cached under cache_dir by source)."""
         if self.tokenizer_path:
-            self.tokenizer = load_tokenizer(self.tokenizer_path, kslm_specials=False)
-            return self.tokenizer
+            return tokenizer_from_source(self.tokenizer_path, kslm_specials=False)
         from tokenizers import Tokenizer
 
         if not self.train_file:
             raise DataError("no tokenizer: give --data.train_file, --data.tokenizer or --ckpt_path", field="data.tokenizer")
         path = self.cache_dir / f"{self.kind}-tokenizer-{self.tokenizer_kind}-{self.vocab_size}-{self._source_key()}.json"
         if path.is_file():
-            self.tokenizer = Tokenizer.from_file(str(path))
-        else:
-            train, _ = self._read()
-            self.tokenizer = train_tokenizer((r["text"] for r in train), self.tokenizer_kind, self.vocab_size,
-                                             self.min_frequency)
-            atomic_write_text(path, self.tokenizer.to_str())
-        return self.tokenizer
+            return Tokenizer.from_file(str(path))
+        train = self._read_records()[0]
+        tok = train_tokenizer((r["text"] for r in train), self.tokenizer_kind, self.vocab_size, self.min_frequency)
+        atomic_write_text(path, tok.to_str())
+        return tok
 
-    def _labels_from_checkpoint(self):
-        if self.tokenizer_path and Path(self.tokenizer_path).suffix == ".ckpt":
-            from kslm.checkpoint import read_checkpoint
+    def window_length(self) -> int:
+        return self.max_length
 
-            self.labels = read_checkpoint(self.tokenizer_path).get("kslm", {}).get(self.label_key)
+    def predict_settings(self) -> dict:
+        return {"max_length": self.max_length, "stride": self.stride, "batch_size": self.batch_size}
 
     def wrap(self, ids: List[int]) -> List[int]:
         """A window's token ids between the tokenizer's <s> and </s> (or [CLS] and [SEP])."""
@@ -161,14 +164,8 @@ class ExtractionDataModule(pl.LightningDataModule):
         return [cls_id, *ids, sep_id]
 
     # ------------------------------------------------------------------ stages
-    def prepare_data(self):
-        if not self.tokenizer_path:
-            self.load_tokenizer()
-
     def setup(self, stage: Optional[str] = None):
         if stage == "predict":
-            self.load_tokenizer()
-            self._labels_from_checkpoint()
             if self.predict_file:
                 self.predict_set = self.encode(self._read_file(self.predict_file), self.predict_file, False)
             return
@@ -205,17 +202,7 @@ class ExtractionDataModule(pl.LightningDataModule):
         return batch
 
     def train_dataloader(self):
-        trainer = self.trainer
-        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
-        sampler = ResumableSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
-        if self._resume is not None:
-            state, self._resume = self._resume, None
-            if state["batch_size"] != self.batch_size:
-                raise DataError("cannot resume the data position with a different batch_size", field="data.batch_size")
-            sampler.resume(state["epoch"], state["batches"] * self.batch_size)
-        self._sampler = sampler
-        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          collate_fn=self.collate_windows, generator=torch.Generator())
+        return self.resumable_loader(self.train_set, self.collate_windows)
 
     def val_dataloader(self):
         return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers,
@@ -228,19 +215,6 @@ class ExtractionDataModule(pl.LightningDataModule):
             raise DataError("kslm predict needs records: --data.predict_file FILE", field="data.predict_file")
         return DataLoader(self.predict_set, batch_size=self.batch_size, num_workers=self.num_workers,
                           collate_fn=lambda recs: self.collate_records(recs, labels=False))
-
-    # ---------------------------------------------------------- exact resume
-    def state_dict(self):
-        sampler = getattr(self, "_sampler", None)
-        if self.trainer is None or sampler is None:
-            return {}
-        progress = self.trainer.fit_loop.epoch_loop.batch_progress
-        if progress.is_last_batch:
-            return {"epoch": sampler.data_epoch + 1, "batches": 0, "batch_size": self.batch_size}
-        return {"epoch": sampler.data_epoch, "batches": progress.current.processed, "batch_size": self.batch_size}
-
-    def load_state_dict(self, state):
-        self._resume = state or None  # checked and applied when training starts (predict / validate ignore it)
 
 
 __all__ = ["ExtractionDataModule", "JSONL_FORMATS", "read_records_with_lines"]

@@ -10,27 +10,20 @@ The train/val split of the blocks is deterministic (seeded). With no data given,
 import hashlib
 import json
 import logging
-import os
 from itertools import chain
 from pathlib import Path
 from typing import List, Optional, Union
 
-import lightning.pytorch as pl
-import torch
 from torch.utils.data import DataLoader
 
+from kslm.data.base import KslmDataModule, default_cache_dir
 from kslm.data.corpus import embedded_corpus_path
 from kslm.data.readers import iter_jsonl
-from kslm.data.sampler import ResumableSampler
-from kslm.data.tokenizer import EOS_ID, cached_tokenizer, fingerprint, load_tokenizer
+from kslm.data.tokenizer import EOS_ID, cached_tokenizer, fingerprint, tokenizer_from_source
 from kslm.errors import DataError
 
 log = logging.getLogger(__name__)
 TEXT_SUFFIXES = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json"}
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("KSLM_CACHE", Path.home() / ".cache" / "kslm"))
 
 
 def resolve_files(data_files) -> List[Path]:
@@ -51,7 +44,7 @@ def resolve_files(data_files) -> List[Path]:
     return files
 
 
-class LMDataModule(pl.LightningDataModule):
+class LMDataModule(KslmDataModule):
     """Language-model pretraining data.
 
     Args:
@@ -60,7 +53,8 @@ class LMDataModule(pl.LightningDataModule):
         dataset: a Hugging Face hub dataset name (needs network), used instead of data_files.
         dataset_config: the hub dataset's configuration name.
         text_field: the field holding the text in JSON records and hub datasets.
-        tokenizer: a tokenizer.json or kslm .ckpt to take the tokenizer from; empty = train one on the data.
+        tokenizer: a tokenizer.json or kslm .ckpt to take the tokenizer from; empty = train one on the data (the
+            tokenizer of `--ckpt_path` / `--model.pretrained` takes precedence: it travels with the weights).
         tokenizer_kind: bpe (byte-level BPE, CJK characters isolated) or char (one token per character).
         vocab_size: vocabulary size when training a tokenizer.
         seq_len: tokens per training sequence.
@@ -77,22 +71,20 @@ class LMDataModule(pl.LightningDataModule):
                  tokenizer_kind: str = "bpe", vocab_size: int = 8000, seq_len: int = 128, batch_size: int = 16,
                  val_fraction: float = 0.02, num_workers: int = 0, seed: int = 1234, cache_dir: Optional[str] = None,
                  predict_file: Optional[str] = None):
-        super().__init__()
+        super().__init__(cache_dir, batch_size, num_workers, seed)
         if tokenizer_kind not in ("bpe", "char"):
             raise DataError(f"unknown tokenizer kind {tokenizer_kind!r} (bpe | char)", field="data.tokenizer_kind")
         if not 0 < val_fraction < 1:
             raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}", field="data.val_fraction")
-        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        if seq_len < 1:
+            raise DataError(f"seq_len must be positive, got {seq_len}", field="data.seq_len")
         self.files = resolve_files(data_files) if data_files else ([] if dataset else None)
         if predict_file and not Path(predict_file).is_file():
             raise DataError("prompt file not found", path=predict_file, field="data.predict_file")
         self.dataset_name, self.dataset_config, self.text_field = dataset, dataset_config, text_field
         self.tokenizer_path, self.tokenizer_kind, self.vocab_size = tokenizer, tokenizer_kind, vocab_size
-        self.seq_len, self.batch_size, self.val_fraction = seq_len, batch_size, val_fraction
-        self.num_workers, self.seed, self.predict_file = num_workers, seed, predict_file
-        self.tokenizer = None
+        self.seq_len, self.val_fraction, self.predict_file = seq_len, val_fraction, predict_file
         self.train_set = self.val_set = None
-        self._resume = None  # (epoch, samples to skip on this rank)
 
     # ---------------------------------------------------------------- loading
     def _raw(self):
@@ -133,23 +125,28 @@ class LMDataModule(pl.LightningDataModule):
             src = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
         return hashlib.sha256(json.dumps([src, self.text_field]).encode()).hexdigest()[:16]
 
-    def load_tokenizer(self):
-        if self.tokenizer is not None:
-            return self.tokenizer
+    def build_tokenizer(self):
+        """data.tokenizer (a tokenizer.json), else one trained on the corpus and cached under cache_dir."""
         if self.tokenizer_path:
-            self.tokenizer = load_tokenizer(self.tokenizer_path)
-        else:
-            raw = None
+            return tokenizer_from_source(self.tokenizer_path)
+        raw = None
 
-            def texts():
-                nonlocal raw
-                raw = raw if raw is not None else self._raw()
-                for i in range(0, len(raw), 1000):
-                    yield from (t for t in raw[i : i + 1000][self.text_field] if t)
+        def texts():
+            nonlocal raw
+            raw = raw if raw is not None else self._raw()
+            for i in range(0, len(raw), 1000):
+                yield from (t for t in raw[i : i + 1000][self.text_field] if t)
 
-            name = f"tokenizer-{self.tokenizer_kind}-{self.vocab_size}-{self._source_key()}.json"
-            self.tokenizer = cached_tokenizer(self.cache_dir / name, texts, self.tokenizer_kind, self.vocab_size)
-        return self.tokenizer
+        name = f"tokenizer-{self.tokenizer_kind}-{self.vocab_size}-{self._source_key()}.json"
+        return cached_tokenizer(self.cache_dir / name, texts, self.tokenizer_kind, self.vocab_size)
+
+    window_option = "data.seq_len"
+
+    def window_length(self) -> int:
+        return self.seq_len
+
+    def predict_settings(self) -> dict:
+        return {"seq_len": self.seq_len, "batch_size": self.batch_size}
 
     def _blocks(self):
         tok, field, block = self.load_tokenizer(), self.text_field, self.seq_len + 1
@@ -175,7 +172,8 @@ class LMDataModule(pl.LightningDataModule):
         return blocks
 
     def prepare_data(self):
-        self._blocks()  # rank 0 trains the tokenizer and fills the caches; other ranks then read them
+        if stage_needs_blocks(self.trainer):
+            self._blocks()  # rank 0 fills the datasets caches; other ranks then read them
 
     def setup(self, stage: Optional[str] = None):
         if stage == "predict":
@@ -192,18 +190,11 @@ class LMDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------ dataloaders
     def train_dataloader(self):
-        trainer = self.trainer
-        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
-        sampler = ResumableSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
-        if self._resume is not None:
-            sampler.resume(*self._resume)
-            self._resume = None
-        self._sampler = sampler
-        # a private generator: creating the iterator then draws nothing from the global RNG (dropout's)
-        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          drop_last=True, generator=torch.Generator())
+        return self.resumable_loader(self.train_set, drop_last=True)
 
     def val_dataloader(self):
+        import torch
+
         return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers,
                           generator=torch.Generator())
 
@@ -214,22 +205,6 @@ class LMDataModule(pl.LightningDataModule):
             raise DataError("kslm predict needs prompts: --data.predict_file FILE (.txt lines or .jsonl with 'prompt')",
                             field="data.predict_file")
         return DataLoader(read_prompts(self.predict_file), batch_size=1, collate_fn=lambda b: b[0])
-
-    # ---------------------------------------------------------- exact resume
-    def state_dict(self):
-        sampler = getattr(self, "_sampler", None)
-        if self.trainer is None or sampler is None:
-            return {}
-        progress = self.trainer.fit_loop.epoch_loop.batch_progress
-        if progress.is_last_batch:  # the epoch is over: resume at the start of the next one
-            return {"epoch": sampler.data_epoch + 1, "batches": 0, "batch_size": self.batch_size}
-        return {"epoch": sampler.data_epoch, "batches": progress.current.processed, "batch_size": self.batch_size}
-
-    def load_state_dict(self, state):
-        if state:
-            if state["batch_size"] != self.batch_size:
-                raise DataError("cannot resume the data position with a different batch_size", field="data.batch_size")
-            self._resume = (state["epoch"], state["batches"] * self.batch_size)
 
 
 def read_prompts(path) -> List[dict]:
@@ -246,4 +221,9 @@ def read_prompts(path) -> List[dict]:
         return [{"line": n, "prompt": t} for n, t in ((n, line.rstrip("\n")) for n, line in enumerate(f, 1)) if t]
 
 
-__all__ = ["LMDataModule", "read_prompts"]
+def stage_needs_blocks(trainer) -> bool:
+    """prepare_data tokenizes the corpus only for the stages that read it (not predict)."""
+    return trainer is None or trainer.state.fn != "predict"
+
+
+__all__ = ["LMDataModule", "read_prompts", "default_cache_dir"]

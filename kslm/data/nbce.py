@@ -125,7 +125,8 @@ def build_prompts(rec: dict, prompter, window: int, max_new_tokens: int, max_bat
 
 
 class NBCEDataModule(pl.LightningDataModule):
-    """Records for `kslm predict` with the NBCE model (kslm.tasks.nbce.NBCE), which supplies tokenizer and template.
+    """Records for `kslm predict` with the NBCE model (kslm.tasks.nbce.NBCE). The CLI connects the model's prompter
+    (its tokenizer and template: encode_prompt, count_tokens, window, max_new_tokens) before anything is read.
 
     Args:
         predict_file: JSONL of {"id", "context": str | [str], "question": str}.
@@ -142,22 +143,29 @@ class NBCEDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.window must be positive, got {window}")
         self.predict_file, self.window, self.max_batch_tokens = predict_file, window, max_batch_tokens
         self.items: Optional[List[dict]] = None
+        self.prompter = None
+
+    def connect(self, prompter) -> None:
+        """The model's prompter; its window bounds data.window (checked here, before any record is read)."""
+        if not all(hasattr(prompter, a) for a in ("encode_prompt", "count_tokens", "window", "max_new_tokens")):
+            raise ConfigError("the NBCE data module needs the NBCE model (model.class_path kslm.tasks.nbce.NBCE)")
+        if (self.window or prompter.window) is None:
+            raise ConfigError("the model does not state its window (no max_position_embeddings): set data.window")
+        if prompter.window and self.window and self.window > prompter.window:
+            raise ConfigError(f"data.window {self.window} exceeds the model's window {prompter.window}")
+        self.prompter = prompter
 
     def setup(self, stage: Optional[str] = None):
         if stage != "predict":
             raise ConfigError("the NBCE data module only serves `kslm predict`")
         if not self.predict_file:
             raise DataError("kslm predict needs records: --data.predict_file FILE.jsonl", field="data.predict_file")
-        model = self.trainer.lightning_module
-        if not hasattr(model, "encode_prompt"):
-            raise ConfigError("the NBCE data module needs the NBCE model (model.class_path kslm.tasks.nbce.NBCE)")
-        window = self.window or model.window
-        if window is None:
-            raise ConfigError("the model does not state its window (no max_position_embeddings): set data.window")
-        if model.window and window > model.window:
-            raise ConfigError(f"data.window {window} exceeds the model's window {model.window}")
-        self.items = [build_prompts(r, model, window, model.max_new_tokens, self.max_batch_tokens, self.predict_file)
-                      for r in read_nbce(self.predict_file)]
+        if self.prompter is None:
+            raise ConfigError("the NBCE data module is not connected to an NBCE model (kslm predict does that)")
+        p = self.prompter
+        window = self.window or p.window
+        self.items = [{**build_prompts(r, p, window, p.max_new_tokens, self.max_batch_tokens, self.predict_file),
+                       "source": str(self.predict_file)} for r in read_nbce(self.predict_file)]
 
     def predict_dataloader(self):
         return DataLoader(self.items, batch_size=1, collate_fn=lambda b: b[0])

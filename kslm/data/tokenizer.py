@@ -16,7 +16,7 @@ from typing import Iterable, Tuple
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-from kslm.errors import CheckpointError, DataError
+from kslm.errors import DataError
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<mask>"]
 PAD_ID, UNK_ID, BOS_ID, EOS_ID, MASK_ID = range(5)
@@ -55,16 +55,9 @@ def check_special_tokens(tok: Tokenizer, source) -> None:
                             path=source)
 
 
-def tokenizer_from_checkpoint(ckpt: dict, source="<checkpoint>") -> Tokenizer:
-    try:
-        return Tokenizer.from_str(ckpt["kslm"]["tokenizer"])
-    except KeyError:
-        raise CheckpointError(f"{source}: not a kslm checkpoint (no tokenizer inside)") from None
-
-
 def load_tokenizer(path: str, kslm_specials: bool = True) -> Tokenizer:
-    """A tokenizer.json, a kslm .ckpt (whose tokenizer is read from inside), or a Hugging Face model directory
-    (its tokenizer.json, else a BERT WordPiece tokenizer built from its vocab.txt).
+    """A tokenizer.json, or a Hugging Face model directory (its tokenizer.json, else a BERT WordPiece tokenizer built
+    from its vocab.txt). A kslm checkpoint's tokenizer is read by kslm.checkpoint (kslm.connect decides which).
 
     kslm_specials: require kslm's special ids (<pad>=0 … <mask>=4), as the LM data needs; otherwise any
     tokenizer with <s>/</s>/<pad> or [CLS]/[SEP]/[PAD] is accepted (extraction tasks on an HF encoder).
@@ -85,20 +78,32 @@ def load_tokenizer(path: str, kslm_specials: bool = True) -> Tokenizer:
             raise DataError("directory has neither tokenizer.json nor vocab.txt", path=p, field="tokenizer")
     if not p.is_file():
         raise DataError("tokenizer file not found", path=p, field="tokenizer")
-    if p.suffix == ".ckpt":
-        from kslm.checkpoint import read_checkpoint
-
-        tok = tokenizer_from_checkpoint(read_checkpoint(p), p)
-    else:
-        try:
-            tok = Tokenizer.from_file(str(p))
-        except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
-            raise DataError(f"not a tokenizers JSON file ({str(exc).splitlines()[0]})", path=p, field="tokenizer") from None
-    if kslm_specials:
-        check_special_tokens(tok, p)
-    else:
-        special_ids(tok, p)
+    try:
+        tok = Tokenizer.from_file(str(p))
+    except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
+        raise DataError(f"not a tokenizers JSON file ({str(exc).splitlines()[0]})", path=p, field="tokenizer") from None
+    check_tokenizer(tok, p, kslm_specials)
     return tok
+
+
+def tokenizer_from_source(path, kslm_specials: bool = True, field: str = "data.tokenizer") -> Tokenizer:
+    """`load_tokenizer`, or the tokenizer inside a kslm checkpoint (.ckpt; its labels are not taken)."""
+    if Path(str(path)).suffix == ".ckpt":
+        from kslm.checkpoint import read_payload
+
+        tok = read_payload(path, field).load_tokenizer()
+        check_tokenizer(tok, path, kslm_specials)
+        return tok
+    return load_tokenizer(path, kslm_specials)
+
+
+def check_tokenizer(tok: Tokenizer, source, kslm_specials: bool = True) -> None:
+    """kslm's special ids (<pad>=0 … <mask>=4), as the LM data needs; or, with kslm_specials False, any tokenizer
+    with <s>/</s>/<pad> or [CLS]/[SEP]/[PAD] (extraction tasks on an HF encoder)."""
+    if kslm_specials:
+        check_special_tokens(tok, source)
+    else:
+        special_ids(tok, source)
 
 
 def special_ids(tok: Tokenizer, source=None) -> Tuple[int, int, int]:
@@ -132,5 +137,5 @@ def cached_tokenizer(cache_path: Path, texts_fn, kind: str, vocab_size: int) -> 
     return tok
 
 
-__all__ = ["train_tokenizer", "load_tokenizer", "cached_tokenizer", "tokenizer_from_checkpoint", "fingerprint", "special_ids",
+__all__ = ["train_tokenizer", "load_tokenizer", "cached_tokenizer", "check_tokenizer", "tokenizer_from_source", "fingerprint", "special_ids",
            "SPECIAL_TOKENS", "PAD_ID", "UNK_ID", "BOS_ID", "EOS_ID", "MASK_ID"]

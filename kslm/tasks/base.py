@@ -1,5 +1,9 @@
-"""What every kslm task shares: the optimiser/scheduler choice, the backbone built from the tokenizer, and
-a checkpoint that carries the backbone config and the tokenizer (so nothing else is needed to reuse it)."""
+"""What every kslm task shares: the optimiser/scheduler choice, the backbone built from the connected tokenizer, and
+a checkpoint whose payload (kslm.checkpoint.Payload) carries the task, its settings, the backbone config and the
+tokenizer (so nothing else is needed to reuse it).
+
+Data flows one way: the CLI (kslm.connect) hands the task its tokenizer, labels, the checkpoint payload its weights
+will come from, and the data settings to record (`connect`); the task never reads the Trainer's data module."""
 
 import hashlib
 import logging
@@ -12,8 +16,8 @@ import lightning.pytorch as pl
 import torch
 from tokenizers import Tokenizer
 
-from kslm.checkpoint import load_backbone
-from kslm.data.tokenizer import fingerprint, tokenizer_from_checkpoint
+from kslm.checkpoint import Payload, load_backbone, payload_of, store
+from kslm.data.tokenizer import fingerprint
 from kslm.errors import CheckpointError, ConfigError
 from kslm.nn import Backbone, BackboneConfig
 from kslm.optim import OPTIONS, build_optimizer
@@ -59,7 +63,6 @@ class KslmTask(pl.LightningModule):
     """
 
     runtime_options: Tuple[str, ...] = ()
-    weights_from_checkpoint: bool = False
 
     def __init__(self, backbone: BackboneConfig = BackboneConfig(),
                  optimizer: Literal["adamw", "amos", "amos_adamw", "eg_adamw"] = "adamw",
@@ -84,7 +87,28 @@ class KslmTask(pl.LightningModule):
         self.backbone: Optional[Backbone] = None
         self.hf_config: Optional[dict] = None
         self.tokenizer: Optional[Tokenizer] = None
+        self._payload: Optional[Payload] = None  # the checkpoint the weights will come from (--ckpt_path)
+        self.data_settings: Dict[str, Any] = {}
         self._pending_rng: Optional[torch.Tensor] = None
+        self._tokens_per_batch = None
+
+    # ----------------------------------------------------------- connection
+    def connect(self, tokenizer: Tokenizer, labels: Optional[list] = None, payload: Optional[Payload] = None,
+                data_settings: Optional[Dict[str, Any]] = None) -> None:
+        """What the CLI resolved for model and data alike: the tokenizer, the label set (extraction tasks), the
+        payload of `--ckpt_path` (the backbone is then built from it, before Lightning restores the weights) and
+        the data settings the checkpoint records for `kslm predict` without a config."""
+        self.tokenizer, self._payload = tokenizer, payload
+        self.data_settings = dict(data_settings or {})
+
+    def settings(self) -> Dict[str, Any]:
+        """The task's init arguments as a checkpoint records them (backbone and run-time options apart)."""
+        return {k: v for k, v in self.hparams.items()
+                if k != "backbone" and not k.startswith("_") and k not in self.runtime_options}
+
+    def payload_extras(self) -> Dict[str, Any]:
+        """Payload fields a task adds (labels, head options)."""
+        return {}
 
     # ------------------------------------------------------------ building
     def build(self, tokenizer: Tokenizer, cfg: Optional[BackboneConfig] = None, hf_config: Optional[dict] = None,
@@ -114,25 +138,23 @@ class KslmTask(pl.LightningModule):
     def configure_model(self):
         if self.backbone is not None or self._trainer is None:
             return  # outside a Trainer (load_from_checkpoint) on_load_checkpoint builds it from the checkpoint
-        dm = self.trainer.datamodule
-        if dm is None or not hasattr(dm, "load_tokenizer"):
-            raise ConfigError("the model needs a kslm data module (it provides the tokenizer)")
-        tok, hp = dm.load_tokenizer(), self.hparams
-        # weights that will come from `--ckpt_path` (KslmCLI sets the flag; Lightning restores after this hook)
-        from_ckpt = self.weights_from_checkpoint or self.trainer.ckpt_path is not None
-        if hp.hf_path:
-            if from_ckpt and self.trainer.state.fn != "fit":
-                return  # validate / test / predict: on_load_checkpoint builds the encoder from the checkpoint's config
-            from kslm.hf import HFEncoder
-
-            if from_ckpt:
-                self.build(tok, hf_config=HFEncoder.read_config(hp.hf_path))
-            else:
-                self.build(tok, hf_weights=hp.hf_path)
-        elif hp.pretrained and not from_ckpt:
-            self.init_from_pretrained(tok, hp.pretrained)
+        if self.tokenizer is None:
+            raise ConfigError("the model has no tokenizer: run it through the kslm CLI, or call model.connect(tokenizer)")
+        hp = self.hparams
+        if self._payload is not None:  # weights from --ckpt_path: its architecture (Lightning restores after this hook)
+            self.build_from_payload(self._payload)
+        elif hp.hf_path:
+            self.build(self.tokenizer, hf_weights=hp.hf_path)
+        elif hp.pretrained:
+            self.init_from_pretrained(self.tokenizer, hp.pretrained)
         else:
-            self.build(tok)
+            self.build(self.tokenizer)
+
+    def build_from_payload(self, payload: Payload) -> None:
+        if payload.hf_config is not None:
+            self.build(self.tokenizer, hf_config=payload.hf_config)
+        else:
+            self.build(self.tokenizer, payload.backbone_config())
 
     def init_from_pretrained(self, tokenizer: Tokenizer, path: str) -> None:
         """Backbone config, weights and tokenizer from a kslm LM checkpoint; the task keeps its mask and dropout."""
@@ -149,36 +171,36 @@ class KslmTask(pl.LightningModule):
 
     # ---------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint):
-        checkpoint["kslm"] = {"backbone": self.backbone_config.to_dict(), "tokenizer": self.tokenizer.to_str(),
-                              "rng": torch.get_rng_state()}
-        if self.hf_config is not None:
-            checkpoint["kslm"]["hf_config"] = self.hf_config
+        hf = self.hf_config is not None
+        store(checkpoint, Payload(task=type(self).__name__, tokenizer=self.tokenizer.to_str(),
+                                  backbone=None if hf else self.backbone_config.to_dict(), hf_config=self.hf_config,
+                                  settings=self.settings(), data=self.data_settings, rng=torch.get_rng_state(),
+                                  **self.payload_extras()))
 
     def on_load_checkpoint(self, checkpoint):
-        if "kslm" not in checkpoint:
-            raise CheckpointError("not a kslm checkpoint (no backbone config and tokenizer inside)")
-        tok = tokenizer_from_checkpoint(checkpoint)
+        payload = payload_of(checkpoint)
+        if payload.task != type(self).__name__:
+            raise CheckpointError(f"a {payload.task} checkpoint cannot be loaded into {type(self).__name__}")
+        tok = payload.load_tokenizer()
         if self.tokenizer is not None and fingerprint(tok) != fingerprint(self.tokenizer):
             raise CheckpointError("the checkpoint's tokenizer differs from the data's tokenizer; "
-                                  "pass --data.tokenizer CKPT to use the checkpoint's")
-        hf = checkpoint["kslm"].get("hf_config")
-        if hf is not None:
-            from kslm.hf import same_architecture
-
-            rebuild = self.backbone is None or self.hf_config is None or not same_architecture(self.hf_config, hf)
-            cfg = None
-        else:
-            cfg = BackboneConfig.from_dict(checkpoint["kslm"]["backbone"])
-            rebuild = self.backbone is None or self.hf_config is not None or cfg != self.backbone_config
-        if rebuild and self.backbone is not None and self._trainer is not None and self.trainer.state.fn == "fit":
-            # the optimiser already holds the parameters built from the config: a rebuilt model would not train
+                                  "leave --data.tokenizer empty to use the checkpoint's")
+        if self.backbone is None:  # load_from_checkpoint: nothing was connected
+            self.tokenizer = tok
+            self.data_settings = dict(payload.data)
+            self.build_from_payload(payload)
+        elif payload.backbone is not None and (self.hf_config is not None or
+                                               payload.backbone_config() != self.backbone_config):
             raise CheckpointError("the checkpoint's backbone differs from the configured one; resume with the "
                                   "configuration the checkpoint was trained with")
-        if rebuild:
-            self.build(tok, cfg, hf_config=hf)
+        elif payload.hf_config is not None:
+            from kslm.hf import same_architecture
+
+            if self.hf_config is None or not same_architecture(self.hf_config, payload.hf_config):
+                raise CheckpointError("the checkpoint's Hugging Face encoder differs from the configured one")
         # dropout's RNG: restored just before the next training batch, so that nothing Lightning does between
         # restoring and training (sanity validation, setting up loaders) can draw from it
-        self._pending_rng = checkpoint["kslm"].get("rng")
+        self._pending_rng = payload.rng
 
     def on_train_batch_start(self, batch, batch_idx):
         if self._pending_rng is not None:
@@ -194,6 +216,8 @@ class KslmTask(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         """compute_loss + the chosen gradient penalty; train/loss and train/penalty are logged separately."""
         hp = self.hparams
+        if isinstance(batch, dict) and "input_ids" in batch:
+            self._tokens_per_batch = tuple(batch["input_ids"].shape)  # for flops_per_batch
         size = batch["input_ids"].shape[0] if isinstance(batch, dict) and "input_ids" in batch else None
         kind, weight = hp.gradient_penalty, hp.gradient_penalty_weight
         if kind == "input":

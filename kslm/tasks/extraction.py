@@ -1,12 +1,14 @@
 """What the extraction tasks (EntityExtraction, RelationExtraction) share: a bidirectional backbone with a pointer head
-over its hidden states, the label set (entity types / predicates) taken from the data and stored in the checkpoint
-with the head's settings (so `--ckpt_path` alone rebuilds the model), the training step around `compute_loss`, and
-precision / recall / F1 logged at the end of validation and test."""
+over its hidden states, the label set (entity types / predicates; connected by the CLI from the training data or the
+checkpoint) stored in the checkpoint payload with the head's settings (so `--ckpt_path` alone rebuilds the model),
+the training step around `compute_loss`, and precision / recall / F1 logged at the end of validation and test."""
 
 from typing import List, Optional, Tuple
 
 import torch
 
+from kslm.checkpoint import payload_of
+from kslm.data.tokenizer import special_ids
 from kslm.errors import CheckpointError, ConfigError
 from kslm.tasks.base import KslmTask
 
@@ -37,7 +39,6 @@ class ExtractionTask(KslmTask):
         self.labels: Optional[List[str]] = list(labels) if labels else None
         self.head_module = None
         self.threshold = 0.0
-        self._tokens_per_batch = None
         self._unk_id: Optional[int] = None
 
     # ------------------------------------------------------------ building
@@ -51,36 +52,35 @@ class ExtractionTask(KslmTask):
         self.head_module = self.build_head()
         self.hparams[self.label_key] = list(self.labels)
 
-    def configure_model(self):
-        if self.backbone is None and self._trainer is not None:
-            dm_labels = getattr(self.trainer.datamodule, "labels", None)
-            if dm_labels:
-                if self.labels and list(self.labels) != list(dm_labels):
-                    raise ConfigError(f"model.{self.label_key} {self.labels} differ from the data's {self.label_name} "
-                                      f"{dm_labels}")
-                self.labels = list(dm_labels)
-        super().configure_model()
+    def connect(self, tokenizer, labels=None, payload=None, data_settings=None) -> None:
+        super().connect(tokenizer, labels, payload, data_settings)
+        if payload is not None:
+            labels = payload.labels
+            self.hparams.update(payload.head)  # the checkpoint's head, whatever the config says
+        if labels:
+            if self.labels and list(self.labels) != list(labels):
+                raise ConfigError(f"model.{self.label_key} {self.labels} differ from the "
+                                  f"{'checkpoint' if payload is not None else 'data'}'s {self.label_name} {list(labels)}")
+            self.labels = list(labels)
 
-    def on_save_checkpoint(self, checkpoint):
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["kslm"].update({self.label_key: list(self.labels), **{k: self.hparams[k] for k in self.head_options}})
+    def payload_extras(self):
+        return {"labels": list(self.labels), "head": {k: self.hparams[k] for k in self.head_options}}
 
     def on_load_checkpoint(self, checkpoint):
-        labels = (checkpoint.get("kslm") or {}).get(self.label_key)
-        if not labels:
-            raise CheckpointError(f"not a {type(self).__name__} checkpoint (no {self.label_name} inside)")
-        if self.head_module is not None and list(self.labels) != list(labels):
-            raise CheckpointError(f"the checkpoint's {self.label_name} {labels} differ from the data's {self.labels}")
-        self.labels = list(labels)
-        head = {k: checkpoint["kslm"].get(k, self.hparams[k]) for k in self.head_options}
-        if self.head_module is None or any(self.hparams[k] != v for k, v in head.items()):
-            self.hparams.update(head)  # the checkpoint's head, whatever the config says
-            self.backbone = None  # let the base class build backbone and head from the checkpoint
+        payload = payload_of(checkpoint)
+        if payload.task == type(self).__name__:  # (a wrong task: the base class says so)
+            if not payload.labels:
+                raise CheckpointError(f"not a {type(self).__name__} checkpoint (no {self.label_name} inside)")
+            if self.head_module is not None and list(self.labels) != list(payload.labels):
+                raise CheckpointError(f"the checkpoint's {self.label_name} {payload.labels} differ from the data's "
+                                      f"{self.labels}")
+            if self.head_module is None:
+                self.labels = list(payload.labels)
+                self.hparams.update(payload.head)
         super().on_load_checkpoint(checkpoint)
 
     # ------------------------------------------------------------ training
     def training_step(self, batch, batch_idx):
-        self._tokens_per_batch = batch["input_ids"].shape  # for flops_per_batch; loss and penalty: KslmTask
         if self.token_dropout:
             batch = {**batch, "input_ids": self.drop_tokens(batch["input_ids"], batch["attention_mask"])}
         return super().training_step(batch, batch_idx)
@@ -89,8 +89,6 @@ class ExtractionTask(KslmTask):
         """`ids` with each text token (not <s> </s> <pad> / [CLS] [SEP] [PAD], not padding) replaced by the unknown
         token with probability `token_dropout` (the global torch RNG, so runs and resumes are reproducible)."""
         if self._unk_id is None:
-            from kslm.data.tokenizer import special_ids
-
             unk = next((i for i in map(self.tokenizer.token_to_id, ("<unk>", "[UNK]")) if i is not None), None)
             if unk is None:
                 raise ConfigError("model.token_dropout needs an unknown token (<unk> or [UNK]) in the tokenizer")

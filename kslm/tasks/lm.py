@@ -125,9 +125,12 @@ class LanguageModel(KslmTask):
 
     @property
     def flops_per_batch(self) -> Optional[float]:
-        """Analytic training FLOPs of one batch, for Lightning's ThroughputMonitor."""
-        dm = self.trainer.datamodule
-        return self.backbone.flops_per_token(dm.seq_len) * dm.seq_len * dm.batch_size
+        """Analytic training FLOPs of the latest training batch (blocks of T + 1 tokens: T inputs), for the
+        throughput monitor."""
+        if self.backbone is None or self._tokens_per_batch is None:
+            return None
+        B, T = self._tokens_per_batch[0], self._tokens_per_batch[1] - 1
+        return self.backbone.flops_per_token(T) * T * B
 
     # ------------------------------------------------------------ generation
     @torch.no_grad()

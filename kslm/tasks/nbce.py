@@ -133,7 +133,7 @@ class NBCE(pl.LightningModule):
         except (torch.OutOfMemoryError, MemoryError):
             rows, longest = len(prompts), max(len(p) for p in prompts)
             raise DataError(f"out of memory on {rows} rows × {longest} prompt tokens; lower data.max_batch_tokens "
-                            "or shorten the context", path=getattr(self.trainer.datamodule, "predict_file", None),
+                            "or shorten the context", path=batch.get("source"),
                             line=batch["line"], field="context") from None
         return {"line": batch["line"], "id": batch["id"], "answer": self.decode(tokens), "answer_token_ids": tokens,
                 "chosen_contexts": [k - 1 for k in chosen] if self.pooling == "min_entropy" else [],

@@ -1,0 +1,89 @@
+"""Connect model and data: resolve once what both need and hand it to each (data flows one way, CLI → both).
+
+What both sides need is the tokenizer, the label set (extraction tasks) and a window length that fits the backbone.
+They are resolved from, in order of precedence:
+
+    --ckpt_path          the checkpoint's tokenizer, labels, head and backbone (resume, validate, test, predict)
+    --model.pretrained   the pretrained LM checkpoint's tokenizer (its backbone: the task reads it)
+    --model.hf_path      the Hugging Face encoder directory's tokenizer
+    --data.tokenizer     a tokenizer.json / HF directory / kslm .ckpt (its tokenizer only)
+    (none)               a tokenizer trained on the training texts (cached)
+
+and the labels from the checkpoint, else from the training data (checked against `--model.types|predicates`).
+The window the data produces is checked against the backbone's `max_length` first, before any data is read.
+"""
+
+from pathlib import Path
+from typing import Optional
+
+from kslm.checkpoint import Payload, read_payload
+from kslm.data.tokenizer import fingerprint, load_tokenizer, tokenizer_from_source
+from kslm.errors import CheckpointError, ConfigError
+
+
+def connect(model, data, ckpt_path: Optional[str] = None, stage: str = "fit") -> None:
+    """Resolve the tokenizer, labels and window for `model` (a KslmTask or NBCE) and `data`, and connect both."""
+    if data is None:
+        raise ConfigError("kslm needs a data module: give --data (a config's data section)")
+    if not hasattr(model, "settings"):  # NBCE: the data module builds its prompts with the model's tokenizer
+        data.connect(model)
+        return
+    payload = read_payload(ckpt_path, "ckpt_path") if ckpt_path else None
+    pretrained = model.hparams.get("pretrained") if payload is None else None
+    pretrained_payload = read_payload(pretrained, "model.pretrained") if pretrained else None
+    check_window(model, data, payload or pretrained_payload)
+    tokenizer = resolve_tokenizer(model, data, payload, pretrained_payload)
+    labels = None
+    if hasattr(model, "label_key"):
+        if payload is not None:
+            labels = payload.labels
+        elif stage == "fit" or not model.labels:
+            labels = data.label_set()
+    data.connect(tokenizer, labels if payload is not None or labels is not None else None)
+    model.connect(tokenizer, labels, payload, data.predict_settings())
+
+
+def backbone_max_length(model, payload: Optional[Payload]) -> Optional[int]:
+    if payload is not None:
+        return payload.max_length
+    hf_path = model.hparams.get("hf_path")
+    if hf_path:
+        config = Path(hf_path) / "config.json"
+        if config.is_file():
+            import json
+
+            return json.loads(config.read_text(encoding="utf-8")).get("max_position_embeddings")
+        return None
+    return model.backbone_config.max_length
+
+
+def check_window(model, data, payload: Optional[Payload]) -> None:
+    """The data's window (data.max_length, data.seq_len) must fit the backbone's max_length."""
+    window, limit = data.window_length(), backbone_max_length(model, payload)
+    if limit is not None and window > limit:
+        source = "the checkpoint's backbone.max_length" if payload is not None else (
+            "the Hugging Face encoder's max_position_embeddings" if model.hparams.get("hf_path")
+            else "model.backbone.max_length")
+        raise ConfigError(f"{data.window_option} {window} exceeds {source} {limit}; lower {data.window_option} "
+                          f"or raise the backbone's max_length")
+
+
+def resolve_tokenizer(model, data, payload: Optional[Payload], pretrained: Optional[Payload]):
+    explicit = getattr(data, "tokenizer_path", None)
+    kslm_specials = not hasattr(model, "label_key")  # LMs need kslm's special ids; extraction takes HF tokenizers
+    for source, name in ((payload, "--ckpt_path"), (pretrained, f"--model.pretrained {model.hparams.get('pretrained')}")):
+        if source is not None:
+            own = source.load_tokenizer()
+            if explicit and fingerprint(tokenizer_from_source(explicit, kslm_specials)) != fingerprint(own):
+                raise CheckpointError(f"{explicit}: data.tokenizer differs from the tokenizer of {name}; leave "
+                                      "data.tokenizer empty to use the checkpoint's")
+            return own
+    hf_path = model.hparams.get("hf_path")
+    if hf_path:
+        if not Path(hf_path).is_dir():
+            raise ConfigError(f"{hf_path}: not a local Hugging Face model directory (field 'model.hf_path')")
+        return load_tokenizer(hf_path, kslm_specials=False)
+    return data.load_tokenizer()
+
+
+__all__ = ["connect", "check_window", "resolve_tokenizer"]
