@@ -1,4 +1,4 @@
-"""DeepNorm vs Post-LN vs Pre-LN at depth, with no warmup (issue 6, experiment 1; TECHNIQUES §1).
+"""DeepNorm vs Post-LN vs Pre-LN at depth, with no warmup (issue 6, experiment 1).
 
 Posts: "训练1000层的Transformer究竟有什么困难？" (kexue.fm/archives/8978) and "为什么需要残差？一个来自DeepNet的视角"
 (kexue.fm/archives/8994); paper: DeepNet, arXiv 2203.00555.

@@ -1,4 +1,4 @@
-"""Does GAU need warmup? (Su, "门控注意力单元（GAU）还需要Warmup吗？", kexue.fm/archives/8990; TECHNIQUES §3.4).
+"""Does GAU need warmup? (Su, "门控注意力单元（GAU）还需要Warmup吗？", kexue.fm/archives/8990).
 
 Claim: a Post-Norm GAU stack with LeCun/"Xavier" init trains dozens of layers without warmup, because at init
 RMS(GAU(x)) ≈ s·ν⁶/n ≈ 0.011 · RMS(x) (s = 128, n = 512, relu²/n attention): x_{l+1} = LN(x_l + GAU(x_l)) ≈ x_l.
@@ -33,7 +33,7 @@ from _common import kslm_main, save, series, workdir
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 NS = [64, 128, 256, 512, 1024, 2048]
-NU2, MU = 0.3557, 0.2066  # E[silu(ε)²], E[silu(ε)] for ε ~ N(0, 1) (TECHNIQUES §3.4)
+NU2, MU = 0.3557, 0.2066  # E[silu(ε)²], E[silu(ε)] for ε ~ N(0, 1) (kexue.fm/archives/8990)
 
 COMMON = ["--data.data_files", str(DATA / "tinyshakespeare" / "input.txt"), "--data.seq_len", "128",
           "--data.batch_size", "8", "--model.backbone.d_model", "64", "--model.backbone.norm", "post",

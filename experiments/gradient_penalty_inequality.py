@@ -1,5 +1,5 @@
 """Input- vs parameter-gradient penalty: the inequality and Su's reading of it (post 9, "输入梯度惩罚与参数梯度惩罚的
-一个不等式", kexue.fm/archives/8796; Dherin et al., arXiv 2111.15090; TECHNIQUES §11).
+一个不等式", kexue.fm/archives/8796; Dherin et al., arXiv 2111.15090).
 
 Claim (Dherin et al.): for an l-layer MLP h_{t+1} = g(W_t h_t + b_t), h_1 = x, and any scalar f of its output,
 

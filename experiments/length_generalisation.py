@@ -1,6 +1,6 @@
 """Length generalisation of the attention normaliser: softmax vs softmax_plus (log-n scale) vs relu²/n, trained at
 T = 128 and evaluated at T = 128 … 1024 (posts 15a "从熵不变性看Attention的Scale操作", kexue.fm/archives/8823, and
-15b "听说Attention与Softmax更配哦～", kexue.fm/archives/9019; TECHNIQUES §4; issue 6, experiment 3).
+15b "听说Attention与Softmax更配哦～", kexue.fm/archives/9019; issue 6, experiment 3).
 
 Claim: softmax's normaliser is nearly length-independent (trained attention is local), relu²/n's is not, so relu²
 degrades most beyond the training length; the entropy-invariant scale log(n)/log(n₀) (softmax_plus) degrades least.

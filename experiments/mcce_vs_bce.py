@@ -1,5 +1,5 @@
 """Multilabel "softmax + CE" (MCCE) vs per-cell sigmoid BCE for a GlobalPointer NER head (post 11a, "将"Softmax+交叉熵"
-推广到多标签分类问题", kexue.fm/archives/7359; GlobalPointer, archives/8373; TECHNIQUES §8.1).
+推广到多标签分类问题", kexue.fm/archives/7359; GlobalPointer, archives/8373).
 
 Claim: with many candidate labels and few positives — a span head scores ≈ L²/2 cells per type and a sentence has a
 handful of entities — independent sigmoids are swamped by the negatives (their loss is lowered most by pushing

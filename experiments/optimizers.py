@@ -1,5 +1,5 @@
 """AdamW (best of 3 LRs) vs Amos (default ξ), the Amos-AdamW recipe and EG-adapted AdamW (untuned LR), on a small
-character LM (Tiny Shakespeare) and on CLUENER NER, through `kslm fit` (issue 5; TECHNIQUES §12–13).
+character LM (Tiny Shakespeare) and on CLUENER NER, through `kslm fit` (issue 5; kexue.fm/archives/9344, 8968).
 
     PYTHONPATH=. python experiments/optimizers.py [--tasks lm ner] [--lm-steps 120] [--ner-steps 120]
                                                   [--out experiments/results/optimizers.json]

@@ -1,5 +1,5 @@
 """Pre-Norm vs Post-Norm at equal depth: quality, and how much the layers of each stack differ (issue 6,
-experiment 5; TECHNIQUES §2).
+experiment 5).
 
 Post: "为什么Pre Norm的效果不如Post Norm？" (kexue.fm/archives/9009).
 Claim: Pre-Norm x_{t+1} = x_t + F_t(Norm(x_t)) lets ‖x_t‖ grow like t, so late layers barely move the stream and

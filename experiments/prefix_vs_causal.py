@@ -1,5 +1,5 @@
 """Decoder-only vs prefix LM (UniLM) at equal compute (Su, "为什么现在的LLM都是Decoder-only的架构？" and its FAQ,
-kexue.fm/archives/9529 and 9547; TECHNIQUES §6).
+kexue.fm/archives/9529 and 9547).
 
 Claim: with the same parameters, data and compute, and the loss on the output part only, giving the input part
 bidirectional attention (UniLM / prefix LM) brings no gain over a plain causal decoder (Su saw "no advantage, worse

@@ -1,5 +1,5 @@
 """SquarePlus: its constants, its speed claim, and whether the activation matters for an LM (post 10, "SquarePlus：
-可能是运算最简单的ReLU光滑近似", kexue.fm/archives/8833; Barron, arXiv 2112.11687; TECHNIQUES §10).
+可能是运算最简单的ReLU光滑近似", kexue.fm/archives/8833; Barron, arXiv 2112.11687).
 
     SquarePlus(x) = (x + √(x² + b)) / 2
 

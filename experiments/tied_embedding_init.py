@@ -1,5 +1,5 @@
 """Tied input/output embeddings: initial loss and early convergence of Su's remedies (post 7, "语言模型输出端共享
-Embedding的重新探索", kexue.fm/archives/9698; TECHNIQUES §5; issue 6, experiment 4).
+Embedding的重新探索", kexue.fm/archives/9698; issue 6, experiment 4).
 
 Claim: with tied embeddings of std σ and residual branches ≈ 0 the untrained model is a 2-gram model whose logits
 are (w_i/σ)·w_j, so its initial loss is ≈ log(e^{dσ} + V − 1): for σ = 1/√d ≈ √d, far above the uniform ln V.

@@ -4,7 +4,7 @@ With raw scores s (no sigmoid/softmax) and a threshold class fixed at score 0 (p
 
     L = log(1 + Σ_{i∈neg} e^{s_i}) + log(1 + Σ_{j∈pos} e^{−s_j})
 
-Sparse form (bert4keras `sparse_multilabel_categorical_crossentropy`; TECHNIQUES §9.2): only the positive indices P
+Sparse form (bert4keras `sparse_multilabel_categorical_crossentropy`, GPLinker): only the positive indices P
 are given. With a = log(1 + Σ_A e^{s}) over all classes A and b = log Σ_P e^{s},
 
     neg = a + log(clip(1 − e^{b−a}, ε, 1)),   ε = 1e-7 (Keras `K.epsilon()`),   pos = log(1 + Σ_P e^{−s})
@@ -14,7 +14,7 @@ positives hold almost all the mass (a positive score ≳ 16 with the negatives �
 bert4keras; fp32 also loses accuracy in 1 − e^{b−a} as it approaches ε.
 
 Both return the per-row loss, shape y_pred.shape[:-1], computed in at least fp32 (half inputs are upcast; float64
-stays float64); the caller reduces (NER dense: mean over batch × heads; GPLinker sparse: sum heads, mean batch, §8.4).
+stays float64); the caller reduces (NER dense: mean over batch × heads; GPLinker sparse: sum heads, mean batch).
 Both are keyword-only: the (y_true, y_pred) vs (y_pred, y_true) order differs between ports.
 """
 

@@ -1,4 +1,5 @@
-"""Amos and the Amos-derived AdamW recipe against float64 re-computations of their formulas (TECHNIQUES §12)."""
+"""Amos and the Amos-derived AdamW recipe against float64 re-computations of their formulas (arXiv 2210.11693;
+kexue.fm/archives/9344: step α₀‖ε₀‖D(t)·u_t/‖u_t‖, decay ρ_t = α₀²/2·D(t))."""
 
 import math
 

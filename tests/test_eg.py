@@ -1,4 +1,5 @@
-"""Exponentiated-gradient step-size adaptation against a float64 re-computation of its formula (TECHNIQUES §13)."""
+"""Exponentiated-gradient step-size adaptation against a float64 re-computation of its formula
+(kexue.fm/archives/8968: ν_{t+1} = ν_t ⊙ exp(γ g_{t−1} ⊙ g_t), here RMS-normalised and clamped; arXiv 2202.00145)."""
 
 import io
 

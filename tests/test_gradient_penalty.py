@@ -1,4 +1,5 @@
-"""Input and parameter gradient penalties against naive autograd computations (TECHNIQUES §11)."""
+"""Input and parameter gradient penalties against naive autograd computations
+(kexue.fm/archives/7234 and 8796: input ε/2·‖∂L/∂e‖², parameter ε/2·‖∇_θ L‖²)."""
 
 import pytest
 import torch

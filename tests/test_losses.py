@@ -1,4 +1,5 @@
-"""Dense and sparse MCCE (TECHNIQUES §8.1, §8.4, §9.2) against a float64 formula written with Python loops."""
+"""Dense and sparse MCCE (kexue.fm/archives/7359, 8888: log(1 + Σ_neg e^{s}) + log(1 + Σ_pos e^{−s})) against a float64
+formula written with Python loops."""
 
 import math
 import random

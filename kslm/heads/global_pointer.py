@@ -1,7 +1,7 @@
 """GlobalPointer (kexue.fm/archives/8373) and Efficient GlobalPointer (kexue.fm/archives/8877) span-scoring heads.
 
 Both score every span (start i, end j) of a sequence for each of `num_types` entity types, in the bert4keras layout
-(TECHNIQUES §8.2–§8.4):
+(bert4keras `layers.py`):
 
 * GlobalPointer: one Dense(D → T·2d); chunk α of width 2d gives q_{i,α} (first d) and k_{i,α} (last d);
   interleaved RoPE on both, positions 0..L−1; s_α(i,j) = q_{i,α}ᵀ R_{j−i} k_{j,α} / √d.
@@ -11,7 +11,7 @@ Both score every span (start i, end j) of a sequence for each of `num_types` ent
 
 Logits are [B, T, L, L], computed in fp32 (fp64 for fp64 inputs) with autocast off, padding rows and columns and
 (with `tril_mask`) the strictly-lower triangle i > j set to −inf. Scores are raw: threshold at 0, no sigmoid
-(use them with multilabel "softmax + CE", §8.1).
+(use them with multilabel "softmax + CE", kexue.fm/archives/7359: L = log(1 + Σ_neg e^{s}) + log(1 + Σ_pos e^{−s})).
 """
 
 import math
@@ -77,7 +77,7 @@ class GlobalPointer(_SpanHead):
         hidden_size: D, the encoder's hidden size.
         num_types: T, the number of entity types (bert4keras `heads`).
         head_size: d (64 in the post).
-        rope: apply RoPE to q and k (without it People's Daily F1 drops by > 30 points, §8.2).
+        rope: apply RoPE to q and k (without it People's Daily F1 drops by > 30 points: 54.35 vs 96.25 dev, archives/8373).
         tril_mask: mask spans with start > end to −inf.
     """
 

@@ -6,7 +6,7 @@ A relation is a quintuple (s_h, s_t, p, o_h, o_t): subject span [s_h, s_t], pred
     S(s_h, s_t, p, o_h, o_t) = S(s_h, s_t) + S(o_h, o_t) + S(s_h, o_h | p) + S(s_t, o_t | p)
 
 and trains each of the four terms with multilabel "softmax + CE" (gold > 0, everything else < 0), so that
-prediction is the intersection of four positive sets (TECHNIQUES §9.1, §9.3):
+prediction is the intersection of four positive sets (the post's decoding loop):
 
     subjects = {(h, t) : entity[0, h, t] > 0},   objects = {(h, t) : entity[1, h, t] > 0}
     triples  = {(sh, st, p, oh, ot) : (sh, st) ∈ subjects, (oh, ot) ∈ objects,
@@ -17,9 +17,9 @@ Modules (bert4keras `task_relation_extraction_gplinker.py`, bojone/GPLinker): th
 head_size 64 — entity (2 types: 0 = subject, 1 = object; RoPE, tril mask), head and tail (P types each;
 **no RoPE, no tril mask**: s_h may come after o_h).
 
-Loss (§9.2): bert4keras' sparse MCCE on the flattened L×L grid. Label pairs (i, j) are flattened to i·n + j with
-n = the **padded** length of the batch, taken from the logits inside the loss (§9.5.2, §17.7); every empty label
-set gets the dummy pair (0, 0) → index 0, the [CLS]–[CLS] cell, dropped by `mask_zero=True`. Per group,
+Loss (archives/8888): bert4keras' sparse MCCE on the flattened L×L grid. Label pairs (i, j) are flattened to i·n + j with
+n = the **padded** length of the batch, taken from the logits inside the loss (batches and DDP ranks pad differently);
+every empty label set gets the dummy pair (0, 0) → index 0, the [CLS]–[CLS] cell, dropped by `mask_zero=True`. Per group,
 loss = mean over batch of the sum over heads of (pos + neg); the model's loss is the sum of the three groups
 (bert4keras compiles the three outputs with the same loss, which Keras sums).
 
@@ -117,7 +117,7 @@ def _group_loss(logits: torch.Tensor, pairs: torch.Tensor, sparse: bool = True) 
     sparse=False: the same loss through the dense MCCE on multi-hot labels [B, H, L·L] (class 0, the padding pair,
     left out as with mask_zero) — the multi-hot version the post compares against (1.5× slower)."""
     b, h, length, _ = logits.shape
-    y_true = flatten_pairs(pairs.to(logits.device), length)  # flattened with the padded length (§9.5.2)
+    y_true = flatten_pairs(pairs.to(logits.device), length)  # flattened with the padded length, as bert4keras does
     y_pred = logits.reshape(b, h, length * length)
     if sparse:
         loss = sparse_multilabel_categorical_crossentropy(y_true=y_true, y_pred=y_pred, mask_zero=True)  # [B, H]
@@ -139,7 +139,7 @@ def gplinker_loss(
     tail_labels: torch.Tensor,
     sparse: bool = True,
 ) -> torch.Tensor:
-    """Σ over {entity, head, tail} of mean_batch(sum_heads(sparse MCCE)), fp32 scalar (TECHNIQUES §9.2, §8.4.7).
+    """Σ over {entity, head, tail} of mean_batch(sum_heads(sparse MCCE)), fp32 scalar (archives/8888, bert4keras).
 
     Labels are the pair tensors of `gplinker_targets`; sparse=False computes the same value with the dense MCCE."""
     return (
@@ -188,7 +188,7 @@ def decode_triples(
 ) -> List[Set[Triple]]:
     """Logits [B, 2, L, L], [B, P, L, L], [B, P, L, L] → per sample the set of (s_start, s_end, p, o_start, o_end).
 
-    Same result as the post's loop (§9.3): subjects = spans with entity[0] > threshold, objects = spans with
+    Same result as the post's loop (kexue.fm/archives/8888): subjects = spans with entity[0] > threshold, objects = spans with
     entity[1] > threshold, and (sh, st, p, oh, ot) is kept iff head[p, sh, oh] > threshold and
     tail[p, st, ot] > threshold. When P·|subjects|·|objects| ≤ `dense_budget` (a trained model) the head and
     tail cells of all subject × object pairs of the batch are gathered at once; otherwise, per sentence, a sparse

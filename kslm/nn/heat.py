@@ -1,4 +1,4 @@
-"""Heat-equation auxiliary objective for masked-LM pretraining (experimental; TECHNIQUES §14).
+"""Heat-equation auxiliary objective for masked-LM pretraining (experimental; kexue.fm/archives/9359).
 
 Su, "用热传导方程来指导自监督学习" (kexue.fm/archives/9359) reads QB-Heat (Chen et al., arXiv 2211.13228) as the
 first-order simplification of the Laplace equation for a feature map, ∂z/∂x = A z: neighbouring feature vectors

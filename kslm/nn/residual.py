@@ -5,7 +5,8 @@
     deepnorm  x_{l+1} = Norm(α·x_l + F(x_l))      α multiplies the skip path, inside the norm
 
 DeepNorm also scales, once at init, the weights of the value and output projections and of the FFN by β
-(never Q or K). The constants are those of microsoft/torchscale (TECHNIQUES §1.4), N = number of blocks:
+(never Q or K). The constants are the DeepNet paper's, N = number of blocks (microsoft/torchscale's code has 1.15,
+not 0.87, in the enc-dec encoder's β):
     decoder-only / encoder-only   α = (2N)^{1/4},            β = (8N)^{-1/4}
     enc-dec encoder               α = 0.81 (N⁴M)^{1/16},     β = 0.87 (N⁴M)^{-1/16}
     enc-dec decoder               α = (3M)^{1/4},            β = (12M)^{-1/4}

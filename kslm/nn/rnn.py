@@ -10,7 +10,7 @@ Every iteration is a *linear* recurrence in x^{(n)} (known a, b), computed by an
 
 * newton  a_t = ∂f/∂x at the previous iterate (DEER). For an elementwise f this Jacobian is diagonal, so Newton
           costs the same elementwise scan as the cheap form, and converges quadratically (≤ 5 iterations in
-          every case of TECHNIQUES §15.1).
+          every case tried, e.g. tanh with λ ∈ [0, 0.9), u ~ N(0, 0.5²), T = 300, where the fixed form blows up).
 * fixed   a_t = A, Su's cheap iteration (tanh: A = λ; GRU: A = ½(1 + ½u_h)). Not a contraction in general: the
           error obeys e_t^{(n)} = λe_{t−1}^{(n)} − λ(1 − sech²)e_{t−1}^{(n−1)}, whose gain can exceed 1, so the
           transient blows up (λ ∈ [0, 0.9), u ~ N(0, 0.5²), T = 300: max error 24, 2.9e9, 7.5e34 after 3, 12, 40
@@ -43,7 +43,7 @@ class RNNDivergenceError(RuntimeError):
 
 
 def _wide(t: torch.Tensor) -> torch.Tensor:
-    """fp32, or fp64 if already: bf16/fp16 products over long ranges are inaccurate (TECHNIQUES §15.3)."""
+    """fp32, or fp64 if already: bf16/fp16 products over long ranges are inaccurate (relative error up to T·2⁻⁸ in bf16)."""
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 

@@ -1,4 +1,5 @@
-"""GlobalPointer / Efficient GlobalPointer (TECHNIQUES §8.2–§8.4, §18.6) against naive float64 per-(type, i, j) loops."""
+"""GlobalPointer / Efficient GlobalPointer (kexue.fm/archives/8373, 8877; bert4keras layout, EGP:
+s_α(i,j) = q_iᵀR_{j−i}k_j/√d + ½w_{2α}·p_j + ½w_{2α+1}·p_i on the pre-RoPE p) against naive float64 per-(type, i, j) loops."""
 
 import copy
 import math
@@ -12,7 +13,7 @@ D, T, HS = 8, 3, 6  # hidden size, entity types, head size (small: the reference
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Naive reference, written from TECHNIQUES.md: Python floats, math.cos / math.sin per pair, explicit loops.
+# Naive reference, written from the posts and bert4keras' layers.py: Python floats, math.cos / math.sin per pair, explicit loops.
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -156,7 +157,7 @@ def test_matches_naive_fp32_no_mask(cls):
      (EfficientGlobalPointer, "no_half"), (EfficientGlobalPointer, "post_rope_bias")],
 )
 def test_reference_rejects_wrong_layouts(cls, variant):
-    """The naive reference is sensitive to the layout details of §8.4 (split order, bias i/j, ½, pre-RoPE p): a head
+    """The naive reference is sensitive to bert4keras' layout details (split order, bias i/j, ½, pre-RoPE p): a head
     built with any of these port bugs would fail test_matches_naive_float64."""
     head = make(cls).double()
     hidden, mask = batch()
@@ -218,7 +219,7 @@ def test_parameter_count_closed_form(cls, hidden, types, hs):
 
 
 def test_post_numbers_and_egp_smaller():
-    """§8.3: GP costs 2Dd per type (≈98k at D=768, d=64; 100 types ≈ 9.8M); EGP is cheaper for every T ≥ 2."""
+    """kexue.fm/archives/8877: GP costs 2Dd per type (≈98k at D=768, d=64; 100 types ≈ 9.8M); EGP is cheaper for every T ≥ 2."""
     per_type = closed_form(GlobalPointer, 768, 2, 64) - closed_form(GlobalPointer, 768, 1, 64)
     assert per_type == 2 * 768 * 64 + 2 * 64 and abs(per_type - 98_000) < 1_000
     assert abs(closed_form(GlobalPointer, 768, 100, 64) - 9.8e6) < 0.1e6

@@ -1,5 +1,5 @@
-"""GPLinker (TECHNIQUES §9): model layout, sparse targets + loss vs the dense MCCE, and the vectorised decoder vs
-a naive Python loop written from the §9.3 pseudo-code."""
+"""GPLinker (kexue.fm/archives/8888): model layout, sparse targets + loss vs the dense MCCE, and the vectorised decoder vs
+a naive Python loop written from the post's decoding pseudo-code."""
 
 import random
 
@@ -10,12 +10,12 @@ from kslm.heads import EfficientGlobalPointer, GPLinker, decode_triples, flatten
 from kslm.losses import multilabel_categorical_crossentropy
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Independent references (plain Python, from TECHNIQUES §9.1 / §9.3)
+# Independent references (plain Python, from kexue.fm/archives/8888: S = S(sh,st) + S(oh,ot) + S(sh,oh|p) + S(st,ot|p))
 # ---------------------------------------------------------------------------------------------------------------------
 
 
 def naive_decode(entity, head, tail, threshold=0.0, valid=None):
-    """§9.3 loop on one sample: entity [2, L, L], head/tail [P, L, L] (nested lists or tensors)."""
+    """The post's decoding loop on one sample: entity [2, L, L], head/tail [P, L, L] (nested lists or tensors)."""
     entity, head, tail = entity.tolist(), head.tolist(), tail.tolist()
     L, P = len(entity[0]), len(head)
     ok = [True] * L if valid is None else [bool(v) for v in valid]
@@ -88,7 +88,7 @@ def random_instance(rng, L, P, n_ent=5, n_triples=6):
     while len(pool) < n_ent:
         h, t = random_span(rng, 1, L - 2)
         pool.add((h, t))
-        if rng.random() < 0.4:  # nested span with the same start (the head-only ambiguity of §9.1)
+        if rng.random() < 0.4:  # nested span with the same start (the head-only ambiguity the tail term resolves)
             pool.add((h, min(L - 2, t + rng.randint(1, 3))))
     pool = sorted(pool)
     gold = set()
@@ -108,7 +108,7 @@ def test_layout_matches_post():
     assert all(isinstance(x, EfficientGlobalPointer) for x in (m.entity, m.head, m.tail))
     assert (m.entity.num_types, m.head.num_types, m.tail.num_types) == (2, 7, 7)
     assert m.entity.rope is not None and m.entity.tril_mask
-    assert m.head.rope is None and not m.head.tril_mask  # §9.5.1: s_h may come after o_h
+    assert m.head.rope is None and not m.head.tril_mask  # no RoPE, no tril (post 8888): s_h may come after o_h
     assert m.tail.rope is None and not m.tail.tril_mask
 
 
@@ -252,7 +252,7 @@ def test_flattening_uses_padded_length():
 
     for x, t in zip(logits, targets, strict=True):
         B, H, n, _ = x.shape
-        flat = torch.stack([flatten_pairs(t[b], lengths[b]) for b in range(B)])  # the pitfall of §9.5.2
+        flat = torch.stack([flatten_pairs(t[b], lengths[b]) for b in range(B)])  # the pitfall: per-sample, not padded, length
         wrong = wrong + smcce(y_true=flat, y_pred=x.reshape(B, H, n * n), mask_zero=True).sum(1).mean()
     assert not torch.allclose(right, wrong)
 
@@ -320,12 +320,12 @@ HANDMADE = {
 @pytest.mark.parametrize("name", sorted(HANDMADE))
 def test_decode_gold_logits_handmade(name):
     gold = HANDMADE[name]
-    assert closure(gold) == gold  # the case is decodable under the §9.1 decomposition
+    assert closure(gold) == gold  # the case is decodable under the post's four-term decomposition
     assert decode_triples(*gold_logits([gold], 12, 3)) == [gold]
 
 
 def test_ambiguity_needs_the_tail_term():
-    """§9.1: with nested subjects sharing a head, head + entity sets alone over-generate; the tail set fixes it."""
+    """Post 8888: with nested subjects sharing a head, head + entity sets alone over-generate; the tail set fixes it."""
     gold = HANDMADE["nested_subjects_same_head"]
     ent, head, tail = gold_logits([gold], 12, 3)
     no_tail = decode_triples(ent, head, torch.full_like(tail, 10.0))[0]
@@ -363,7 +363,7 @@ def test_decode_matches_naive_loop_on_random_logits(dense_budget):
 
 
 def test_decode_matches_naive_loop_on_model_logits_with_padding_and_mask():
-    """Model logits carry −inf (padding, tril); the optional mask drops [CLS]/[SEP]-touching entities (§9.3)."""
+    """Model logits carry −inf (padding, tril); the optional mask drops [CLS]/[SEP]-touching entities (as the post's decoder)."""
     torch.manual_seed(1)
     B, L, D, P = 3, 8, 16, 3
     model = GPLinker(D, P, head_size=8)

@@ -1,4 +1,6 @@
-"""Masks and attention normalisers (TECHNIQUES §3.2, §3.5, §4, §6.2) against naive Python loops.
+"""Masks and attention normalisers against naive Python loops: relu²(a)/n (kexue.fm/archives/8934), softmax and
+softmax(log_512(max(n, 16))·a) (archives/8823, 9019), n = visible keys per query; causal and UniLM prefix masks,
+allowed = idx_j ≤ idx_i with idx = cumsum(segment) (archives/9529).
 
 The normalisers are checked through `attend` on random float64 q/k/v; the masks through `build_attention_mask` and
 through whole (tiny) Backbones whose outputs must or must not move when one token changes."""

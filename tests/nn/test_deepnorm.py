@@ -1,4 +1,5 @@
-"""DeepNorm (TECHNIQUES §1.3, §1.4, §1.7): constants, where β applies, where α sits, how Backbone derives them."""
+"""DeepNorm (kexue.fm/archives/8978; arXiv 2203.00555: x_{l+1} = LN(α·x_l + F(x_l)), α = (2N)^{1/4}, β = (8N)^{−1/4}):
+constants, where β applies, where α sits, how Backbone derives them."""
 
 import math
 
@@ -73,7 +74,7 @@ def pair(block, n_layers, **kw):
 
 
 def expected_row_factor(name, shape, block, beta, d, e):
-    """Per-row factor DeepNorm should apply to parameter `name`, written from TECHNIQUES §1.4/§1.7 and the GAU docs."""
+    """Per-row factor DeepNorm should apply to parameter `name`, written from torchscale (β on V, O, FFN; not Q, K) + GAU docs."""
     rows = torch.ones(shape[0], dtype=torch.float64)
     if block == "transformer":
         if name.endswith("qkv.weight"):

@@ -1,4 +1,4 @@
-"""Gated Attention Unit (TECHNIQUES §3.1/§3.2) against a float64 re-implementation written from the formulas:
+"""Gated Attention Unit (kexue.fm/archives/8934, bert4keras layout) against a float64 re-implementation written from the formulas:
 
 U = φ(X W_u), V = φ(X W_v), Z = φ(X W_z)       φ = SiLU = x·sigmoid(x)
 Q = Z ⊙ γ_q + β_q,  K = Z ⊙ γ_k + β_k,  Q, K ← RoPE (interleaved pairs)

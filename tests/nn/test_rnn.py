@@ -1,5 +1,6 @@
 """Parallel non-linear RNN (kslm/nn/rnn.py) against the sequential loop, autograd Jacobians and a naive loop of
-Su's fixed-λ iteration (TECHNIQUES §15)."""
+Su's fixed-λ iteration (kexue.fm/archives/9783):
+x_t^{(n)} − λx_{t−1}^{(n)} = tanh(λx_{t−1}^{(n−1)} + u_t) − λx_{t−1}^{(n−1)}."""
 
 import pytest
 import torch
@@ -121,7 +122,7 @@ def test_implicit_gradient_keeps_one_scan_in_the_graph():
 
 
 def naive_su_iteration(lam, u, n):
-    """Su's fixed-λ iteration written out as a double loop (TECHNIQUES §15.1), float64."""
+    """Su's fixed-λ iteration written out as a double loop (kexue.fm/archives/9783), float64."""
     T, D = u.shape
     prev = torch.zeros(T, D, dtype=torch.float64)
     for _ in range(n):
@@ -135,8 +136,9 @@ def naive_su_iteration(lam, u, n):
 
 
 def test_fixed_iteration_equals_su_loop_and_blows_up():
-    """λ ∈ [0, 0.9), u ~ N(0, 0.5²), T = 300 (TECHNIQUES §15.1): the cheap iteration diverges — genuinely (the naive
-    loop does the same), and the solver raises instead of returning garbage; Newton converges on the same input."""
+    """λ ∈ [0, 0.9), u ~ N(0, 0.5²), T = 300 (error gain λ(1 − sech²)/(1 − λ) > 1): the cheap iteration diverges —
+    genuinely (the naive loop does the same), and the solver raises instead of returning garbage; Newton converges on
+    the same input."""
     cell, u = tanh_case(1, 300, 16, seed=0, dtype=torch.float64)
     ref = sequential_rnn(cell, u)
     x6, _ = parallel_rnn(cell, u, method="fixed", iterations=6)

@@ -1,4 +1,5 @@
-"""RoPE (interleaved-pair layout, TECHNIQUES §3.2) against a naive float64 per-pair formula."""
+"""RoPE (Su, kexue.fm/archives/8265; bert4keras' interleaved pairs: (x_{2i}, x_{2i+1}) rotated by mθ_i, θ_i = 10000^{−2i/d})
+against a naive float64 per-pair formula."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Tied input/output embeddings (TECHNIQUES §5): the initial loss ≈ log(e^{dσ} + V − 1) of an untrained DeepNorm
+"""Tied input/output embeddings (kexue.fm/archives/9698): the initial loss ≈ log(e^{dσ} + V − 1) of an untrained DeepNorm
 backbone (near-identity residual branches), Su's remedies, the init statistics, and that the tie is real."""
 
 import io
