@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from kslm.data.corpus import embedded_corpus_path
-from kslm.data.readers import iter_jsonl
+from kslm.data.formats.jsonl import iter_jsonl
 from kslm.data.sampler import ResumableSampler
 from kslm.data.tokenizer import EOS_ID, cached_tokenizer, fingerprint, load_tokenizer
 from kslm.errors import DataError

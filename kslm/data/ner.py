@@ -16,8 +16,8 @@ from typing import List, Literal, Optional
 
 import torch
 
-from kslm.data.extraction import ExtractionDataModule, read_records_with_lines
-from kslm.data.readers import cluener_train_dev, cmeee_train_dev
+from kslm.data.extraction import ExtractionDataModule
+from kslm.data.formats import cluener_train_dev, cmeee_train_dev, read_records_with_lines
 from kslm.data.spans import encode_entities
 from kslm.errors import DataError
 

@@ -22,8 +22,8 @@ whole records.
 import logging
 from typing import List, Literal, Optional
 
-from kslm.data.extraction import ExtractionDataModule, read_records_with_lines
-from kslm.data.readers import sniff_format
+from kslm.data.extraction import ExtractionDataModule
+from kslm.data.formats import read_records_with_lines, sniff_format
 from kslm.data.spans import encode_triples
 from kslm.errors import DataError
 from kslm.heads.gplinker import gplinker_targets
