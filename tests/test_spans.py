@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kslm.data.readers import (
+from kslm.data.formats import (
     ReadStats,
     cluener_train_dev,
     cmeee_train_dev,
@@ -105,7 +105,7 @@ def test_bio_orphan_inside_tag_is_error_or_counted_repair(tmp_path, caplog):
     with pytest.raises(DataError, match=r"after_end.bio:3, field 'tag': I-PER does not continue"):
         list(read_bio(g))
     stats = ReadStats()
-    with caplog.at_level(logging.WARNING, logger="kslm.data.readers"):
+    with caplog.at_level(logging.WARNING, logger="kslm.data.formats"):
         recs = list(read_bio(f, repair=True, stats=stats))
     assert recs[0]["entities"] == ents((1, 3, "PER")) and recs[1]["entities"] == ents((0, 1, "LOC"), (1, 2, "PER"))
     assert stats.repaired_tags == 2 and stats.records == 2
@@ -136,7 +136,7 @@ def test_unlocatable_entity_raises_or_is_counted(tmp_path, caplog):
     with pytest.raises(DataError, match=r"d.jsonl:2, field 'spo_list\[0\].object': entity '戊' does not occur"):
         list(read_duie(f))
     stats = ReadStats()
-    with caplog.at_level(logging.WARNING, logger="kslm.data.readers"):
+    with caplog.at_level(logging.WARNING, logger="kslm.data.formats"):
         recs = list(read_duie(f, skip_unlocatable=True, stats=stats))
     assert [len(r["triples"]) for r in recs] == [1, 1] and recs[1]["triples"][0]["predicate"] == "q"
     assert stats.skipped_triples == 1 and "skipped 1 triples" in caplog.text

@@ -16,25 +16,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from kslm.data.base import KslmDataModule
-from kslm.data.readers import read_any, sniff_format
+from kslm.data.formats import read_records_with_lines
 from kslm.data.tokenizer import atomic_write_text, special_ids, tokenizer_from_source, train_tokenizer
 from kslm.errors import DataError
 
 log = logging.getLogger(__name__)
-JSONL_FORMATS = ("cluener", "canonical", "duie", "cmeie")
-
-
-def read_records_with_lines(path, fmt: str = "auto", **kwargs) -> List[dict]:
-    """Records of `path` with a "line" key: the 1-based line for JSON Lines formats, else the 1-based record number.
-    kwargs go to the reader (e.g. skip_unlocatable for DuIE / WebNLG)."""
-    fmt = sniff_format(path) if fmt == "auto" else fmt
-    recs = list(read_any(path, fmt, **kwargs))
-    if fmt in JSONL_FORMATS:
-        with open(path, encoding="utf-8") as f:
-            lines = [n for n, line in enumerate(f, 1) if line.strip()]
-    else:
-        lines = list(range(1, len(recs) + 1))
-    return [{**r, "line": n} for r, n in zip(recs, lines, strict=True)]
 
 
 class ExtractionDataModule(KslmDataModule):
@@ -217,4 +203,4 @@ class ExtractionDataModule(KslmDataModule):
                           collate_fn=lambda recs: self.collate_records(recs, labels=False))
 
 
-__all__ = ["ExtractionDataModule", "JSONL_FORMATS", "read_records_with_lines"]
+__all__ = ["ExtractionDataModule"]

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from kslm.data.base import KslmDataModule, default_cache_dir
 from kslm.data.corpus import embedded_corpus_path
-from kslm.data.readers import iter_jsonl
+from kslm.data.formats.jsonl import iter_jsonl
 from kslm.data.tokenizer import EOS_ID, cached_tokenizer, fingerprint, tokenizer_from_source
 from kslm.errors import DataError
 

@@ -14,7 +14,7 @@ from typing import Callable, List, Optional
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
-from kslm.data.readers import iter_jsonl
+from kslm.data.formats.jsonl import iter_jsonl
 from kslm.errors import ConfigError, DataError
 
 # boundaries from coarse to fine; each pattern splits *after* the boundary, so pieces concatenate to the text

@@ -1,4 +1,4 @@
-"""NERDataModule: NER source files (kslm.data.readers) → tokenizer → windows with [CLS]/[SEP] → dense span labels.
+"""NERDataModule: NER source files (kslm.data.formats) → tokenizer → windows with [CLS]/[SEP] → dense span labels.
 
 Each text is encoded with `kslm.data.spans.encode_entities` into windows of `max_length − 2` tokens, wrapped in
 <s> … </s> (kslm's [CLS]/[SEP]); token spans are shifted by one for the leading <s>. Entities that do not sit on
@@ -16,8 +16,8 @@ from typing import List, Literal, Optional
 
 import torch
 
-from kslm.data.extraction import ExtractionDataModule, read_records_with_lines
-from kslm.data.readers import cluener_train_dev, cmeee_train_dev
+from kslm.data.extraction import ExtractionDataModule
+from kslm.data.formats import cluener_train_dev, cmeee_train_dev, read_records_with_lines
 from kslm.data.spans import encode_entities
 from kslm.errors import DataError
 
@@ -28,7 +28,7 @@ class NERDataModule(ExtractionDataModule):
     """Named-entity recognition data for GlobalPointer / Efficient GlobalPointer.
 
     Args:
-        train_file: training records (cluener JSONL, cmeee JSON, BIO, canonical JSONL; see kslm.data.readers).
+        train_file: training records (cluener JSONL, cmeee JSON, BIO, canonical JSONL; see kslm.data.formats).
         val_file: validation records; empty = carve them from train_file with dev_split.
         predict_file: records to tag with `kslm predict` (any supported format; labels ignored).
         format: the files' format: auto (sniffed), cluener, cmeee, bio or canonical.

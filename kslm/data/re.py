@@ -1,4 +1,4 @@
-"""REDataModule: relation-extraction files (kslm.data.readers) → tokenizer → windows with <s>/</s> → GPLinker targets.
+"""REDataModule: relation-extraction files (kslm.data.formats) → tokenizer → windows with <s>/</s> → GPLinker targets.
 
 Sources: DuIE / LIC2019 and CMeIE JSONL (`spo_list` of entity strings, placed at their first occurrence), WebNLG
 (`triple_list`, JSON array) and kslm's canonical RE JSONL (`triples` with char spans). Each text is encoded with
@@ -22,8 +22,8 @@ whole records.
 import logging
 from typing import List, Literal, Optional
 
-from kslm.data.extraction import ExtractionDataModule, read_records_with_lines
-from kslm.data.readers import sniff_format
+from kslm.data.extraction import ExtractionDataModule
+from kslm.data.formats import read_records_with_lines, sniff_format
 from kslm.data.spans import encode_triples
 from kslm.errors import DataError
 from kslm.heads.gplinker import gplinker_targets
@@ -35,7 +35,7 @@ class REDataModule(ExtractionDataModule):
     """Relation-extraction data for GPLinker.
 
     Args:
-        train_file: training records (DuIE / CMeIE JSONL, WebNLG JSON, canonical RE JSONL; see kslm.data.readers).
+        train_file: training records (DuIE / CMeIE JSONL, WebNLG JSON, canonical RE JSONL; see kslm.data.formats).
         val_file: validation records (the dataset's labelled dev / valid split).
         predict_file: records to extract triples from with `kslm predict` (any supported format; labels ignored).
         format: the files' format: auto (sniffed), duie, cmeie, webnlg or canonical.

@@ -1,4 +1,4 @@
-"""Character ↔ token spans for NER / RE: encode canonical records (kslm.data.readers) through a tokenizer's offset
+"""Character ↔ token spans for NER / RE: encode canonical records (kslm.data.formats) through a tokenizer's offset
 mapping, in sliding windows when a text is longer than `max_length`, and map token-level predictions back.
 
 Token spans are (start_token, end_token INCLUSIVE, type) for entities and (s_start, s_end, predicate, o_start, o_end)

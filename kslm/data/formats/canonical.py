@@ -1,0 +1,53 @@
+"""kslm's canonical records as JSON Lines: NER `{"text", "entities": [{"start", "end", "type"}]}` and RE `{"text",
+"triples": [{"subject", "predicate", "object", "subject_span": [s, e], "object_span": [s, e]}]}`, character offsets
+with `end` EXCLUSIVE; a bare `{"text"}` is an NER record without entities. `check_record` validates one record."""
+
+from typing import Iterator
+
+from kslm.data.formats.jsonl import check_span, iter_jsonl, record_text
+from kslm.errors import DataError
+
+
+def check_record(rec: dict, path=None, line=None) -> dict:
+    """Validate one canonical NER or RE record (returns it)."""
+    text = record_text(rec, path, line)
+    if "entities" in rec or "triples" not in rec:
+        ents = rec.get("entities", [])
+        if not isinstance(ents, list):
+            raise DataError("must be a list", path=path, line=line, field="entities")
+        for k, e in enumerate(ents):
+            fld = f"entities[{k}]"
+            if not isinstance(e, dict) or not {"start", "end", "type"} <= e.keys():
+                raise DataError("must be an object with start, end, type", path=path, line=line, field=fld)
+            if not (isinstance(e["type"], str) and e["type"]):
+                raise DataError("must be a non-empty string", path=path, line=line, field=f"{fld}.type")
+            check_span(text, e["start"], e["end"], path, line, fld)
+    if "triples" in rec:
+        triples = rec["triples"]
+        if not isinstance(triples, list):
+            raise DataError("must be a list", path=path, line=line, field="triples")
+        for k, t in enumerate(triples):
+            fld = f"triples[{k}]"
+            if not isinstance(t, dict):
+                raise DataError("must be an object", path=path, line=line, field=fld)
+            for name in ("subject", "predicate", "object"):
+                if not (isinstance(t.get(name), str) and t[name]):
+                    raise DataError("must be a non-empty string", path=path, line=line, field=f"{fld}.{name}")
+            for name in ("subject", "object"):
+                span = t.get(f"{name}_span")
+                if not (isinstance(span, list) and len(span) == 2):
+                    raise DataError(f"expected [start, end], got {span!r}", path=path, line=line, field=f"{fld}.{name}_span")
+                check_span(text, span[0], span[1], path, line, f"{fld}.{name}_span", t[name])
+    return rec
+
+
+def read_canonical(path) -> Iterator[dict]:
+    """kslm's canonical JSONL (NER records with `entities`, RE records with `triples`; a bare {"text"} is NER)."""
+    for n, obj in iter_jsonl(path):
+        rec = check_record(obj, path, n)
+        if "entities" not in rec and "triples" not in rec:
+            rec["entities"] = []
+        yield rec
+
+
+__all__ = ["check_record", "read_canonical"]

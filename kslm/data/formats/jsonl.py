@@ -1,0 +1,189 @@
+"""What every format reader shares: file access (JSON Lines, JSON arrays), `ReadStats`, record validation helpers
+and the placing of entity strings in a text (DuIE, CMeIE, WebNLG). Imports nothing from kslm but kslm.errors, so
+every reader module can import it and none needs another.
+
+Canonical records (character offsets, `end` EXCLUSIVE):
+    NER  {"text": str, "entities": [{"start": int, "end": int, "type": str}]}
+    RE   {"text": str, "triples": [{"subject", "predicate", "object", "subject_span": [s, e], "object_span": [s, e]}]}
+
+The error contract: every reader validates every record and raises one `DataError` naming file, line (1-based,
+JSON Lines and char-per-line files) or "record N" (0-based index into a JSON array) and the field. Nothing is dropped
+silently: the options that skip or repair (`skip_unlocatable`, `repair`) count what they did in a `ReadStats` and
+log it.
+"""
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from kslm.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReadStats:
+    """What a reader skipped or repaired on request (pass one in to get the counts back; they are also logged)."""
+
+    records: int = 0
+    skipped_triples: int = 0  # entity string not found in the text (skip_unlocatable=True)
+    repaired_tags: int = 0  # BIO I-/M-/E- without a matching open entity, read as B- (repair=True)
+    details: list = field(default_factory=list)  # "path:line: what" for each skip/repair (first 100)
+
+    def note(self, what: str) -> None:
+        if len(self.details) < 100:
+            self.details.append(what)
+
+
+# ----------------------------------------------------------------------------------------------- file access
+
+
+def check_file(path) -> Path:
+    """`path` as a Path; a DataError if it is not an existing file."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError("file not found", path=p)
+    return p
+
+
+def iter_jsonl(path) -> Iterator[tuple[int, dict]]:
+    """(1-based line, object) for every non-blank line."""
+    p = check_file(path)
+    with open(p, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"invalid JSON ({exc.msg} at column {exc.colno})", path=p, line=n) from None
+            if not isinstance(obj, dict):
+                raise DataError(f"expected a JSON object, got {type(obj).__name__}", path=p, line=n)
+            yield n, obj
+
+
+def iter_json_array(path) -> Iterator[tuple[str, dict]]:
+    """("record N", object) for each element of a JSON array (N is the 0-based index)."""
+    p = check_file(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"invalid JSON ({exc.msg} at column {exc.colno})", path=p, line=exc.lineno) from None
+    if not isinstance(data, list):
+        raise DataError(f"expected a JSON array of records, got {type(data).__name__}", path=p)
+    for i, obj in enumerate(data):
+        if not isinstance(obj, dict):
+            raise DataError(f"expected a JSON object, got {type(obj).__name__}", path=p, line=f"record {i}")
+        yield f"record {i}", obj
+
+
+def nonblank_lines(path) -> list[int]:
+    """The 1-based numbers of the non-blank lines of `path` (the lines `iter_jsonl` reads a record from)."""
+    with open(path, encoding="utf-8") as f:
+        return [n for n, line in enumerate(f, 1) if line.strip()]
+
+
+# ----------------------------------------------------------------------------------------------- record checks
+
+
+def record_text(obj: dict, path, line) -> str:
+    """The record's non-empty "text" string."""
+    text = obj.get("text")
+    if not isinstance(text, str):
+        raise DataError(f"missing or not a string (got {type(text).__name__})", path=path, line=line, field="text")
+    if not text:
+        raise DataError("empty text", path=path, line=line, field="text")
+    return text
+
+
+def is_int(x) -> bool:
+    """An int that is not a bool."""
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def check_span(text: str, start, end, path, line, fld: str, entity=None) -> None:
+    """`start`, `end` exclusive must lie inside the text, non-empty; if `entity` is given it must be the covered text."""
+    if not (is_int(start) and is_int(end)):
+        raise DataError(f"offsets must be integers, got {start!r}, {end!r}", path=path, line=line, field=fld)
+    if not 0 <= start < end <= len(text):
+        raise DataError(f"span [{start}, {end}) is empty or outside the text (length {len(text)})",
+                        path=path, line=line, field=fld)
+    if entity is not None and text[start:end] != entity:
+        raise DataError(f"entity {entity!r} != text[{start}:{end}] = {text[start:end]!r}", path=path, line=line, field=fld)
+
+
+def sorted_entities(ents: list[dict]) -> list[dict]:
+    """Entities in (start, end, type) order."""
+    return sorted(ents, key=lambda e: (e["start"], e["end"], e["type"]))
+
+
+# ----------------------------------------------------------------------------------------------- located triples
+
+
+def occurrences(text: str, s: str, word_boundary: bool) -> list[int]:
+    """Every start of `s` in `text`; with `word_boundary`, those on word boundaries if there are any."""
+    starts, i = [], text.find(s)
+    while i >= 0:
+        starts.append(i)
+        i = text.find(s, i + 1)
+    if word_boundary:  # English: "Al" must not be found inside "Alan"; fall back to any occurrence if none is a word
+        def ok(i):
+            left = i == 0 or not text[i - 1].isalnum() or not s[0].isalnum()
+            right = i + len(s) == len(text) or not text[i + len(s)].isalnum() or not s[-1].isalnum()
+            return left and right
+        words = [i for i in starts if ok(i)]
+        starts = words or starts
+    return starts
+
+
+def locate_triples(text, raw_triples, path, line, all_occurrences, skip_unlocatable, stats, word_boundary) -> list[dict]:
+    """raw_triples: [(field, subject, predicate, object, extra)] → canonical triples with spans."""
+    out = []
+    for fld, subj, pred, obj, extra in raw_triples:
+        for name, val in (("subject", subj), ("predicate", pred), ("object", obj)):
+            if not (isinstance(val, str) and val):
+                raise DataError(f"must be a non-empty string, got {val!r}", path=path, line=line, field=f"{fld}.{name}")
+        found = {}
+        for name, val in (("subject", subj), ("object", obj)):
+            found[name] = occurrences(text, val, word_boundary)
+        missing = [name for name in ("subject", "object") if not found[name]]
+        if missing:
+            name = missing[0]
+            val = subj if name == "subject" else obj
+            if not skip_unlocatable:
+                raise DataError(f"entity {val!r} does not occur in the text; pass skip_unlocatable=True to skip "
+                                "such triples (they are counted)", path=path, line=line, field=f"{fld}.{name}")
+            stats.skipped_triples += 1
+            stats.note(f"{path}:{line}: {fld}.{name} {val!r} not in text")
+            continue
+        pairs = ([(a, b) for a in found["subject"] for b in found["object"]] if all_occurrences
+                 else [(found["subject"][0], found["object"][0])])
+        for a, b in pairs:
+            out.append({"subject": subj, "predicate": pred, "object": obj,
+                        "subject_span": [a, a + len(subj)], "object_span": [b, b + len(obj)], **extra})
+    return out
+
+
+def read_located(records, p, raw_triples, all_occurrences, skip_unlocatable, stats, word_boundary,
+                 logger=log) -> Iterator[dict]:
+    """(where, record) pairs → {"text", "triples"} with every entity string located in the text.
+
+    raw_triples(obj, path, where) → [(field, subject, predicate, object, extra)]; a skipped triple (entity string
+    not in the text, skip_unlocatable=True) is counted in `stats` and the count logged on `logger` at the end.
+    """
+    stats = stats if stats is not None else ReadStats()
+    for where, obj in records:
+        text = record_text(obj, p, where)
+        raw = raw_triples(obj, p, where)
+        stats.records += 1
+        yield {"text": text,
+               "triples": locate_triples(text, raw, p, where, all_occurrences, skip_unlocatable, stats, word_boundary)}
+    if stats.skipped_triples:
+        logger.warning("%s: skipped %d triples whose entity is not in the text (skip_unlocatable=True)",
+                       p, stats.skipped_triples)
+
+
+__all__ = ["ReadStats", "check_file", "iter_jsonl", "iter_json_array", "nonblank_lines", "record_text", "is_int",
+           "check_span", "sorted_entities", "occurrences", "locate_triples", "read_located"]
