@@ -53,7 +53,7 @@ def test_fit_writes_checkpoint_with_types_and_tokenizer(workdir, capsys, head, d
     ckpt = torch.load(workdir / "ckpt" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 3
     expected = ["game", "name", "organization"] if data == CLUENER else ["bod", "dis", "dru", "pro", "sym"]
-    assert ckpt["kslm"]["types"] == expected and ckpt["kslm"]["head"] == head
+    assert ckpt["kslm"]["labels"] == expected and ckpt["kslm"]["head"]["head"] == head
     assert '"model"' in ckpt["kslm"]["tokenizer"] and ckpt["kslm"]["backbone"]["mask"] == "bidirectional"
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
     assert {"train/loss", "val/loss", "val/precision", "val/recall", "val/f1"} <= set(scalars(workdir / "logs"))
@@ -81,7 +81,7 @@ def test_predict_from_checkpoint_writes_one_line_per_record(workdir, capsys, dat
     for r in recs:
         for e in r["entities"]:
             assert 0 <= e["start"] < e["end"] <= len(r["text"]) and e["text"] == r["text"][e["start"]:e["end"]]
-            assert e["type"] in torch.load(workdir / "ckpt" / "last.ckpt", weights_only=True)["kslm"]["types"]
+            assert e["type"] in torch.load(workdir / "ckpt" / "last.ckpt", weights_only=True)["kslm"]["labels"]
 
 
 @pytest.mark.parametrize("head", ["gp", "egp"])

@@ -60,7 +60,7 @@ def test_checkpoint_holds_predicates_head_and_tokenizer(fitted):
     ckpt = torch.load(fitted / "ckpt" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == STEPS
     predicates = sorted({t["predicate"] for r in gold_records() for t in r["triples"]})
-    assert ckpt["kslm"]["predicates"] == predicates and ckpt["kslm"]["head_size"] == 32
+    assert ckpt["kslm"]["labels"] == predicates and ckpt["kslm"]["head"]["head_size"] == 32
     assert '"model"' in ckpt["kslm"]["tokenizer"] and ckpt["kslm"]["backbone"]["mask"] == "bidirectional"
     P = len(predicates)  # head / tail EGPs: one bias pair per predicate; entity EGP: 2 heads (subject, object)
     assert ckpt["state_dict"]["head_module.head.q_dense.weight"].shape[0] == 2 * P

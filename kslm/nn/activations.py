@@ -33,7 +33,9 @@ class _SquarePlus(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: out of place, so the graph of this backward is kept
             r = torch.sqrt(x * x + ctx.b)
-            q = r + x.abs()
+            # |x| as where(x ≥ 0, x, −x), not x.abs(): abs' (0) = 0 would drop the x-term of d/dx(½q/r) at x = 0 and
+            # double backward would give f''(0) = 0 instead of b / (2 b^{3/2}); the values are the same
+            q = r + torch.where(x >= 0, x, -x)
             return grad * torch.where(x >= 0, 0.5 * q / r, 0.5 * ctx.b / (r * q)), None
         r = (x * x).add_(ctx.b).sqrt_()
         q = x.abs().add_(r)

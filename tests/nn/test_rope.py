@@ -1,5 +1,9 @@
+<<<<<<< HEAD
 """RoPE (Su, kexue.fm/archives/8265; bert4keras' interleaved pairs: (x_{2i}, x_{2i+1}) rotated by mθ_i, θ_i = 10000^{−2i/d})
 against a naive float64 per-pair formula."""
+=======
+"""RoPE (Su, kexue.fm/archives/8265; bert4keras interleaved-pair layout) against a naive float64 per-pair formula."""
+>>>>>>> wt-guard
 
 import math
 
@@ -50,8 +54,9 @@ def test_interleaved_layout_vs_naive(dtype):
     pos = [0, 1, 2, 5, 11, 40, 63]
     out = RotaryEmbedding(8)(x, torch.tensor(pos))
     assert out.dtype == dtype
-    # fp32 tables by design: angle error ≲ 63 · 2⁻²⁴ rad, far below any layout/sign error (O(1))
-    torch.testing.assert_close(out.double(), naive_rope(x, pos), rtol=0, atol=2e-5)
+    # fp32 tables for fp32: angle error ≲ 63 · 2⁻²⁴ rad, far below any layout/sign error (O(1)); float64 is float64
+    atol = 2e-5 if dtype == torch.float32 else 1e-14
+    torch.testing.assert_close(out.double(), naive_rope(x, pos), rtol=0, atol=atol)
 
 
 def test_per_sample_positions_broadcast_over_heads():
@@ -116,6 +121,48 @@ def test_tables_stay_fp32_when_module_is_cast_to_bf16():
     for dtype in (torch.bfloat16, torch.float16):
         cast = RotaryEmbedding(64).to(dtype)
         torch.testing.assert_close(cast.rotation(pos), ref, rtol=0, atol=0)
+
+
+def naive_rope_fp32_theta(x: torch.Tensor, positions, base: float = 10000.0) -> torch.Tensor:
+    """naive_rope with each θ_i rounded to fp32 (the rest in float64): what float64 tables cast up from fp32 give."""
+    x = x.double()
+    out = torch.empty_like(x)
+    for t, m in enumerate(positions):
+        for i in range(x.shape[-1] // 2):
+            theta = torch.tensor(base ** (-2.0 * i / x.shape[-1]), dtype=torch.float32).item()
+            c, s = math.cos(m * theta), math.sin(m * theta)
+            a, b = x[..., t, 2 * i], x[..., t, 2 * i + 1]
+            out[..., t, 2 * i] = a * c - b * s
+            out[..., t, 2 * i + 1] = b * c + a * s
+    return out
+
+
+@pytest.mark.parametrize("module", ["double", "bf16_then_double", "fp32_module_float64_input"])
+def test_float64_is_float64_at_large_positions(module):
+    """A float64 module (however it got there) or a float64 input gets float64 θ_i, m·θ_i and rotation: it matches
+    the Python-float formula to 1e-12 at m ≈ 10⁵, where fp32-rounded θ_i is off by ~m·θ_i·2⁻²⁴ ≈ 10⁻³ rad."""
+    rope = {"double": lambda: RotaryEmbedding(64).double(),
+            "bf16_then_double": lambda: RotaryEmbedding(64).to(torch.bfloat16).double(),
+            "fp32_module_float64_input": lambda: RotaryEmbedding(64)}[module]()
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 3, 6, 64, generator=g, dtype=torch.float64)  # [B, H, T, dim]
+    pos = [0, 1, 99_999, 100_000, 100_001, 123_457]
+    out = rope(x, torch.tensor(pos))
+    assert out.dtype == torch.float64
+    truth = naive_rope(x, pos)
+    err = (out - truth).abs().max().item()
+    assert err < 1e-12, err
+    # the check is sharp: fp32 θ (the rest exact) misses the truth by orders of magnitude more
+    assert (naive_rope_fp32_theta(x, pos) - truth).abs().max().item() > 1e-4
+    if module != "fp32_module_float64_input":
+        assert rope.inv_freq.dtype == torch.float64
+        assert rope.rotation(torch.tensor(pos)).dtype == torch.complex128
+        torch.testing.assert_close(rope.inv_freq, torch.tensor([10000.0 ** (-2.0 * i / 64) for i in range(32)],
+                                                               dtype=torch.float64), rtol=1e-15, atol=0)
+        # and back to fp32: the same fp32 tables as a fresh module, bit for bit
+        assert torch.equal(rope.float().rotation(torch.tensor(pos)), RotaryEmbedding(64).rotation(torch.tensor(pos)))
+    else:
+        assert rope.rotation(torch.tensor(pos)).dtype == torch.complex64  # the module's own tables stay fp32
 
 
 def test_odd_dim_rejected():

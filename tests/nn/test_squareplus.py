@@ -25,6 +25,13 @@ def exact_grad(x: float, b: float) -> float:
     return float((1 + X / (X * X + B).sqrt()) / 2)
 
 
+def exact_grad2(x: float, b: float) -> float:
+    """b / (2 (x² + b)^{3/2}) with 60 significant digits."""
+    X, B = Decimal(x), Decimal(b)
+    r = (X * X + B).sqrt()
+    return float(B / (2 * r * r * r))
+
+
 GRID = [-50.0, -7.5, -3.0, -1.0, -0.25, -1e-3, 0.0, 1e-3, 0.25, 1.0, 3.0, 7.5, 50.0]
 
 
@@ -136,6 +143,28 @@ def test_gradient_and_double_backward_against_finite_differences(b):
     x = (torch.randn(64, dtype=torch.float64) * 4).requires_grad_(True)
     assert torch.autograd.gradcheck(lambda t: squareplus(t, b), (x,))
     assert torch.autograd.gradgradcheck(lambda t: squareplus(t, b), (x,))
+
+
+@pytest.mark.parametrize("b", [0.5, SQUAREPLUS_MINIMAX_B, SQUAREPLUS_UPPER_B, 4.0, 100.0])
+def test_create_graph_branch_matches_closed_forms(b):
+    """The backward's create_graph branch (the one the input gradient penalty differentiates through) against the
+    closed forms f'(x) = ½(1 + x/√(x² + b)) and f''(x) = b / (2 (x² + b)^{3/2}). gradgradcheck compares that branch with
+    itself, so a wrong value there would pass it; the test above only reaches the no-graph branch.
+    f'' comes from autograd through the branch's ops: on the x ≥ 0 side it is a difference of two ≈ 1/r terms, so
+    its relative error grows like eps·x²/b, hence the grid stops at |x| = 1e3 for it."""
+    xs = [-1e3, -300.0] + torch.linspace(-30, 30, 121, dtype=torch.float64).tolist() + [300.0, 1e3]
+    assert 0.0 in xs
+    x = torch.tensor(xs + [-1e6, 1e6], dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(squareplus(x, b).sum(), x, create_graph=True)
+    assert g.grad_fn is not None  # the graph-building branch did run
+    want = torch.tensor([exact_grad(v, b) for v in x.tolist()], dtype=torch.float64)
+    torch.testing.assert_close(g.detach(), want, rtol=1e-12, atol=0)
+    (h,) = torch.autograd.grad(g.sum(), x)
+    want2 = torch.tensor([exact_grad2(v, b) for v in xs], dtype=torch.float64)
+    torch.testing.assert_close(h[:len(xs)], want2, rtol=1e-9, atol=0)
+    # f''(0) = 1/(2√b): |x| has no derivative at 0 and autograd's abs' (0) = 0 must not zero the branch's x-term
+    assert h[xs.index(0.0)].item() == pytest.approx(1 / (2 * math.sqrt(b)), rel=1e-14)
+    assert (h[:len(xs)] > 0).all()  # convex
 
 
 @pytest.mark.parametrize("block", ["transformer", "gau", "rnn"])
