@@ -1,9 +1,5 @@
-<<<<<<< HEAD
 """RoPE (Su, kexue.fm/archives/8265; bert4keras' interleaved pairs: (x_{2i}, x_{2i+1}) rotated by mθ_i, θ_i = 10000^{−2i/d})
 against a naive float64 per-pair formula."""
-=======
-"""RoPE (Su, kexue.fm/archives/8265; bert4keras interleaved-pair layout) against a naive float64 per-pair formula."""
->>>>>>> wt-guard
 
 import math
 
