@@ -34,7 +34,7 @@ def ckpts(tmp_path_factory, small_corpus):
     ner = tmp_path_factory.mktemp("ner")
     re_ = tmp_path_factory.mktemp("re")
     return {"lm": _fit(lm, tiny_args(small_corpus, lm, steps=3, config="configs/lm/gau.yaml")),
-            "ner": _fit(ner, ner_args(ner, steps=20)), "re": _fit(re_, re_args(re_, steps=20))}
+            "ner": _fit(ner, ner_args(ner, steps=20)), "re": _fit(re_, re_args(re_, steps=60))}
 
 
 @pytest.fixture
