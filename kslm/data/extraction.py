@@ -19,8 +19,9 @@ from torch.utils.data import DataLoader
 from kslm.data.lm import default_cache_dir
 from kslm.data.readers import read_any, sniff_format
 from kslm.data.sampler import ResumableSampler
-from kslm.data.tokenizer import atomic_write_text, load_tokenizer, special_ids, train_tokenizer
+from kslm.data.tokenizer import load_tokenizer, special_ids, train_tokenizer
 from kslm.errors import DataError
+from kslm.io import write_text
 
 log = logging.getLogger(__name__)
 JSONL_FORMATS = ("cluener", "canonical", "duie", "cmeie")
@@ -146,7 +147,7 @@ class ExtractionDataModule(pl.LightningDataModule):
             train, _ = self._read()
             self.tokenizer = train_tokenizer((r["text"] for r in train), self.tokenizer_kind, self.vocab_size,
                                              self.min_frequency)
-            atomic_write_text(path, self.tokenizer.to_str())
+            write_text(path, self.tokenizer.to_str())
         return self.tokenizer
 
     def _labels_from_checkpoint(self):
