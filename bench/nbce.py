@@ -29,8 +29,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import vm_rss_kib, write_json_atomic  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from nbce_reference import reference_loop  # noqa: E402
 
 from kslm.nn import Backbone, BackboneConfig  # noqa: E402
