@@ -15,18 +15,17 @@ and each sentence's gold cells set to +8. Both decoders must return identical re
 """
 
 import argparse
-import json
 import os
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
 import torch
 
 from kslm.heads.gplinker import decode_triples
+from kslm.io import write_json
 
 
 def gold_spans(rng, n, types, length, per_sentence=3):
@@ -204,11 +203,7 @@ def main():
 
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(args.out), suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, args.out)
+    write_json(args.out, result)
 
     s, g = result["spans"], result["gplinker"]
     print(f"| decoding ({args.sentences} sentences, L={args.length}) | kslm vectorised s | naive per-span loop s | "

@@ -24,16 +24,13 @@ tensor when there is no padding, and with a boolean attn_mask [B, 1, T, S] other
 4. GAU: block="gau", 2 × --layers layers, qk_dim 128, expansion 2 (value dim 2d ≠ 128, so no flash), SiLU,
    softmax attention: fwd+bwd timing under default, MATH and EFFICIENT_ATTENTION at the same T.
 
-The last lines of stdout are a markdown summary; every number goes to --out as JSON (written atomically).
+The last lines of stdout are a markdown summary; every number goes to --out as JSON (written atomically by kslm.io.write_json).
 """
 
 import argparse
 import contextlib
 import gc
-import json
-import os
 import statistics
-import tempfile
 import time
 from datetime import datetime, timezone
 
@@ -41,6 +38,7 @@ import torch
 from torch.nn import functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from kslm.io import write_json
 from kslm.nn.backbone import Backbone, BackboneConfig
 
 SETTINGS = {
@@ -257,20 +255,6 @@ def padding(args, device, dtype):
     del model
     free(device)
     return res
-
-
-def write_json(path, data):
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".gpu_attention.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def cell(m, key="ms", fmt="{:.1f}"):

@@ -1,14 +1,11 @@
 """Machine facts and measurement helpers shared by the benchmarks: resident memory, machine-wide CPU load (to tell
 quiet timing windows from contended ones on a shared machine), device sync, a machine description for the result
-JSON, and atomic JSON writing."""
+JSON. Result files are written with kslm.io.write_json (atomic)."""
 
-import json
 import os
 import platform
 import resource
-import tempfile
 import time
-from pathlib import Path
 
 
 def vm_rss_kib() -> int:
@@ -81,20 +78,4 @@ def machine_info(args) -> dict:
     return info
 
 
-def write_json_atomic(path: Path, data: dict):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions of a new file
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-__all__ = ["vm_rss_kib", "cpu_busy_s", "own_cpu_s", "wait_for_quiet", "sync", "machine_info", "write_json_atomic"]
+__all__ = ["vm_rss_kib", "cpu_busy_s", "own_cpu_s", "wait_for_quiet", "sync", "machine_info"]

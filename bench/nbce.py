@@ -28,9 +28,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import vm_rss_kib, write_json_atomic  # noqa: E402
+from machine import vm_rss_kib  # noqa: E402
 from nbce_reference import reference_loop  # noqa: E402
 
+from kslm.io import write_json  # noqa: E402
 from kslm.nn import Backbone, BackboneConfig  # noqa: E402
 from kslm.nn.nbce import BackboneLM, HFCausalLM, left_pad, nbce_generate  # noqa: E402
 
@@ -189,7 +190,7 @@ def main(argv=None):
               "torch": torch.__version__, "args": {k: v for k, v in vars(args).items() if k not in ("out", "worker")},
               "speed": speed(args), "scaling": scaling(args)}
     report["seconds"] = time.perf_counter() - t0
-    write_json_atomic(args.out, report)
+    write_json(args.out, report)
     print(markdown(report))
 
 

@@ -24,6 +24,7 @@ import time
 
 import torch
 
+from kslm.io import write_json
 from kslm.nn.rnn import GRUCell, TanhCell, parallel_rnn, sequential_rnn
 
 
@@ -75,13 +76,6 @@ def run(cell, B, T, D, backward, device, repeats):
     }
 
 
-def write_json(path, obj):
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=4)
@@ -102,7 +96,7 @@ def main(argv=None):
                 rows.append(r)
                 print(json.dumps(r), file=sys.stderr, flush=True)
     device = torch.cuda.get_device_name() if args.device != "cpu" else platform.processor() or platform.machine()
-    write_json(args.out, {"config": vars(args), "torch": torch.__version__, "device": device, "rows": rows})
+    write_json(args.out, {"config": vars(args), "torch": torch.__version__, "device": device, "rows": rows}, indent=1)
     print("| cell | pass | T | sequential (s) | parallel (s) | speed-up | Newton iterations | max abs diff |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:

@@ -47,7 +47,7 @@ resident set of the model's subprocess (getrusage ru_maxrss: interpreter and lib
 growth over the RSS just before the first step (/proc/self/status VmRSS): gradients, AdamW state, activations
 and allocator caching.
 
-The results go to --out as JSON (written atomically: temporary file + os.replace); a markdown table is printed.
+The results go to --out as JSON (written atomically by kslm.io.write_json); a markdown table is printed.
 """
 
 import argparse
@@ -62,8 +62,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_busy_s, machine_info, own_cpu_s, sync, vm_rss_kib, wait_for_quiet, write_json_atomic  # noqa: E402
+from machine import cpu_busy_s, machine_info, own_cpu_s, sync, vm_rss_kib, wait_for_quiet  # noqa: E402
 from throughput_report import markdown, merge_rounds, quiet_steps, targets  # noqa: E402
+
+from kslm.io import write_json  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = ("kslm-transformer", "kslm-gau", "llama-same-ffn", "llama-equal-params")
@@ -403,7 +405,7 @@ def main(argv=None):
     with open("/proc/loadavg") as f:
         report["loadavg_end"] = f.read().split()[:3]
     report["wall_s"] = time.perf_counter() - t0
-    write_json_atomic(args.out, report)
+    write_json(args.out, report)
     print(markdown(report))
     print(f"\nwrote {args.out} ({report['wall_s']:.0f} s)", file=sys.stderr)
 
