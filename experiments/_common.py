@@ -1,5 +1,5 @@
-"""What the experiment scripts share: TensorBoard scalars of a run, writing a result JSON atomically, the folder the
-runs work in, and running `kslm` in this process.
+"""What the experiment scripts share: TensorBoard scalars of a run, writing a result JSON (atomically, through
+kslm.io), the folder the runs work in, and running `kslm` in this process.
 
 Runs work in a temporary folder that is deleted at the end; with KSLM_KEEP_RUNS=DIR set they work in a new folder
 under DIR instead and keep it, so `tensorboard --logdir DIR` shows every run's curves.
@@ -12,6 +12,8 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+from kslm.io import write_text
 
 
 def series(logdir, tag):
@@ -28,11 +30,8 @@ def series(logdir, tag):
 
 
 def save(path: Path, payload: dict) -> None:
-    """`payload` as indented JSON at `path`, written to a temporary file first and renamed (atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    """`payload` as indented JSON at `path`, written atomically (kslm.io); values JSON lacks (paths) as strings."""
+    write_text(path, json.dumps(payload, indent=1, ensure_ascii=False, default=str) + "\n")
 
 
 def kslm_main(args, rundir) -> None:

@@ -34,6 +34,8 @@ import torch
 from _common import kslm_main, save, workdir
 from torch.nn import functional as F
 
+from kslm.io import write_text
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 ATTENTIONS = ["softmax", "softmax_plus", "relu2"]
@@ -47,9 +49,7 @@ def split_corpus(src: Path, workdir: Path, heldout: float):
     workdir.mkdir(parents=True, exist_ok=True)
     train = workdir / "train.txt"
     if not train.is_file() or train.read_text(encoding="utf-8") != text[:cut]:
-        tmp = train.with_suffix(".tmp")
-        tmp.write_text(text[:cut], encoding="utf-8")
-        os.replace(tmp, train)
+        write_text(train, text[:cut])
     return train, text[cut + 2:]
 
 

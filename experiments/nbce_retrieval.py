@@ -20,6 +20,8 @@ import string
 import sys
 from pathlib import Path
 
+from kslm.io import write_json, write_jsonl
+
 REPO = Path(__file__).resolve().parents[1]
 KEYS = [a + b for a in string.ascii_lowercase for b in string.ascii_lowercase]
 # a plain key=value template: the prompt ends with "ab=" and the answer is the value (the same pattern as a context
@@ -68,11 +70,8 @@ WINDOWS = 8  # evaluation contexts hold 8 windows' worth of lines
 
 def make_data(out: Path, n_docs: int, seed: int, lines: int, p_repeat: float) -> Path:
     rng = random.Random(seed)
-    out.mkdir(parents=True, exist_ok=True)
     path = out / "train.jsonl"
-    with open(path, "w", encoding="utf-8") as f:
-        for _ in range(n_docs):
-            f.write(json.dumps({"text": training_doc(rng, lines, p_repeat)}) + "\n")
+    write_jsonl(path, ({"text": training_doc(rng, lines, p_repeat)} for _ in range(n_docs)))
     return path
 
 
@@ -143,7 +142,7 @@ def evaluate(out: Path, n: int, seed: int, lines: int, ckpt=None) -> dict:
         "accuracy": {k: sum(v) / n for k, v in rows.items()},
         "nbce_chose_the_fact_chunk": sum(hit_chunk) / n, "seconds": round(time.perf_counter() - t0, 1),
     }
-    (out / "eval.json").write_text(json.dumps(result, indent=1))
+    write_json(out / "eval.json", result, indent=1)
     print(json.dumps(result, indent=1))
     return result
 

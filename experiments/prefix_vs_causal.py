@@ -25,7 +25,6 @@ is used instead of the packed-text data module. Reported: held-out loss on the c
 import argparse
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -33,6 +32,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from _common import save
 from torch.nn import functional as F
 
 REPO = Path(__file__).resolve().parents[1]
@@ -168,13 +168,6 @@ def table(runs) -> str:
         lines.append(f"| **{name}** | {rs[0]['mask']} | {rs[0]['loss_on']} | mean of {len(rs)} | **{m['all']:.4f}** | "
                      f"{m['first8']:.4f} | {m['rest']:.4f} | {rel_s} | | |")
     return "\n".join(lines)
-
-
-def save(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def main():
