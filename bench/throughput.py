@@ -3,6 +3,7 @@
     PYTHONPATH=. python bench/throughput.py [--d 512 --layers 4 --heads 8 --d-ff 2048 --seq 512 --batch 4
                                              --vocab 8000 --steps 3 --device cpu --out bench/results/throughput.json]
     (--help lists the rest: --threads, --rounds, --models, --adamw, --gau-attention, the quiet-step options)
+    PYTHONPATH=. python bench/throughput.py --table    # the tables of the stored results again, computing nothing
 
 What it measures (bench/README.md has the results and how to read them):
 
@@ -62,7 +63,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_busy_s, machine_info, own_cpu_s, sync, vm_rss_kib, wait_for_quiet  # noqa: E402
+from machine import (  # noqa: E402
+    RESULTS,
+    cpu_busy_s,
+    machine_info,
+    own_cpu_s,
+    print_tables,
+    sync,
+    table_flag,
+    vm_rss_kib,
+    wait_for_quiet,
+)
 from throughput_report import markdown, merge_rounds, quiet_steps, targets  # noqa: E402
 
 from kslm.io import write_json  # noqa: E402
@@ -70,6 +81,7 @@ from kslm.io import write_json  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 MODELS = ("kslm-transformer", "kslm-gau", "llama-same-ffn", "llama-equal-params")
 RESULT_PREFIX = "BENCH_RESULT "
+STORED = [RESULTS / "throughput.json", RESULTS / "throughput_repeat.json", RESULTS / "throughput_cuda_h100.json"]
 
 
 # --------------------------------------------------------------------------------------------- shapes and FLOPs
@@ -346,7 +358,10 @@ def main(argv=None):
     p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {', '.join(MODELS)}")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "throughput.json")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    table_flag(p, STORED)
     args = p.parse_args(argv)
+    if args.table is not None:
+        return print_tables(args.table, STORED, markdown)
     args.d_ff = args.d_ff or 4 * args.d
     if args.worker:
         return worker_main(args)
@@ -356,7 +371,7 @@ def main(argv=None):
         p.error(f"unknown models {sorted(unknown)} (choose from {', '.join(MODELS)})")
 
     t0 = time.perf_counter()
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "worker"}
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("worker", "table")}
     report = {"started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "command": " ".join(["python", *sys.argv]), "machine": machine_info(args), "config": config}
     with open("/proc/loadavg") as f:
