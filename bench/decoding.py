@@ -12,21 +12,22 @@ Logits are synthetic but shaped like a trained model's: every cell ≈ N(−8, 2
 and each sentence's gold cells set to +8. Both decoders must return identical results; the script checks that.
 
     PYTHONPATH=. python bench/decoding.py [--out bench/results/decoding.json]
+    PYTHONPATH=. python bench/decoding.py --table          # the tables of the stored results again, computing nothing
 """
 
 import argparse
-import json
 import os
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
-import torch
+from machine import RESULTS, print_tables, table_flag
 
-from kslm.heads.gplinker import decode_triples
+from kslm.io import write_json
+
+STORED = [RESULTS / "decoding.json"]
 
 
 def gold_spans(rng, n, types, length, per_sentence=3):
@@ -41,6 +42,8 @@ def gold_spans(rng, n, types, length, per_sentence=3):
 
 
 def span_logits(rng, golds, types, length):
+    import torch
+
     logits = torch.from_numpy(rng.normal(-8.0, 2.0, (len(golds), types, length, length)).astype(np.float32))
     logits.masked_fill_(torch.ones(length, length, dtype=torch.bool).tril(-1), float("-inf"))  # tril mask
     for b, spans in enumerate(golds):
@@ -104,6 +107,8 @@ def decode_triples_naive(entity, head, tail, threshold=0.0):
 
 
 def triple_logits(rng, n, predicates, length, per_sentence=2):
+    import torch
+
     entity = torch.from_numpy(rng.normal(-8.0, 2.0, (n, 2, length, length)).astype(np.float32))
     entity.masked_fill_(torch.ones(length, length, dtype=torch.bool).tril(-1), float("-inf"))
     head = torch.from_numpy(rng.normal(-8.0, 2.0, (n, predicates, length, length)).astype(np.float32))
@@ -169,7 +174,15 @@ def main():
     ap.add_argument("--types", type=int, default=10, help="entity types (CLUENER has 10)")
     ap.add_argument("--predicates", type=int, default=48, help="relation predicates (DuIE has 48/49)")
     ap.add_argument("--out", default="bench/results/decoding.json")
+    table_flag(ap, STORED)
     args = ap.parse_args()
+    if args.table is not None:
+        print_tables(args.table, STORED, markdown)
+        return
+    import torch
+
+    from kslm.heads.gplinker import decode_triples
+
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
     result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "args": vars(args)}
@@ -204,28 +217,25 @@ def main():
 
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(args.out), suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, args.out)
+    write_json(args.out, result)
+    print(markdown(result))
 
-    s, g = result["spans"], result["gplinker"]
-    print(f"| decoding ({args.sentences} sentences, L={args.length}) | kslm vectorised s | naive per-span loop s | "
-          "speedup | post's numpy loop s | speedup |")
-    print("|---|---:|---:|---:|---:|---:|")
-    print(f"| GP/EGP spans, {args.types} types | {s['vectorised_s']:.3f} | {s['naive_loop_s']:.3f} | "
-          f"{s['speedup']:.0f}× | – | – |")
-    print(f"| GPLinker triples, {args.predicates} predicates | {g['vectorised_s']:.3f} | {g['naive_loop_s']:.3f} | "
-          f"{g['speedup_vs_naive']:.0f}× | {g['post_loop_s']:.3f} | {g['speedup_vs_post_loop']:.1f}× |")
-    print()
-    print("| MCCE, batch 16 | dense s | sparse s | dense labels MiB | sparse labels MiB | dense RSS growth MiB | "
-          "sparse RSS growth MiB |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+
+def markdown(result: dict) -> str:
+    a, s, g = result["args"], result["spans"], result["gplinker"]
+    lines = [f"| decoding ({a['sentences']} sentences, L={a['length']}) | kslm vectorised s | naive per-span loop s | "
+             "speedup | post's numpy loop s | speedup |", "|---|---:|---:|---:|---:|---:|",
+             f"| GP/EGP spans, {a['types']} types | {s['vectorised_s']:.3f} | {s['naive_loop_s']:.3f} | "
+             f"{s['speedup']:.0f}× | – | – |",
+             f"| GPLinker triples, {a['predicates']} predicates | {g['vectorised_s']:.3f} | {g['naive_loop_s']:.3f} | "
+             f"{g['speedup_vs_naive']:.0f}× | {g['post_loop_s']:.3f} | {g['speedup_vs_post_loop']:.1f}× |", "",
+             "| MCCE, batch 16 | dense s | sparse s | dense labels MiB | sparse labels MiB | dense RSS growth MiB | "
+             "sparse RSS growth MiB |", "|---|---:|---:|---:|---:|---:|---:|"]
     for r in result["loss"]:
-        print(f"| P={r['predicates']}, L={r['length']} | {r['dense_s']:.3f} | {r['sparse_s']:.3f} | "
-              f"{r['dense_label_mib']:.0f} | {r['sparse_label_mib']:.3f} | {r['dense_peak_rss_growth_mib']:.0f} | "
-              f"{r['sparse_peak_rss_growth_mib']:.0f} |")
+        lines.append(f"| P={r['predicates']}, L={r['length']} | {r['dense_s']:.3f} | {r['sparse_s']:.3f} | "
+                     f"{r['dense_label_mib']:.0f} | {r['sparse_label_mib']:.3f} | {r['dense_peak_rss_growth_mib']:.0f} | "
+                     f"{r['sparse_peak_rss_growth_mib']:.0f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

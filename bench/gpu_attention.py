@@ -3,6 +3,7 @@
     PYTHONPATH=. python3 bench/gpu_attention.py --device cuda --out bench/results/gpu_attention.json
     PYTHONPATH=. python bench/gpu_attention.py --device cpu --d 64 --heads 4 --layers 1 --seqs 64,128 --batch 2 \
         --out /tmp/ga.json                                                            (CPU smoke test, < 1 min)
+    PYTHONPATH=. python bench/gpu_attention.py --table     # the summary of the stored results again, computing nothing
 
 What it measures (kslm.nn.attention.attend calls F.scaled_dot_product_attention with is_causal=True and no mask
 tensor when there is no padding, and with a boolean attn_mask [B, 1, T, S] otherwise):
@@ -24,36 +25,28 @@ tensor when there is no padding, and with a boolean attn_mask [B, 1, T, S] other
 4. GAU: block="gau", 2 × --layers layers, qk_dim 128, expansion 2 (value dim 2d ≠ 128, so no flash), SiLU,
    softmax attention: fwd+bwd timing under default, MATH and EFFICIENT_ATTENTION at the same T.
 
-The last lines of stdout are a markdown summary; every number goes to --out as JSON (written atomically).
+The last lines of stdout are a markdown summary; every number goes to --out as JSON (written atomically by kslm.io.write_json).
 """
 
 import argparse
 import contextlib
 import gc
-import json
-import os
 import statistics
-import tempfile
 import time
 from datetime import datetime, timezone
 
-import torch
-from torch.nn import functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from machine import RESULTS, print_tables, table_flag
 
-from kslm.nn.backbone import Backbone, BackboneConfig
+from kslm.io import write_json
 
-SETTINGS = {
-    "default": None,
-    "flash": [SDPBackend.FLASH_ATTENTION],
-    "efficient": [SDPBackend.EFFICIENT_ATTENTION],
-    "math": [SDPBackend.MATH],
-}
+# sdpa_kernel settings: None = torch's default selection, else the one torch.nn.attention.SDPBackend allowed
+SETTINGS = {"default": None, "flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "math": "MATH"}
+STORED = [RESULTS / "gpu_attention_h100.json"]
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None, help="autocast dtype (bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--d", type=int, default=1024)
     p.add_argument("--heads", type=int, default=16)
@@ -66,6 +59,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-gau", action="store_true")
     p.add_argument("--out", default="bench/results/gpu_attention.json")
+    table_flag(p, STORED)
     return p.parse_args(argv)
 
 
@@ -75,24 +69,32 @@ def short_error(e: BaseException) -> str:
 
 
 def free(device):
+    import torch
+
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
 
 def sync(device):
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def autocast(device, dtype):
+    import torch
+
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
 
 
 def backend(setting):
-    return contextlib.nullcontext() if SETTINGS[setting] is None else sdpa_kernel(SETTINGS[setting])
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return contextlib.nullcontext() if SETTINGS[setting] is None else sdpa_kernel([getattr(SDPBackend, SETTINGS[setting])])
 
 
 def rel(a, b) -> float:
@@ -101,6 +103,10 @@ def rel(a, b) -> float:
 
 
 def make_model(args, device, block):
+    import torch
+
+    from kslm.nn.backbone import Backbone, BackboneConfig
+
     torch.manual_seed(args.seed)
     cfg = BackboneConfig(block=block, vocab_size=args.vocab, d_model=args.d, n_heads=args.heads,
                          n_layers=args.layers * (2 if block == "gau" else 1), norm="pre", attention="softmax",
@@ -111,6 +117,8 @@ def make_model(args, device, block):
 
 
 def batch(args, device, T, B=None):
+    import torch
+
     g = torch.Generator().manual_seed(args.seed + T)
     B = B or args.batch
     ids = torch.randint(0, args.vocab, (B, T), generator=g)
@@ -119,12 +127,16 @@ def batch(args, device, T, B=None):
 
 
 def loss_of(model, ids, targets, attention_mask=None):
+    from torch.nn import functional as F
+
     logits = model.logits(model(ids, attention_mask=attention_mask))
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1)), logits
 
 
 def time_step(model, ids, targets, device, dtype, setting, iters, warmup):
     """ms per forward + loss + backward (median), peak memory; or {"error": ...}."""
+    import torch
+
     out = {}
     try:
         with backend(setting):
@@ -165,6 +177,9 @@ def time_step(model, ids, targets, device, dtype, setting, iters, warmup):
 
 def default_choice(cfg, device, dtype, B, T):
     """Backend the default selection picks for this block's q/k/v shapes (torch._fused_sdp_choice, private)."""
+    import torch
+    from torch.nn.attention import SDPBackend
+
     if cfg.block == "transformer":
         h, s, e = cfg.n_heads, cfg.d_model // cfg.n_heads, cfg.d_model // cfg.n_heads
     else:
@@ -199,6 +214,8 @@ def timing(args, device, dtype, block, settings):
 
 
 def run_once(model, ids, targets, device, dtype, setting, attention_mask=None, grad=True):
+    import torch
+
     with backend(setting):
         model.zero_grad(set_to_none=True)
         with autocast(device, dtype), torch.set_grad_enabled(grad):
@@ -211,6 +228,8 @@ def run_once(model, ids, targets, device, dtype, setting, attention_mask=None, g
 
 
 def exactness(args, device, dtype):
+    import torch
+
     T = args.seq_list[0]
     model, _ = make_model(args, device, "transformer")
     ids, targets = batch(args, device, T)
@@ -232,6 +251,8 @@ def exactness(args, device, dtype):
 
 
 def padding(args, device, dtype):
+    import torch
+
     T, B = args.seq_list[0], max(args.batch, 2)
     model, _ = make_model(args, device, "transformer")
     ids, targets = batch(args, device, T, B)
@@ -257,20 +278,6 @@ def padding(args, device, dtype):
     del model
     free(device)
     return res
-
-
-def write_json(path, data):
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".gpu_attention.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def cell(m, key="ms", fmt="{:.1f}"):
@@ -312,6 +319,12 @@ def summary(data):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.table is not None:
+        print_tables(args.table, STORED, summary)
+        return
+    import torch
+
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     args.seq_list = sorted(int(s) for s in args.seqs.split(","))
     device = torch.device(args.device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[

@@ -1,14 +1,16 @@
 """Machine facts and measurement helpers shared by the benchmarks: resident memory, machine-wide CPU load (to tell
 quiet timing windows from contended ones on a shared machine), device sync, a machine description for the result
-JSON, and atomic JSON writing."""
+JSON, and `--table`: the tables of stored results, printed again. Result files are written with kslm.io.write_json
+(atomic). Nothing here imports torch at import time, so `bench/*.py --table` starts in well under a second."""
 
 import json
 import os
 import platform
 import resource
-import tempfile
 import time
 from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def vm_rss_kib() -> int:
@@ -81,20 +83,25 @@ def machine_info(args) -> dict:
     return info
 
 
-def write_json_atomic(path: Path, data: dict):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions of a new file
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+def table_flag(parser, stored) -> None:
+    """The benchmarks' common `--table [JSON ...]` option."""
+    parser.add_argument("--table", nargs="*", metavar="JSON",
+                        help="print the table of these result files and exit, computing nothing (default: the stored "
+                        f"{', '.join(Path(p).name for p in stored)})")
 
 
-__all__ = ["vm_rss_kib", "cpu_busy_s", "own_cpu_s", "wait_for_quiet", "sync", "machine_info", "write_json_atomic"]
+def print_tables(files, stored, render) -> None:
+    """`--table`: render(payload) of every result file named (none named: each of `stored` that exists), headed by
+    its name when there are several."""
+    paths = [Path(f) for f in files] if files else [Path(p) for p in stored if Path(p).is_file()]
+    if not paths:
+        print(f"no stored results ({', '.join(str(p) for p in stored) or 'this script keeps none'})")
+        return
+    for i, path in enumerate(paths):
+        if len(paths) > 1:
+            print(("\n" if i else "") + f"{path.name}:\n")
+        print(render(json.loads(path.read_text(encoding="utf-8"))))
+
+
+__all__ = ["vm_rss_kib", "cpu_busy_s", "own_cpu_s", "wait_for_quiet", "sync", "machine_info", "RESULTS", "table_flag",
+           "print_tables"]

@@ -13,6 +13,7 @@
 Random weights (no download); end-of-sequence disabled so every run decodes exactly --new tokens.
 
     PYTHONPATH=. python bench/nbce.py [--threads 1] [--out bench/results/nbce.json]
+    PYTHONPATH=. python bench/nbce.py --table          # the tables of the stored results again, computing nothing
 """
 
 import argparse
@@ -25,16 +26,12 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import vm_rss_kib, write_json_atomic  # noqa: E402
+from machine import RESULTS, print_tables, table_flag, vm_rss_kib  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from nbce_reference import reference_loop  # noqa: E402
+from kslm.io import write_json  # noqa: E402
 
-from kslm.nn import Backbone, BackboneConfig  # noqa: E402
-from kslm.nn.nbce import BackboneLM, HFCausalLM, left_pad, nbce_generate  # noqa: E402
+STORED = [RESULTS / "nbce.json"]
 
 
 def vm_hwm_kib() -> int:
@@ -56,6 +53,10 @@ class Timed:
 
 
 def kslm_model(args):
+    import torch
+
+    from kslm.nn import Backbone, BackboneConfig
+
     torch.manual_seed(args.seed)
     cfg = BackboneConfig(d_model=args.d, n_layers=args.layers, n_heads=args.heads, vocab_size=args.vocab,
                          max_length=4096, tie_embeddings=False)
@@ -63,6 +64,7 @@ def kslm_model(args):
 
 
 def hf_model(args):
+    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(args.seed)
@@ -74,6 +76,8 @@ def hf_model(args):
 
 def prompts_for(n, args):
     """Row 0 (no context) is short; the n context rows have lengths spread over [prompt/2, prompt]."""
+    import torch
+
     g = torch.Generator().manual_seed(args.seed)
     lengths = [args.prompt // 8] + [args.prompt // 2 + (args.prompt // 2) * i // max(n - 1, 1) for i in range(n)]
     return [torch.randint(5, args.vocab, (m,), generator=g).tolist() for m in lengths]
@@ -88,6 +92,10 @@ def timed_run(fn):
 def speed(args) -> dict:
     """The naive loop runs once (it is ~10× slower); the cached and reference loops run --repeats times, interleaved,
     and keep their fastest run (the shared VM's noise only ever adds time)."""
+    from nbce_reference import reference_loop
+
+    from kslm.nn.nbce import BackboneLM, HFCausalLM, left_pad, nbce_generate
+
     prompts = prompts_for(args.contexts, args)
     models = [("kslm", kslm_model(args), BackboneLM)]
     try:
@@ -119,6 +127,8 @@ def speed(args) -> dict:
 
 
 def scaling_worker(args) -> dict:
+    from kslm.nn.nbce import BackboneLM, nbce_generate
+
     model = kslm_model(args)
     prompts = prompts_for(args.contexts, args)
     lm = Timed(BackboneLM(model))
@@ -180,7 +190,13 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3, help="runs of the cached and reference loops (fastest kept)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "nbce.json")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    table_flag(ap, STORED)
     args = ap.parse_args(argv)
+    if args.table is not None:
+        print_tables(args.table, STORED, markdown)
+        return
+    import torch
+
     torch.set_num_threads(args.threads)
     if args.worker:
         print(json.dumps(scaling_worker(args)))
@@ -188,10 +204,10 @@ def main(argv=None):
     t0 = time.perf_counter()
     report = {"when": datetime.now(timezone.utc).isoformat(timespec="minutes"),
               "machine": platform.processor() or platform.machine(),
-              "torch": torch.__version__, "args": {k: v for k, v in vars(args).items() if k not in ("out", "worker")},
+              "torch": torch.__version__, "args": {k: v for k, v in vars(args).items() if k not in ("out", "worker", "table")},
               "speed": speed(args), "scaling": scaling(args)}
     report["seconds"] = time.perf_counter() - t0
-    write_json_atomic(args.out, report)
+    write_json(args.out, report)
     print(markdown(report))
 
 

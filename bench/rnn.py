@@ -12,6 +12,7 @@ sequential|. fp32. Threads default to 1: the development machine's 2 cores are s
 op pays a thread-pool handoff (≈ 5 ms instead of 50 µs), which would measure contention rather than the algorithm.
 
     PYTHONPATH=. python bench/rnn.py [--batch 4 --dim 64 --lengths 256 1024 4096 16384 --threads 1 --device cpu]
+    PYTHONPATH=. python bench/rnn.py --table           # the tables of the stored results again, computing nothing
 """
 
 import argparse
@@ -22,12 +23,16 @@ import statistics
 import sys
 import time
 
-import torch
+from machine import RESULTS, print_tables, table_flag
 
-from kslm.nn.rnn import GRUCell, TanhCell, parallel_rnn, sequential_rnn
+from kslm.io import write_json
+
+STORED = [RESULTS / "rnn.json", RESULTS / "rnn_narrow.json"]
 
 
 def make(cell, B, T, D, device, seed=0):
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     if cell == "tanh":
         params = [0.5 + 0.45 * torch.rand(D, generator=g)]
@@ -39,6 +44,8 @@ def make(cell, B, T, D, device, seed=0):
 
 
 def timed(fn, device, repeats):
+    import torch
+
     def once():
         if device != "cpu":
             torch.cuda.synchronize()
@@ -54,6 +61,10 @@ def timed(fn, device, repeats):
 
 
 def run(cell, B, T, D, backward, device, repeats):
+    import torch
+
+    from kslm.nn.rnn import GRUCell, TanhCell, parallel_rnn, sequential_rnn
+
     params, u = make(cell, B, T, D, device)
     kind = TanhCell if cell == "tanh" else GRUCell
 
@@ -75,13 +86,6 @@ def run(cell, B, T, D, backward, device, repeats):
     }
 
 
-def write_json(path, obj):
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=4)
@@ -92,7 +96,13 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "rnn.json"))
+    table_flag(p, STORED)
     args = p.parse_args(argv)
+    if args.table is not None:
+        print_tables(args.table, STORED, markdown)
+        return
+    import torch
+
     torch.set_num_threads(args.threads)
     rows = []
     for cell in args.cells:
@@ -102,12 +112,21 @@ def main(argv=None):
                 rows.append(r)
                 print(json.dumps(r), file=sys.stderr, flush=True)
     device = torch.cuda.get_device_name() if args.device != "cpu" else platform.processor() or platform.machine()
-    write_json(args.out, {"config": vars(args), "torch": torch.__version__, "device": device, "rows": rows})
-    print("| cell | pass | T | sequential (s) | parallel (s) | speed-up | Newton iterations | max abs diff |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['cell']} | {r['pass']} | {r['T']:,} | {r['sequential_s']:.4f} | {r['parallel_s']:.4f} | "
-              f"{r['speedup']:.1f}× | {r['newton_iterations']} | {r['max_abs_diff']:.1e} |")
+    config = {k: v for k, v in vars(args).items() if k != "table"}
+    report = {"config": config, "torch": torch.__version__, "device": device, "rows": rows}
+    write_json(args.out, report, indent=1)
+    print(markdown(report))
+
+
+def markdown(report: dict) -> str:
+    c = report["config"]
+    lines = [f"{report['device']}, batch {c['batch']} × {c['dim']} channels, {c['threads']} thread(s), torch {report['torch']}",
+             "", "| cell | pass | T | sequential (s) | parallel (s) | speed-up | Newton iterations | max abs diff |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in report["rows"]:
+        lines.append(f"| {r['cell']} | {r['pass']} | {r['T']:,} | {r['sequential_s']:.4f} | {r['parallel_s']:.4f} | "
+                     f"{r['speedup']:.1f}× | {r['newton_iterations']} | {r['max_abs_diff']:.1e} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

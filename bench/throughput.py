@@ -3,6 +3,7 @@
     PYTHONPATH=. python bench/throughput.py [--d 512 --layers 4 --heads 8 --d-ff 2048 --seq 512 --batch 4
                                              --vocab 8000 --steps 3 --device cpu --out bench/results/throughput.json]
     (--help lists the rest: --threads, --rounds, --models, --adamw, --gau-attention, the quiet-step options)
+    PYTHONPATH=. python bench/throughput.py --table    # the tables of the stored results again, computing nothing
 
 What it measures (bench/README.md has the results and how to read them):
 
@@ -47,7 +48,7 @@ resident set of the model's subprocess (getrusage ru_maxrss: interpreter and lib
 growth over the RSS just before the first step (/proc/self/status VmRSS): gradients, AdamW state, activations
 and allocator caching.
 
-The results go to --out as JSON (written atomically: temporary file + os.replace); a markdown table is printed.
+The results go to --out as JSON (written atomically by kslm.io.write_json); a markdown table is printed.
 """
 
 import argparse
@@ -62,82 +63,26 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_busy_s, machine_info, own_cpu_s, sync, vm_rss_kib, wait_for_quiet, write_json_atomic  # noqa: E402
+from machine import (  # noqa: E402
+    RESULTS,
+    cpu_busy_s,
+    machine_info,
+    own_cpu_s,
+    print_tables,
+    sync,
+    table_flag,
+    vm_rss_kib,
+    wait_for_quiet,
+)
+from throughput_models import build  # noqa: E402
 from throughput_report import markdown, merge_rounds, quiet_steps, targets  # noqa: E402
+
+from kslm.io import write_json  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS = ("kslm-transformer", "kslm-gau", "llama-same-ffn", "llama-equal-params")
 RESULT_PREFIX = "BENCH_RESULT "
-
-
-# --------------------------------------------------------------------------------------------- shapes and FLOPs
-
-
-def llama_intermediate(d_ff: int, equal_params: bool) -> int:
-    """SwiGLU width: d_ff itself, or 2·d_ff/3 rounded to the nearest multiple of 8 (≈ a 2-matrix FFN's params)."""
-    return 8 * round(2 * d_ff / 3 / 8) if equal_params else d_ff
-
-
-def llama_flops_per_token(d: int, layers: int, heads: int, kv_heads: int, inter: int, vocab: int, seq: int,
-                          training: bool = True) -> float:
-    """Analytic matmul FLOPs per token of LlamaForCausalLM, in Backbone.flops_per_token's convention."""
-    head_dim = d // heads
-    proj = d * d + 2 * d * kv_heads * head_dim + d * d  # q, k, v, o
-    per_layer = 2 * (proj + 3 * d * inter) + 2 * seq * 2 * d  # dense maps + QKᵀ and AV over the full T×T
-    fwd = layers * per_layer + 2 * d * vocab
-    return fwd * (3 if training else 1)
-
-
-def kslm_config(args, block: str):
-    from kslm.nn import BackboneConfig
-
-    common = {"vocab_size": args.vocab, "d_model": args.d, "norm": "pre", "attention": "softmax", "mask": "causal",
-              "position": "rope", "tie_embeddings": True, "tied_init": "none", "max_length": max(args.seq, 2048),
-              "dropout": 0.0}
-    if block == "transformer":
-        return BackboneConfig(block="transformer", n_layers=args.layers, n_heads=args.heads, d_ff=args.d_ff,
-                              activation="gelu", **common)
-    common["attention"] = args.gau_attention
-    return BackboneConfig(block="gau", n_layers=2 * args.layers, n_heads=args.heads, expansion=2, qk_dim=128,
-                          activation="silu", **common)
-
-
-def llama_config(args, equal_params: bool):
-    from transformers import LlamaConfig
-
-    return LlamaConfig(vocab_size=args.vocab, hidden_size=args.d, num_hidden_layers=args.layers,
-                       num_attention_heads=args.heads, num_key_value_heads=args.heads,
-                       intermediate_size=llama_intermediate(args.d_ff, equal_params),
-                       max_position_embeddings=max(args.seq, 2048), tie_word_embeddings=True,
-                       attn_implementation="sdpa", use_cache=False)
-
-
-def build(name: str, args):
-    """→ (module, forward(input_ids) → logits, training FLOPs per token, embedding parameters, description)."""
-    if name.startswith("kslm-"):
-        from kslm.nn import Backbone
-
-        cfg = kslm_config(args, name.removeprefix("kslm-"))
-        model = Backbone(cfg)
-        desc = {"block": cfg.block, "n_layers": cfg.n_layers, "activation": cfg.activation,
-                "attention": cfg.attention, "norm": f"{cfg.norm}/{cfg.norm_type}"}
-        if cfg.block == "transformer":
-            desc["ffn"] = f"{cfg.d_model}→{cfg.d_ff}→{cfg.d_model} (2 matrices)"
-        else:
-            desc["ffn"] = f"GAU e={cfg.expansion * cfg.d_model}, s={cfg.qk_dim}"
-        n_embed = model.embed.weight.numel()
-        return model, lambda x: model.logits(model(x)), model.flops_per_token(args.seq), n_embed, desc
-    cfg = llama_config(args, equal_params=name == "llama-equal-params")
-    from transformers import LlamaForCausalLM
-
-    model = LlamaForCausalLM(cfg)
-    desc = {"block": "llama", "n_layers": cfg.num_hidden_layers, "activation": cfg.hidden_act,
-            "attention": "softmax (sdpa)", "norm": "pre/rmsnorm", "intermediate_size": cfg.intermediate_size,
-            "ffn": f"SwiGLU {cfg.hidden_size}→{cfg.intermediate_size}→{cfg.hidden_size} (3 matrices)"}
-    flops = llama_flops_per_token(cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads,
-                                  cfg.num_key_value_heads, cfg.intermediate_size, cfg.vocab_size, args.seq)
-    n_embed = model.model.embed_tokens.weight.numel()
-    return model, lambda x: model(input_ids=x, use_cache=False).logits, flops, n_embed, desc
+STORED = [RESULTS / "throughput.json", RESULTS / "throughput_repeat.json", RESULTS / "throughput_cuda_h100.json"]
 
 
 # ---------------------------------------------------------------------------------------------------- workers
@@ -344,7 +289,10 @@ def main(argv=None):
     p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {', '.join(MODELS)}")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "throughput.json")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    table_flag(p, STORED)
     args = p.parse_args(argv)
+    if args.table is not None:
+        return print_tables(args.table, STORED, markdown)
     args.d_ff = args.d_ff or 4 * args.d
     if args.worker:
         return worker_main(args)
@@ -354,7 +302,7 @@ def main(argv=None):
         p.error(f"unknown models {sorted(unknown)} (choose from {', '.join(MODELS)})")
 
     t0 = time.perf_counter()
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "worker"}
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("worker", "table")}
     report = {"started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "command": " ".join(["python", *sys.argv]), "machine": machine_info(args), "config": config}
     with open("/proc/loadavg") as f:
@@ -403,7 +351,7 @@ def main(argv=None):
     with open("/proc/loadavg") as f:
         report["loadavg_end"] = f.read().split()[:3]
     report["wall_s"] = time.perf_counter() - t0
-    write_json_atomic(args.out, report)
+    write_json(args.out, report)
     print(markdown(report))
     print(f"\nwrote {args.out} ({report['wall_s']:.0f} s)", file=sys.stderr)
 

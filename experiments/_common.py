@@ -1,5 +1,6 @@
-"""What the experiment scripts share: TensorBoard scalars of a run, writing a result JSON atomically, the folder the
-runs work in, and running `kslm` in this process.
+"""What the experiment scripts share: TensorBoard scalars of a run, writing a result JSON (atomically, through
+kslm.io), the folder the runs work in, running `kslm` in this process, and `--table`: the tables of stored results
+printed again, computing nothing (nothing here imports torch or lightning at import time, so that stays fast).
 
 Runs work in a temporary folder that is deleted at the end; with KSLM_KEEP_RUNS=DIR set they work in a new folder
 under DIR instead and keep it, so `tensorboard --logdir DIR` shows every run's curves.
@@ -7,11 +8,16 @@ under DIR instead and keep it, so `tensorboard --logdir DIR` shows every run's c
 The scripts run as `python experiments/<name>.py`, so this folder is on sys.path and `from _common import …` works.
 """
 
+import functools
 import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+from kslm.io import write_text
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def series(logdir, tag):
@@ -28,11 +34,41 @@ def series(logdir, tag):
 
 
 def save(path: Path, payload: dict) -> None:
-    """`payload` as indented JSON at `path`, written to a temporary file first and renamed (atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    """`payload` as indented JSON at `path`, written atomically (kslm.io); values JSON lacks (paths) as strings."""
+    write_text(path, json.dumps(payload, indent=1, ensure_ascii=False, default=str) + "\n")
+
+
+def no_grad(fn):
+    """`@torch.no_grad()` that imports torch when `fn` is called, not when the script is loaded."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def table_flag(parser, stored) -> None:
+    """The experiments' common `--table [JSON ...]` option."""
+    parser.add_argument("--table", nargs="*", metavar="JSON",
+                        help="print the table of these result files and exit, computing nothing (default: the stored "
+                        f"{', '.join(Path(p).name for p in stored)})")
+
+
+def print_tables(files, stored, render) -> None:
+    """`--table`: render(payload) of every result file named (none named: each of `stored` that exists), headed by
+    its name when there are several."""
+    paths = [Path(f) for f in files] if files else [Path(p) for p in stored if Path(p).is_file()]
+    if not paths:
+        print(f"no stored results ({', '.join(str(p) for p in stored) or 'this script keeps none'})")
+        return
+    for i, path in enumerate(paths):
+        if len(paths) > 1:
+            print(("\n" if i else "") + f"{path.name}:\n")
+        print(render(json.loads(path.read_text(encoding="utf-8"))))
 
 
 def kslm_main(args, rundir) -> None:

@@ -8,7 +8,7 @@ bounds the update and trains at any depth; Pre-LN trains too but is worse per la
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python experiments/deepnorm_depth.py [--depths 6 24 96] [--steps 200] [--lr 1e-3]
     (--resume keeps the runs already in --out and does only the missing ones: an interrupted sweep goes on)
-    PYTHONPATH=. python experiments/deepnorm_depth.py --table experiments/results/deepnorm_depth.json
+    PYTHONPATH=. python experiments/deepnorm_depth.py --table      # the stored results' table again, computing nothing
 
 Per (norm, depth): `kslm fit` on char-level Tiny Shakespeare (configs/lm/tinyshakespeare.yaml shrunk to d = 64,
 2 heads, d_ff = 2d), the same LR and a constant schedule with NO warmup, the same steps for all; final val loss and
@@ -28,14 +28,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import torch
-from _common import kslm_main, save, series, workdir
+from _common import RESULTS, kslm_main, print_tables, save, series, table_flag, workdir
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 NORMS = ("post", "deepnorm", "pre")
 SHAPE = {"d_model": 64, "n_heads": 2, "d_ff": 128}
 DATA = {"seq_len": 64, "batch_size": 16}
+STORED = [RESULTS / "deepnorm_depth.json"]
 
 
 def unigram_entropy(path: Path) -> float:
@@ -71,6 +71,8 @@ def fit(norm, depth, a, workdir):
 
 def update_size(norm, depth, a, batches, vocab):
     """Relative change of the logits on a fixed val batch after 1 and 5 AdamW steps from the seeded init."""
+    import torch
+
     from kslm.nn import Backbone, BackboneConfig
     from kslm.optim import build_optimizer
 
@@ -102,6 +104,8 @@ def update_size(norm, depth, a, batches, vocab):
 
 
 def probe_batches():
+    import torch
+
     from kslm.data.lm import LMDataModule
 
     dm = LMDataModule(data_files=str(TEXT), tokenizer_kind="char", vocab_size=512, val_fraction=0.05, **DATA)
@@ -137,11 +141,13 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--out", default=str(REPO / "experiments" / "results" / "deepnorm_depth.json"))
     ap.add_argument("--resume", action="store_true", help="keep the runs already in --out, do only the missing ones")
-    ap.add_argument("--table", metavar="JSON", help="print the table of this result file and exit")
+    table_flag(ap, STORED)
     a = ap.parse_args()
-    if a.table:
-        print(table(json.loads(Path(a.table).read_text(encoding="utf-8"))))
+    if a.table is not None:
+        print_tables(a.table, STORED, table)
         return
+    import torch
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     torch.set_num_threads(1)  # a shared 2-core machine: one thread avoids stalls at every OpenMP barrier

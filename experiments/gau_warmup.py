@@ -6,7 +6,7 @@ A Post-LN Transformer, whose sub-layers return O(1)·x at init, is the classic c
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python experiments/gau_warmup.py                    # ratio + training runs
     PYTHONPATH=. OMP_NUM_THREADS=1 python experiments/gau_warmup.py --parts ratio      # the init ratio only (~1 min)
-    PYTHONPATH=. python experiments/gau_warmup.py --table experiments/results/gau_warmup.json
+    PYTHONPATH=. python experiments/gau_warmup.py --table   # the stored results' tables again, computing nothing
 
 Part 1 (ratio): one sub-layer as kslm builds it (`GatedAttentionUnit.reset_parameters`: LeCun-normal,
 γ = 1, β = 0), d = 768, e = 1536, s = 128, RoPE, on x ~ N(0, 1) (unit RMS), n = 64 … 2048, bidirectional
@@ -20,20 +20,19 @@ character unigram level, ≈ 3.3).
 """
 
 import argparse
-import json
 import math
 import os
 import sys
 import time
 from pathlib import Path
 
-import torch
-from _common import kslm_main, save, series, workdir
+from _common import RESULTS, kslm_main, print_tables, save, series, table_flag, workdir
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 NS = [64, 128, 256, 512, 1024, 2048]
 NU2, MU = 0.3557, 0.2066  # E[silu(ε)²], E[silu(ε)] for ε ~ N(0, 1) (kexue.fm/archives/8990)
+STORED = [RESULTS / "gau_warmup.json"]
 
 COMMON = ["--data.data_files", str(DATA / "tinyshakespeare" / "input.txt"), "--data.seq_len", "128",
           "--data.batch_size", "8", "--model.backbone.d_model", "64", "--model.backbone.norm", "post",
@@ -48,6 +47,8 @@ MODELS = {
 
 # ------------------------------------------------------------------ part 1: the ratio at init
 def sublayer_ratio(kind: str, n: int, mask: str, seeds: int, d: int = 768) -> float:
+    import torch
+
     from kslm.nn.attention import build_attention_mask
     from kslm.nn.backbone import Context
     from kslm.nn.gau import GatedAttentionUnit
@@ -102,6 +103,8 @@ def ratio_table(rows) -> str:
 
 # ------------------------------------------------------------------ part 2: training with and without warmup
 def train_one(model: str, warmup: int, lr: float, steps: int, workdir: Path) -> dict:
+    import torch
+
     name = f"{model}-w{warmup}-lr{lr:g}"
     rundir = workdir / name
     args = ["fit", "--config", str(REPO / "configs/lm/tinyshakespeare.yaml"), *COMMON, *MODELS[model],
@@ -133,6 +136,12 @@ def train_table(runs) -> str:
     return "\n".join(lines)
 
 
+def tables(payload) -> str:
+    parts = [ratio_table(payload["ratio"])] if payload["ratio"] else []
+    parts += [train_table(payload["runs"])] if payload["runs"] else []
+    return "\n\n".join(parts)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parts", nargs="+", default=["ratio", "train"], choices=["ratio", "train"])
@@ -142,36 +151,35 @@ def main():
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--seeds", type=int, default=3, help="random inputs/inits averaged per ratio cell")
     ap.add_argument("--out", default=str(REPO / "experiments" / "results" / "gau_warmup.json"))
-    ap.add_argument("--table", metavar="JSON", help="print the tables of this result file and exit")
+    table_flag(ap, STORED)
     a = ap.parse_args()
-    if a.table:
-        payload = json.loads(Path(a.table).read_text(encoding="utf-8"))
-    else:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-        torch.set_num_threads(1)
-        out = Path(a.out).resolve()
-        payload = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                   "command": " ".join(["python", "experiments/gau_warmup.py", *sys.argv[1:]]), "ratio": [], "runs": []}
-        t0 = time.time()
-        if "ratio" in a.parts:
-            payload["ratio"] = measure_ratios(a.seeds)
-            save(out, payload)
-        if "train" in a.parts:
-            with workdir("kslm-gauwarm-") as work:
-                for lr in a.lrs:
-                    for model in a.models:
-                        for warmup in a.warmups:
-                            payload["runs"].append(train_one(model, warmup, lr, a.steps, Path(work)))
-                            r = payload["runs"][-1]
-                            print(f"{r['run']}: final val {r['final_val']:.4f} ({r['seconds']:.0f} s)", file=sys.stderr)
-                            save(out, payload)
-        payload["seconds"] = time.time() - t0
+    if a.table is not None:
+        print_tables(a.table, STORED, tables)
+        return
+    import torch
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    torch.set_num_threads(1)
+    out = Path(a.out).resolve()
+    payload = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": torch.get_num_threads(),
+               "command": " ".join(["python", "experiments/gau_warmup.py", *sys.argv[1:]]), "ratio": [], "runs": []}
+    t0 = time.time()
+    if "ratio" in a.parts:
+        payload["ratio"] = measure_ratios(a.seeds)
         save(out, payload)
-    if payload["ratio"]:
-        print(ratio_table(payload["ratio"]) + "\n")
-    if payload["runs"]:
-        print(train_table(payload["runs"]))
+    if "train" in a.parts:
+        with workdir("kslm-gauwarm-") as work:
+            for lr in a.lrs:
+                for model in a.models:
+                    for warmup in a.warmups:
+                        payload["runs"].append(train_one(model, warmup, lr, a.steps, Path(work)))
+                        r = payload["runs"][-1]
+                        print(f"{r['run']}: final val {r['final_val']:.4f} ({r['seconds']:.0f} s)", file=sys.stderr)
+                        save(out, payload)
+    payload["seconds"] = time.time() - t0
+    save(out, payload)
+    print(tables(payload))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ so a parameter-gradient penalty contains an input-gradient penalty. Su's correct
 network ‖h‖, ‖W‖ and ‖∇_x h‖ stay roughly constant, so the parameter penalty ≈ a rescaled input penalty.
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python experiments/gradient_penalty_inequality.py [--steps 300]
-    PYTHONPATH=. python experiments/gradient_penalty_inequality.py --table experiments/results/gradient_penalty_inequality.json
+    PYTHONPATH=. python experiments/gradient_penalty_inequality.py --table    # the stored results' tables again
 
 Part 1 evaluates both sides exactly in float64 (Jacobians by autograd, spectral norms by SVD) on random MLPs:
 depths 2–8, widths 16–64, tanh / ReLU / SquarePlus, Xavier init and a 10× smaller init, f = a random linear readout
@@ -23,7 +23,6 @@ drifts slowly over training.
 """
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -31,16 +30,18 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-from _common import save
-from torch.nn import functional as F
+from _common import RESULTS, print_tables, save, table_flag
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+STORED = [RESULTS / "gradient_penalty_inequality.json"]
 
 
-def mlp_sides(depth: int, width: int, act: str, scale: float, gen: torch.Generator) -> dict:
-    """LHS and RHS of the inequality (spectral and Frobenius) for one random MLP and one random input, in float64."""
+def mlp_sides(depth: int, width: int, act: str, scale: float, gen) -> dict:
+    """LHS and RHS of the inequality (spectral and Frobenius) for one random MLP and one random input, in float64;
+    `gen` is the torch.Generator every draw comes from."""
+    import torch
+
     from kslm.nn.activations import squareplus
 
     g = {"tanh": torch.tanh, "relu": torch.relu, "squareplus": squareplus}[act]
@@ -76,12 +77,17 @@ def mlp_sides(depth: int, width: int, act: str, scale: float, gen: torch.Generat
 
 
 def part1(seed: int = 0) -> list:
+    import torch
+
     gen = torch.Generator().manual_seed(seed)
     return [mlp_sides(depth, width, act, scale, gen) for depth in (2, 4, 8) for width in (16, 64)
             for act in ("tanh", "relu", "squareplus") for scale in (1.0, 0.1) for _ in range(5)]
 
 
 def part2(a) -> dict:
+    import torch
+    from torch.nn import functional as F
+
     from kslm.data.lm import LMDataModule
     from kslm.nn import Backbone, BackboneConfig
 
@@ -171,11 +177,13 @@ def main():
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--out", default=str(REPO / "experiments" / "results" / "gradient_penalty_inequality.json"))
-    ap.add_argument("--table", metavar="JSON", help="print the tables of this result file and exit")
+    table_flag(ap, STORED)
     a = ap.parse_args()
-    if a.table:
-        print(table(json.loads(Path(a.table).read_text(encoding="utf-8"))))
+    if a.table is not None:
+        print_tables(a.table, STORED, table)
         return
+    import torch
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     torch.set_num_threads(1)

@@ -8,6 +8,7 @@ objective (kslm/nn/heat.py, `--model.aux_objective heat`) to MLM pretraining giv
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python experiments/heat_objective.py [--pretrain-steps 400] [--finetune-steps 400]
         [--seeds 1 2] [--out experiments/results/heat_objective.json]
+    PYTHONPATH=. python experiments/heat_objective.py --table      # the stored results' table again, computing nothing
 
 Setup: configs/ner/cluener-pretrain.yaml shrunk (d 128, 2 layers, 4 heads, seq 64, batch 32) pretrained with (a) MLM
 and (b) MLM + heat (interpolate, weight --aux-weight), equal steps; then configs/ner/cluener-egp.yaml shrunk the same
@@ -26,14 +27,14 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-from _common import kslm_main, save, series, workdir
+from _common import RESULTS, kslm_main, print_tables, save, series, table_flag, workdir
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 PRETRAIN_FILES = ["cluener2020/test.json", "duie_v1_sample/train_data.json", "duie_v1_sample/dev_data.json",
                   "cmeie/CMeIE_dev.json", "cmeie/CMeIE_test.json", "cmeee/v2/CMeEE-V2_test.json", "chinese_poetry/corpus.txt"]
 SHAPE = ["--model.backbone.d_model", "128", "--model.backbone.n_layers", "2", "--model.backbone.n_heads", "4"]
+STORED = [RESULTS / "heat_objective.json"]
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", "--trainer.log_every_n_steps", "10",
          "--trainer.check_val_every_n_epoch", "null"]
 
@@ -100,11 +101,13 @@ def main():
     ap.add_argument("--aux-weight", type=float, default=1.0)
     ap.add_argument("--heat-mode", default="interpolate", choices=["interpolate", "extrapolate"])
     ap.add_argument("--out", default=str(REPO / "experiments" / "results" / "heat_objective.json"))
-    ap.add_argument("--table", metavar="JSON", help="print the table of this result file and exit")
+    table_flag(ap, STORED)
     a = ap.parse_args()
-    if a.table:
-        print(table(json.loads(Path(a.table).read_text(encoding="utf-8"))))
+    if a.table is not None:
+        print_tables(a.table, STORED, table)
         return
+    import torch
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)  # the machine is shared: one thread avoids stalls at every OpenMP barrier
     out = Path(a.out).resolve()

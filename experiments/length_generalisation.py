@@ -8,7 +8,7 @@ Expected ordering of the loss growth: softmax_plus < softmax < relu².
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python experiments/length_generalisation.py [--steps 800]
         [--out experiments/results/length_generalisation.json]
-    PYTHONPATH=. python experiments/length_generalisation.py --table experiments/results/length_generalisation.json
+    PYTHONPATH=. python experiments/length_generalisation.py --table   # the stored results' table again, computing nothing
 
 Setup: Tiny Shakespeare, char-level. The last 10 % of input.txt (cut at a paragraph break) is held out; the first
 90 % is written to $KSLM_CACHE/length_generalisation/train.txt (outside the repo) and is all that `kslm fit` sees.
@@ -23,21 +23,21 @@ also gives, per position bucket, the mean of (token's loss in its 1024-window �
 """
 
 import argparse
-import json
 import math
 import os
 import sys
 import time
 from pathlib import Path
 
-import torch
-from _common import kslm_main, save, workdir
-from torch.nn import functional as F
+from _common import RESULTS, kslm_main, no_grad, print_tables, save, table_flag, workdir
+
+from kslm.io import write_text
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 ATTENTIONS = ["softmax", "softmax_plus", "relu2"]
 BUCKETS = [(0, 128), (128, 256), (256, 512), (512, 1024)]
+STORED = [RESULTS / "length_generalisation.json"]
 
 
 def split_corpus(src: Path, workdir: Path, heldout: float):
@@ -47,14 +47,14 @@ def split_corpus(src: Path, workdir: Path, heldout: float):
     workdir.mkdir(parents=True, exist_ok=True)
     train = workdir / "train.txt"
     if not train.is_file() or train.read_text(encoding="utf-8") != text[:cut]:
-        tmp = train.with_suffix(".tmp")
-        tmp.write_text(text[:cut], encoding="utf-8")
-        os.replace(tmp, train)
+        write_text(train, text[:cut])
     return train, text[cut + 2:]
 
 
-def encode_like_training(tokenizer, text: str) -> torch.Tensor:
-    """Paragraphs (split on blank lines, as the datasets "text" builder does) each followed by </s>."""
+def encode_like_training(tokenizer, text: str):
+    """Paragraphs (split on blank lines, as the datasets "text" builder does) each followed by </s>: → a 1-D id tensor."""
+    import torch
+
     from kslm.data.tokenizer import EOS_ID
 
     ids = []
@@ -79,8 +79,11 @@ def train(attention: str, train_file: Path, rundir: Path, a) -> dict:
             "train_cpu_seconds": time.process_time() - c0, "args": args[1:]}
 
 
-@torch.no_grad()
+@no_grad
 def evaluate(ckpt: Path, heldout_text: str, lengths, batch: int) -> dict:
+    import torch
+    from torch.nn import functional as F
+
     from kslm.checkpoint import load_backbone
     from kslm.data.tokenizer import UNK_ID
     from kslm.nn import Backbone
@@ -126,6 +129,10 @@ def table(runs, lengths) -> str:
     return "\n".join(lines)
 
 
+def stored_table(payload) -> str:
+    return table(payload["runs"], payload["lengths"])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=800)
@@ -138,12 +145,13 @@ def main():
     ap.add_argument("--heldout", type=float, default=0.1, help="fraction of input.txt held out (the end)")
     ap.add_argument("--attentions", nargs="+", default=ATTENTIONS, choices=ATTENTIONS)
     ap.add_argument("--out", default=str(REPO / "experiments" / "results" / "length_generalisation.json"))
-    ap.add_argument("--table", metavar="JSON", help="print the table of this result file and exit")
+    table_flag(ap, STORED)
     a = ap.parse_args()
-    if a.table:
-        payload = json.loads(Path(a.table).read_text(encoding="utf-8"))
-        print(table(payload["runs"], payload["lengths"]))
+    if a.table is not None:
+        print_tables(a.table, STORED, stored_table)
         return
+    import torch
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     torch.set_num_threads(1)  # shared CPU: one thread avoids stalls at every OpenMP barrier

@@ -7,7 +7,7 @@ everything down), so they need re-weighting or threshold tuning; MCCE compares e
 through one logsumexp and needs neither. Su: MCCE works better than sigmoid + BCE for such heads.
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python experiments/mcce_vs_bce.py [--steps 3000]
-    PYTHONPATH=. python experiments/mcce_vs_bce.py --table experiments/results/mcce_vs_bce.json
+    PYTHONPATH=. python experiments/mcce_vs_bce.py --table      # the stored results' table again, computing nothing
 
 Each run is `kslm fit --config configs/ner/cluener-egp.yaml` shrunk to d = 128, 2 blocks, 4 heads, max_length 64,
 batch 16, lr 2e-3, --steps steps, the shipped dropout and token dropout but no gradient penalty (it doubles the cost),
@@ -16,18 +16,17 @@ dev split at every validation. Both decide with the same rule, logit > 0 (for BC
 """
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
-import torch
-from _common import kslm_main, save, series, workdir
+from _common import RESULTS, kslm_main, print_tables, save, series, table_flag, workdir
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO.parent / "shared" / "data" / "cluener2020" / "train.json"
 LOSSES = ["mcce", "bce"]
+STORED = [RESULTS / "mcce_vs_bce.json"]
 
 
 def run(loss: str, rundir: Path, a) -> dict:
@@ -66,11 +65,13 @@ def main():
     ap.add_argument("--head", default="egp", choices=["egp", "gp"])
     ap.add_argument("--losses", nargs="+", default=LOSSES, choices=LOSSES)
     ap.add_argument("--out", default=str(REPO / "experiments" / "results" / "mcce_vs_bce.json"))
-    ap.add_argument("--table", metavar="JSON", help="print the table of this result file and exit")
+    table_flag(ap, STORED)
     a = ap.parse_args()
-    if a.table:
-        print(table(json.loads(Path(a.table).read_text(encoding="utf-8"))))
+    if a.table is not None:
+        print_tables(a.table, STORED, table)
         return
+    import torch
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     torch.set_num_threads(1)

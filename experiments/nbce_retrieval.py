@@ -3,6 +3,7 @@
     python experiments/nbce_retrieval.py data  --out /tmp/nbce-exp           # synthetic training documents
     python experiments/nbce_retrieval.py train --out /tmp/nbce-exp           # kslm fit (CPU minutes)
     python experiments/nbce_retrieval.py eval  --out /tmp/nbce-exp           # NBCE vs truncation, table + JSON
+    python experiments/nbce_retrieval.py --table                             # the stored evaluations' table again
 
 Task: associative recall over "key=value" lines ("qk=37", two letters, two digits, one character per token). A
 training document is one window of 20 lines; a key that comes again has the value it had before (retrieval), a new
@@ -20,11 +21,16 @@ import string
 import sys
 from pathlib import Path
 
+from _common import RESULTS, print_tables, table_flag
+
+from kslm.io import write_json, write_jsonl
+
 REPO = Path(__file__).resolve().parents[1]
 KEYS = [a + b for a in string.ascii_lowercase for b in string.ascii_lowercase]
 # a plain key=value template: the prompt ends with "ab=" and the answer is the value (the same pattern as a context
 # line, so retrieval is copying what followed the key earlier in the window)
 TEMPLATE = "{context}\n{question}="
+STORED = [RESULTS / "nbce_retrieval.json"]  # every kept evaluation ("runs") and the headline one ("final")
 
 
 def line(key: str, value: str) -> str:
@@ -68,11 +74,8 @@ WINDOWS = 8  # evaluation contexts hold 8 windows' worth of lines
 
 def make_data(out: Path, n_docs: int, seed: int, lines: int, p_repeat: float) -> Path:
     rng = random.Random(seed)
-    out.mkdir(parents=True, exist_ok=True)
     path = out / "train.jsonl"
-    with open(path, "w", encoding="utf-8") as f:
-        for _ in range(n_docs):
-            f.write(json.dumps({"text": training_doc(rng, lines, p_repeat)}) + "\n")
+    write_jsonl(path, ({"text": training_doc(rng, lines, p_repeat)} for _ in range(n_docs)))
     return path
 
 
@@ -143,14 +146,31 @@ def evaluate(out: Path, n: int, seed: int, lines: int, ckpt=None) -> dict:
         "accuracy": {k: sum(v) / n for k, v in rows.items()},
         "nbce_chose_the_fact_chunk": sum(hit_chunk) / n, "seconds": round(time.perf_counter() - t0, 1),
     }
-    (out / "eval.json").write_text(json.dumps(result, indent=1))
+    write_json(out / "eval.json", result, indent=1)
     print(json.dumps(result, indent=1))
+    print(table(result))
     return result
+
+
+def table(payload: dict) -> str:
+    """Accuracy per evaluation: one eval.json, or the stored file's runs and its final (headline) evaluation."""
+    final, runs = payload.get("final"), payload.get("runs", [])
+    rows = [payload] if "accuracy" in payload else runs + ([final] if final and final not in runs else [])
+    lines = ["| checkpoint | tokenizer | steps | records | context (windows) | NBCE % | NBCE mean pooling % | truncation % "
+             "| oracle chunk % | NBCE picked the fact's chunk % |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        acc = r["accuracy"]
+        name = f"{r['checkpoint']}{' (final)' if r == final else ''}"
+        lines.append(f"| {name} | {r.get('tokenizer', '–')} | {r.get('steps', '–')} | {r['records']} | "
+                     f"{r['context_in_windows']:.1f} | {100 * acc['nbce']:.1f} | {100 * acc['nbce_mean_pooling']:.1f} | "
+                     f"{100 * acc['truncation']:.1f} | {100 * acc['oracle_chunk']:.1f} | "
+                     f"{100 * r['nbce_chose_the_fact_chunk']:.1f} |")
+    return "\n".join(lines)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=["data", "train", "eval"])
+    ap.add_argument("stage", nargs="?", choices=["data", "train", "eval"])
     ap.add_argument("--out", type=Path, default=Path("/tmp/nbce-exp"))
     ap.add_argument("--docs", type=int, default=60000)
     ap.add_argument("--steps", type=int, default=1500)
@@ -168,8 +188,13 @@ def main(argv=None):
     ap.add_argument("--accelerator", default="cpu", help="cpu, gpu or auto (Lightning's trainer.accelerator)")
     ap.add_argument("--val-every", type=int, default=100, help="validation and checkpoint interval in steps")
     ap.add_argument("--ckpt", type=Path, default=None, help="checkpoint to evaluate (default OUT/ckpt/last.ckpt)")
+    table_flag(ap, STORED)
     args = ap.parse_args(argv)
-    if args.stage == "data":
+    if args.table is not None:
+        print_tables(args.table, STORED, table)
+    elif args.stage is None:
+        ap.error("give a stage (data, train or eval) or --table")
+    elif args.stage == "data":
         print(make_data(args.out, args.docs, args.seed, LINES_PER_WINDOW[args.tokenizer], args.p_repeat))
     elif args.stage == "train":
         import os

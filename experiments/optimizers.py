@@ -3,7 +3,7 @@ character LM (Tiny Shakespeare) and on CLUENER NER, through `kslm fit` (issue 5;
 
     PYTHONPATH=. python experiments/optimizers.py [--tasks lm ner] [--lm-steps 120] [--ner-steps 120]
                                                   [--out experiments/results/optimizers.json]
-    PYTHONPATH=. python experiments/optimizers.py --table experiments/results/optimizers_*.json   # the table again
+    PYTHONPATH=. python experiments/optimizers.py --table [JSON ...]    # the stored results' tables again, computing nothing
 
 Per run: final validation loss (LM: token cross-entropy; NER: span MCCE, with the span F1 beside it), the first
 validation step at which the run reaches the best AdamW's final loss, and the optimiser-state bytes in the final
@@ -22,11 +22,13 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-from _common import kslm_main, save, series, workdir
+from _common import RESULTS, kslm_main, save, series, workdir
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
+# the stored sweeps, each a pair of files pooled into one table (the AdamW grid's best is picked per task)
+STORED = [[RESULTS / "optimizers_lm.json", RESULTS / "optimizers_ner.json"],
+          [RESULTS / "optimizers_lm_first_sweep.json", RESULTS / "optimizers_ner_first_sweep.json"]]
 
 TASKS = {
     "lm": {
@@ -58,6 +60,8 @@ def runs(task):
 
 
 def tensor_bytes(obj) -> int:
+    import torch
+
     if isinstance(obj, torch.Tensor):
         return obj.numel() * obj.element_size()
     if isinstance(obj, dict):
@@ -68,6 +72,8 @@ def tensor_bytes(obj) -> int:
 
 
 def run_one(task, name, extra, steps, workdir):
+    import torch
+
     spec = TASKS[task]
     rundir = Path(workdir) / task / name.replace(" ", "_").replace("/", "_")
     val_every = max(steps // 6, 1)
@@ -114,6 +120,17 @@ def table(rows) -> str:
     return "\n".join(lines)
 
 
+def print_stored_tables(files) -> None:
+    """`--table`: one table per sweep, pooling the runs of its files (the files given, or each stored sweep)."""
+    sweeps = [[Path(f) for f in files]] if files else [s for s in STORED if all(p.is_file() for p in s)]
+    if not sweeps:
+        print(f"no stored results ({', '.join(str(p) for s in STORED for p in s)})")
+    for i, sweep in enumerate(sweeps):
+        results = [r for path in sweep for r in json.loads(path.read_text(encoding="utf-8"))["runs"]]
+        print(("\n" if i else "") + " + ".join(p.name for p in sweep) + ":\n")
+        print(table(summarise(results)))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", nargs="+", default=["lm", "ner"], choices=list(TASKS))
@@ -121,12 +138,15 @@ def main():
     ap.add_argument("--ner-steps", type=int, default=120)
     ap.add_argument("--out", default=str(REPO / "experiments" / "results" / "optimizers.json"))
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--table", nargs="+", metavar="JSON", help="print the table of these result files and exit")
+    ap.add_argument("--table", nargs="*", metavar="JSON",
+                    help="print one table of the runs of these result files, pooled, and exit, computing nothing "
+                    "(default: the stored sweeps, " + "; ".join(" + ".join(p.name for p in s) for s in STORED) + ")")
     a = ap.parse_args()
-    if a.table:
-        results = [r for path in a.table for r in json.loads(Path(path).read_text(encoding="utf-8"))["runs"]]
-        print(table(summarise(results)))
+    if a.table is not None:
+        print_stored_tables(a.table)
         return
+    import torch
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     torch.set_num_threads(a.threads)  # on a shared CPU one thread avoids stalls at every OpenMP barrier

@@ -7,7 +7,7 @@ F_t(Norm(x_t)) + F_{t+1}(Norm(x_{t+1})) ≈ (F_t + F_{t+1})(Norm(x_t)): two laye
 "effective depth" is watered down, and Post-Norm (trained with warmup) ends better.
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python experiments/pre_post_norm.py [--layers 6] [--steps 400] [--lr 1e-3]
-    PYTHONPATH=. python experiments/pre_post_norm.py --table experiments/results/pre_post_norm.json
+    PYTHONPATH=. python experiments/pre_post_norm.py --table      # the stored results' table again, computing nothing
 
 Per norm: `kslm fit` on char-level Tiny Shakespeare (configs/lm/tinyshakespeare.yaml shrunk to d = 128, 4 heads),
 same seed, LR, warmup (enough for Post-LN) and steps; final val loss. Then, from the run's last checkpoint, on
@@ -24,16 +24,13 @@ all per token, averaged over tokens; the table gives the mean over sub-layers an
 """
 
 import argparse
-import json
 import math
 import os
 import sys
 import time
 from pathlib import Path
 
-import torch
-from _common import kslm_main, save, series, workdir
-from torch.nn import functional as F
+from _common import RESULTS, kslm_main, no_grad, print_tables, save, series, table_flag, workdir
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
@@ -41,6 +38,7 @@ NORMS = ("pre", "post", "deepnorm")
 SHAPE = {"d_model": 128, "n_heads": 4}
 DATA = {"seq_len": 64, "batch_size": 16}
 METRICS = ("rel", "cos_x", "cos_F", "cos_F1", "subst")
+STORED = [RESULTS / "pre_post_norm.json"]
 
 
 def fit(norm, a, rundir):
@@ -70,6 +68,8 @@ def val_batches(n):
 
 
 def cos(u, v):
+    from torch.nn import functional as F
+
     return F.cosine_similarity(u, v, dim=-1).mean()
 
 
@@ -77,9 +77,11 @@ def rel(u, v):
     return (u.norm(dim=-1) / v.norm(dim=-1)).mean()
 
 
-@torch.no_grad()
+@no_grad
 def layer_stats(ckpt, batches):
     """Per residual sub-layer statistics of a trained backbone (see the module docstring)."""
+    import torch
+
     from kslm.checkpoint import load_backbone
     from kslm.nn import Backbone
 
@@ -152,11 +154,13 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--val-batches", type=int, default=4)
     ap.add_argument("--out", default=str(REPO / "experiments" / "results" / "pre_post_norm.json"))
-    ap.add_argument("--table", metavar="JSON", help="print the table of this result file and exit")
+    table_flag(ap, STORED)
     a = ap.parse_args()
-    if a.table:
-        print(table(json.loads(Path(a.table).read_text(encoding="utf-8"))))
+    if a.table is not None:
+        print_tables(a.table, STORED, table)
         return
+    import torch
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     torch.set_num_threads(1)  # a shared 2-core machine: one thread avoids stalls at every OpenMP barrier

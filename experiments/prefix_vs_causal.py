@@ -6,7 +6,7 @@ bidirectional attention (UniLM / prefix LM) brings no gain over a plain causal d
 on some tasks" at ~1B parameters).
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python experiments/prefix_vs_causal.py
-    PYTHONPATH=. python experiments/prefix_vs_causal.py --table experiments/results/prefix_vs_causal.json
+    PYTHONPATH=. python experiments/prefix_vs_causal.py --table     # the stored results' table again, computing nothing
 
 Task: Chinese poetry (/work/shared/data/chinese_poetry/corpus.txt, 44k works). Prompt = a work's first line,
 continuation = the following lines; one sequence = </s> prompt \\n continuation </s>, cut at --seq-len tokens
@@ -23,22 +23,20 @@ is used instead of the packed-text data module. Reported: held-out loss on the c
 """
 
 import argparse
-import json
 import math
-import os
 import random
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
-import torch
-from torch.nn import functional as F
+from _common import RESULTS, no_grad, print_tables, save, table_flag
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "data" / "chinese_poetry" / "corpus.txt"
 PAD, UNK, EOS, N_SPECIAL = 0, 1, 3, 5  # kslm.data.tokenizer's fixed ids
 VARIANTS = {"causal": ("causal", False), "prefix": ("prefix", False), "causal_all": ("causal", True)}
+STORED = [RESULTS / "prefix_vs_causal.json"]
 
 
 def read_pairs(path: Path, max_prompt: int = 32):
@@ -69,6 +67,8 @@ class Data:
 
     def encode(self, pairs):
         """→ ids [B, T+1] (right-padded), prefix lengths [B] (</s> + prompt + \\n), real-token mask [B, T+1]."""
+        import torch
+
         rows, prefix = [], []
         for p, c in pairs:
             ids = [EOS] + [self.stoi.get(ch, UNK) for ch in p + "\n"]
@@ -91,6 +91,9 @@ class Data:
 
 def losses(model, batch, mask_kind: str, all_tokens: bool):
     """Per-target cross-entropy [B, T] (0 where not a target) and the continuation / loss-target masks."""
+    import torch
+    from torch.nn import functional as F
+
     ids, prefix, real = batch
     x, y = ids[:, :-1], ids[:, 1:]
     pos = torch.arange(x.shape[1])[None]
@@ -101,8 +104,10 @@ def losses(model, batch, mask_kind: str, all_tokens: bool):
     return ce * target, cont, target
 
 
-@torch.no_grad()
+@no_grad
 def evaluate(model, data, mask_kind: str, first: int = 8):
+    import torch
+
     model.eval()
     ids, prefix, real = data.eval_batch
     out = {"all": [0.0, 0], f"first{first}": [0.0, 0], "rest": [0.0, 0]}
@@ -118,6 +123,8 @@ def evaluate(model, data, mask_kind: str, first: int = 8):
 
 
 def train_variant(name: str, data: Data, a, seed: int) -> dict:
+    import torch
+
     from kslm.nn.backbone import Backbone, BackboneConfig
     from kslm.optim.schedules import warmup_decay
 
@@ -170,11 +177,8 @@ def table(runs) -> str:
     return "\n".join(lines)
 
 
-def save(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
+def stored_table(payload) -> str:
+    return table(payload["runs"])
 
 
 def main():
@@ -193,11 +197,13 @@ def main():
     ap.add_argument("--eval-pairs", type=int, default=1000)
     ap.add_argument("--seeds", type=int, nargs="+", default=[1234, 1235], help="init + batch-order seeds")
     ap.add_argument("--out", default=str(REPO / "experiments" / "results" / "prefix_vs_causal.json"))
-    ap.add_argument("--table", metavar="JSON", help="print the table of this result file and exit")
+    table_flag(ap, STORED)
     a = ap.parse_args()
-    if a.table:
-        print(table(json.loads(Path(a.table).read_text(encoding="utf-8"))["runs"]))
+    if a.table is not None:
+        print_tables(a.table, STORED, stored_table)
         return
+    import torch
+
     torch.set_num_threads(1)
     t0 = time.time()
     data = Data(a.seq_len, a.vocab, a.eval_pairs)

@@ -8,7 +8,7 @@ b = 1.52382103 with max error 0.075931 (Su). (2) It is fast because it needs onl
 on CPU). (3) Su: the post is an exercise — do not expect activation design to change a model's quality.
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python experiments/squareplus.py [--steps 300] [--numel 4194304]
-    PYTHONPATH=. python experiments/squareplus.py --table experiments/results/squareplus.json
+    PYTHONPATH=. python experiments/squareplus.py --table      # the stored results' tables again, computing nothing
 
 Part 1 re-derives both constants in float64 on a dense grid (golden-section search over b for the minimax; the
 maximum of 4·log(eˣ+1)·log(e⁻ˣ+1) for the bound) — independently of the constants stored in kslm.nn.activations.
@@ -21,7 +21,6 @@ steps) and compares val loss.
 """
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -29,19 +28,21 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-from _common import kslm_main, save, series, workdir
-from torch.nn import functional as F
+from _common import RESULTS, kslm_main, print_tables, save, series, table_flag, workdir
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 POST = {"minimax_b": 1.52382103, "minimax_error": 0.075931, "upper_b": 1.921812}
 VARIANTS = {"gelu": ("gelu", 4.0), "relu": ("relu", 4.0), "squareplus b=4": ("squareplus", 4.0),
             "squareplus b=1.5238 (minimax)": ("squareplus", 1.52382103)}
+STORED = [RESULTS / "squareplus.json"]
 
 
 def constants() -> dict:
     """Su's two constants, recomputed in float64 on x ∈ [−40, 40] (step 1e-4)."""
+    import torch
+    from torch.nn import functional as F
+
     x = torch.arange(-40.0, 40.0, 1e-4, dtype=torch.float64)
     softplus = F.softplus(x)
 
@@ -61,10 +62,15 @@ def constants() -> dict:
 
 
 def naive_squareplus(x, b=4.0):
+    import torch
+
     return 0.5 * (x + torch.sqrt(x * x + b))
 
 
 def timings(numel: int, threads: int, compiled: bool) -> list:
+    import torch
+    from torch.nn import functional as F
+
     from kslm.nn.activations import squareplus
 
     fns = {"squareplus (kslm, stable)": squareplus, "squareplus (plain formula)": naive_squareplus,
@@ -145,11 +151,13 @@ def main():
     ap.add_argument("--d-model", type=int, default=128)
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile timing (its first call compiles)")
     ap.add_argument("--out", default=str(REPO / "experiments" / "results" / "squareplus.json"))
-    ap.add_argument("--table", metavar="JSON", help="print the tables of this result file and exit")
+    table_flag(ap, STORED)
     a = ap.parse_args()
-    if a.table:
-        print(table(json.loads(Path(a.table).read_text(encoding="utf-8"))))
+    if a.table is not None:
+        print_tables(a.table, STORED, table)
         return
+    import torch
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     t_start = time.time()

@@ -9,7 +9,7 @@ other three converge at about the same speed.
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python experiments/tied_embedding_init.py [--steps 250]
         [--out experiments/results/tied_embedding_init.json]
-    PYTHONPATH=. python experiments/tied_embedding_init.py --table experiments/results/tied_embedding_init.json
+    PYTHONPATH=. python experiments/tied_embedding_init.py --table   # the stored results' table again, computing nothing
 
 Variants = `--model.backbone.tie_embeddings / tied_init`: tied σ = 1/√d is kslm's `tied_init none` (no
 re-initialisation needed); rescaled, swap, ortho; untied (`tie_embeddings false`, head std 1/√d).
@@ -23,16 +23,13 @@ is not near-identity at init, so its own initial loss need not follow the formul
 """
 
 import argparse
-import json
 import math
 import os
 import sys
 import time
 from pathlib import Path
 
-import torch
-from _common import kslm_main, save, series, workdir
-from torch.nn import functional as F
+from _common import RESULTS, kslm_main, no_grad, print_tables, save, series, table_flag, workdir
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
@@ -43,6 +40,7 @@ VARIANTS = {  # name → (tie_embeddings, tied_init)
     "ortho projection": ("true", "ortho"),
     "untied": ("false", "none"),
 }
+STORED = [RESULTS / "tied_embedding_init.json"]
 
 
 def kslm(sub, tie, init, rundir: Path, a) -> None:
@@ -58,9 +56,13 @@ def kslm(sub, tie, init, rundir: Path, a) -> None:
     kslm_main(args, rundir)
 
 
-@torch.no_grad()
-def two_gram_limit(tie: str, init: str, ids: torch.Tensor, a, seeds=(1, 2, 3)) -> dict:
-    """Initial loss of the model with its residual branches removed, and the measured dσ (mean ‖w_i‖²/σ)."""
+@no_grad
+def two_gram_limit(tie: str, init: str, ids, a, seeds=(1, 2, 3)) -> dict:
+    """Initial loss of the model with its residual branches removed, and the measured dσ (mean ‖w_i‖²/σ), on the
+    token-id tensor `ids`."""
+    import torch
+    from torch.nn import functional as F
+
     from kslm.nn import Backbone, BackboneConfig
     from kslm.nn.embedding import embedding_std
 
@@ -107,11 +109,13 @@ def main():
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--out", default=str(REPO / "experiments" / "results" / "tied_embedding_init.json"))
-    ap.add_argument("--table", metavar="JSON", help="print the table of this result file and exit")
+    table_flag(ap, STORED)
     a = ap.parse_args()
-    if a.table:
-        print(table(json.loads(Path(a.table).read_text(encoding="utf-8"))))
+    if a.table is not None:
+        print_tables(a.table, STORED, table)
         return
+    import torch
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     torch.set_num_threads(1)  # shared CPU: one thread avoids stalls at every OpenMP barrier

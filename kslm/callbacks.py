@@ -1,31 +1,15 @@
 """Callbacks: the atomic JSONL prediction writer and the throughput/MFU monitor."""
 
 import json
-import os
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Optional
 
 import torch
 from lightning.fabric.utilities.throughput import get_available_flops
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint, ThroughputMonitor
 
-
-def write_jsonl_atomic(path, records) -> None:
-    """Write to a temp file in the target folder, then rename: readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from kslm.io import write_jsonl
 
 
 class KslmCheckpoint(ModelCheckpoint):
@@ -70,7 +54,7 @@ class JsonlPredictionWriter(BasePredictionWriter):
                     unique.append(r)
             records = unique
         if self.path:
-            write_jsonl_atomic(self.path, records)
+            write_jsonl(self.path, records)
             print(f"kslm: wrote {len(records)} predictions to {self.path}", file=sys.stderr)
         else:
             for r in records:

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 from conftest import REPO, read_jsonl, run_cli, tiny_args
-from nbce_reference import reference_loop
 from nn.conftest import _single_thread  # noqa: F401  (autouse: one intra-op thread, as for the other small-model tests)
 
+from bench.nbce_reference import reference_loop
 from kslm.nn import Backbone, BackboneConfig
 from kslm.nn.nbce import BackboneLM, entropy, left_pad, nbce_generate, nbce_scores, top_p_filter
 

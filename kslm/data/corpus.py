@@ -13,7 +13,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from kslm.data.tokenizer import atomic_write_text
+from kslm.io import write_text
 
 
 def _docstrings(path: Path):
@@ -54,5 +54,5 @@ def build_corpus(min_chars: int = 1_500_000) -> str:
 def embedded_corpus_path(cache_dir: Path) -> Path:
     path = Path(cache_dir) / f"embedded-corpus-py{sys.version_info.major}.{sys.version_info.minor}.txt"
     if not path.is_file():
-        atomic_write_text(path, build_corpus())
+        write_text(path, build_corpus())
     return path

@@ -17,8 +17,9 @@ from torch.utils.data import DataLoader
 
 from kslm.data.base import KslmDataModule
 from kslm.data.formats import read_records_with_lines
-from kslm.data.tokenizer import atomic_write_text, special_ids, tokenizer_from_source, train_tokenizer
+from kslm.data.tokenizer import special_ids, tokenizer_from_source, train_tokenizer
 from kslm.errors import DataError
+from kslm.io import write_text
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ class ExtractionDataModule(KslmDataModule):
             return Tokenizer.from_file(str(path))
         train = self._read_records()[0]
         tok = train_tokenizer((r["text"] for r in train), self.tokenizer_kind, self.vocab_size, self.min_frequency)
-        atomic_write_text(path, tok.to_str())
+        write_text(path, tok.to_str())
         return tok
 
     def window_length(self) -> int:

@@ -9,14 +9,13 @@ Special tokens, at fixed ids: <pad>=0, <unk>=1, <s>=2, </s>=3, <mask>=4. Offsets
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Tuple
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from kslm.errors import DataError
+from kslm.io import write_text
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<mask>"]
 PAD_ID, UNK_ID, BOS_ID, EOS_ID, MASK_ID = range(5)
@@ -120,20 +119,12 @@ def fingerprint(tok: Tokenizer) -> str:
     return hashlib.sha256(tok.to_str().encode()).hexdigest()[:16]
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def cached_tokenizer(cache_path: Path, texts_fn, kind: str, vocab_size: int) -> Tokenizer:
     """Train once and keep the JSON at `cache_path` (atomic write: concurrent ranks are safe)."""
     if cache_path.is_file():
         return Tokenizer.from_file(str(cache_path))
     tok = train_tokenizer(texts_fn(), kind, vocab_size)
-    atomic_write_text(cache_path, tok.to_str())
+    write_text(cache_path, tok.to_str())
     return tok
 
 

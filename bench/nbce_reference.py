@@ -1,6 +1,7 @@
 """An independent port of the reference NBCE loop (bojone/NBCE test.py, final revision 1a4c178) over a Hugging Face
-causal LM — HF's own KV cache and top-p warper, τ → 0 (argmax). The tests check kslm's NBCE against it and
-bench/nbce.py times it."""
+causal LM — HF's own KV cache and top-p warper, τ → 0 (argmax). bench/nbce.py times it and tests/test_nbce.py
+checks kslm's NBCE against it (`from bench.nbce_reference import reference_loop`; it lives here, beside its benchmark,
+because benchmark code must not import from tests/)."""
 
 import torch
 
