@@ -108,7 +108,7 @@ def train_one(model: str, warmup: int, lr: float, steps: int, workdir: Path) -> 
     name = f"{model}-w{warmup}-lr{lr:g}"
     rundir = workdir / name
     args = ["fit", "--config", str(REPO / "configs/lm/tinyshakespeare.yaml"), *COMMON, *MODELS[model],
-            "--model.lr", str(lr), "--model.warmup_steps", str(warmup), "--trainer.max_steps", str(steps),
+            "--model.optim.lr", str(lr), "--model.optim.warmup_steps", str(warmup), "--trainer.max_steps", str(steps),
             "--trainer.val_check_interval", str(max(steps // 6, 1)), "--trainer.check_val_every_n_epoch", "null",
             "--trainer.log_every_n_steps", "5", "--trainer.enable_progress_bar", "false",
             "--trainer.enable_model_summary", "false", "--checkpoint.dirpath", str(rundir / "ckpt"),

@@ -17,7 +17,7 @@ depths 2–8, widths 16–64, tanh / ReLU / SquarePlus, Xavier init and a 10× s
 of the output; it reports the largest LHS/RHS ratio (must be ≤ 1) and the spectral norms ‖W_t‖ at init.
 Part 2 trains a kslm Transformer LM (kslm.nn.Backbone, plain AdamW loop, char-level Tiny Shakespeare) and every
 --every steps measures, on 8 fixed held-out batches, ‖∂L/∂e‖² (e = the embedding output, what
-`--model.gradient_penalty input` penalises) and ‖∇_θ L‖² (what `parameter` penalises). If Su's reading holds, the
+`--model.penalty.kind input` penalises) and ‖∇_θ L‖² (what `parameter` penalises). If Su's reading holds, the
 ratio ‖∇_θ L‖² / ‖∂L/∂e‖² is nearly the same across batches at a step (so one penalty is the other rescaled) and
 drifts slowly over training.
 """

@@ -49,7 +49,7 @@ def pretrain(work: Path, name: str, extra, steps: int, seed: int) -> dict:
     rundir = work / f"pretrain-{name}"
     files = json.dumps([str(DATA / f) for f in PRETRAIN_FILES])
     args = ["--config", str(REPO / "configs/ner/cluener-pretrain.yaml"), "--data.data_files", files,
-            *SHAPE, "--model.warmup_steps", "50", "--model.lr", "2e-3", "--trainer.max_steps", str(steps),
+            *SHAPE, "--model.optim.warmup_steps", "50", "--model.optim.lr", "2e-3", "--trainer.max_steps", str(steps),
             "--trainer.val_check_interval", str(steps), "--trainer.limit_val_batches", "16", "--seed_everything", str(seed), *extra]
     seconds = fit(rundir, args)
     logs = rundir / "logs"
@@ -64,8 +64,8 @@ def finetune(work: Path, name: str, ckpt, tokenizer: str, steps: int, seed: int)
     init = ["--model.pretrained", ckpt] if ckpt else ["--data.tokenizer", tokenizer, *SHAPE]
     # the shipped config's regularisers (dropout, token dropout, gradient penalty) off for every run alike
     args = ["--config", str(REPO / "configs/ner/cluener-egp.yaml"), "--data.train_file", str(DATA / "cluener2020/train.json"),
-            *init, "--model.backbone.dropout", "0.0", "--model.token_dropout", "0.0", "--model.gradient_penalty", "none",
-            "--model.warmup_steps", "50", "--model.lr", "2e-3",
+            *init, "--model.backbone.dropout", "0.0", "--model.token_dropout", "0.0", "--model.penalty.kind", "none",
+            "--model.optim.warmup_steps", "50", "--model.optim.lr", "2e-3",
             "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(max(steps // 2, 1)),
             "--seed_everything", str(seed)]
     seconds = fit(rundir, args)

@@ -69,7 +69,7 @@ def train(attention: str, train_file: Path, rundir: Path, a) -> dict:
             "--model.backbone.n_layers", str(a.layers), "--model.backbone.n_heads", str(a.heads),
             "--model.backbone.attention", attention, "--model.backbone.train_length", "128",
             "--model.backbone.position", "rope", "--model.backbone.max_length", "1024",
-            "--model.lr", str(a.lr), "--model.warmup_steps", "50", "--trainer.max_steps", str(a.steps),
+            "--model.optim.lr", str(a.lr), "--model.optim.warmup_steps", "50", "--trainer.max_steps", str(a.steps),
             "--trainer.val_check_interval", str(max(a.steps // 5, 1)), "--trainer.check_val_every_n_epoch", "null",
             "--trainer.limit_val_batches", "8", "--trainer.enable_progress_bar", "false",
             "--trainer.enable_model_summary", "false", "--checkpoint.dirpath", str(rundir / "ckpt")]

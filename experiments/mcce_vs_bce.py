@@ -33,8 +33,8 @@ def run(loss: str, rundir: Path, a) -> dict:
     args = ["fit", "--config", str(REPO / "configs/ner/cluener-egp.yaml"), "--model.loss", loss,
             "--data.train_file", str(TRAIN),
             "--model.backbone.d_model", str(a.d_model), "--model.backbone.n_layers", "2", "--model.backbone.n_heads", "4",
-            "--data.max_length", "64", "--data.batch_size", "16", "--model.lr", "2e-3", "--model.warmup_steps", "50",
-            "--model.gradient_penalty", "none", "--model.head", a.head, "--trainer.max_steps", str(a.steps),
+            "--data.max_length", "64", "--data.batch_size", "16", "--model.optim.lr", "2e-3", "--model.optim.warmup_steps", "50",
+            "--model.penalty.kind", "none", "--model.head", a.head, "--trainer.max_steps", str(a.steps),
             "--trainer.val_check_interval", str(a.val_every), "--trainer.check_val_every_n_epoch", "null",
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
             "--checkpoint.dirpath", str(rundir / "ckpt")]

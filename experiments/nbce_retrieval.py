@@ -90,7 +90,7 @@ def train_args(out: Path, steps: int, tokenizer: str, d_model: int = 128, layers
         "--model.backbone.d_model", str(d_model), "--model.backbone.n_layers", str(layers),
         "--model.backbone.n_heads", str(heads),
         "--model.backbone.tied_init", "none", "--model.backbone.max_length", str(WINDOW),
-        "--model.lr", str(lr), "--model.warmup_steps", "50", "--trainer.accelerator", accelerator,
+        "--model.optim.lr", str(lr), "--model.optim.warmup_steps", "50", "--trainer.accelerator", accelerator,
         "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(val_every),
         "--trainer.limit_val_batches", "4", "--trainer.enable_progress_bar", "false",
         "--checkpoint.dirpath", str(out / "ckpt"),

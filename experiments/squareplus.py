@@ -109,7 +109,7 @@ def train(name: str, rundir: Path, a) -> dict:
             "--data.seq_len", "128", "--data.batch_size", "16", "--model.backbone.d_model", str(a.d_model),
             "--model.backbone.n_layers", "2", "--model.backbone.n_heads", "4", "--model.backbone.activation", act,
             "--model.backbone.squareplus_b", str(b),
-            "--model.lr", "3e-3", "--model.warmup_steps", "20", "--trainer.max_steps", str(a.steps),
+            "--model.optim.lr", "3e-3", "--model.optim.warmup_steps", "20", "--trainer.max_steps", str(a.steps),
             "--trainer.val_check_interval", str(max(1, a.steps // 4)), "--trainer.check_val_every_n_epoch", "null",
             "--trainer.limit_val_batches", "8", "--trainer.enable_progress_bar", "false",
             "--trainer.enable_model_summary", "false", "--checkpoint.dirpath", str(rundir / "ckpt")]

@@ -48,7 +48,7 @@ def kslm(sub, tie, init, rundir: Path, a) -> None:
             "--data.seq_len", "128", "--data.batch_size", str(a.batch), "--model.backbone.d_model", str(a.d_model),
             "--model.backbone.n_layers", str(a.layers), "--model.backbone.n_heads", str(a.heads),
             "--model.backbone.tie_embeddings", tie, "--model.backbone.tied_init", init,
-            "--model.lr", str(a.lr), "--model.warmup_steps", str(a.warmup), "--trainer.limit_val_batches", "8",
+            "--model.optim.lr", str(a.lr), "--model.optim.warmup_steps", str(a.warmup), "--trainer.limit_val_batches", "8",
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
     if sub == "fit":
         args += ["--trainer.max_steps", str(a.steps), "--trainer.val_check_interval", str(a.val_every),

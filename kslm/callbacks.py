@@ -6,8 +6,8 @@ import time
 from typing import Optional
 
 import torch
-from lightning.fabric.utilities.throughput import get_available_flops
-from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint, ThroughputMonitor
+from lightning.fabric.utilities.throughput import Throughput, get_available_flops
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
 
 from kslm.io import write_jsonl
 
@@ -61,32 +61,43 @@ class JsonlPredictionWriter(BasePredictionWriter):
                 print(json.dumps(r, ensure_ascii=False))
 
 
-class TokenThroughput(ThroughputMonitor):
-    """Lightning's ThroughputMonitor with kslm batches: items = tokens, FLOPs from the task's analytic
-    `flops_per_batch`. Logs train/device/{samples,items,flops}_per_sec over a rolling window (and MFU where
-    Lightning knows the device's peak). At the end it prints the run's mean tokens/s (first batch excluded) and
-    MFU, or "MFU n/a" when the peak is unknown (CPUs)."""
+class TokenThroughput(Callback):
+    """Training throughput from kslm batches through Lightning's public `Throughput` meter: tokens (not "items")
+    and FLOPs from the task's analytic `flops_per_batch`, over a rolling window of batches. Logs train/tokens_per_sec,
+    train/flops_per_sec (and train/mfu where Lightning knows the device's peak) every `log_every_n_steps`. At the
+    end it prints the run's mean tokens/s (first batch excluded) and MFU, or "MFU n/a" when the peak is unknown
+    (CPUs)."""
 
     def __init__(self, window_size: int = 10):
-        super().__init__(batch_size_fn=lambda b: b["input_ids"].shape[0], length_fn=lambda b: b["input_ids"].numel(),
-                         window_size=window_size)
+        super().__init__()
+        self.window_size = window_size
+        self._meter: Optional[Throughput] = None
+        self._t0 = None
+        self._totals = [0, 0, 0, 0.0]  # batches, samples, tokens, flops since the start
         self._first = self._last = None  # (time, tokens, flops) after the first and the latest batch
 
-    def _compute(self, trainer, iter_num=None):
-        """Lightning's metrics, plus the same numbers under kslm's names: tokens, not "items"."""
-        super()._compute(trainer, iter_num)
-        if not trainer._logger_connector.should_update_logs:
-            return
-        metrics = self._throughputs[trainer.state.stage].compute()
-        named = {"train/tokens_per_sec": metrics.get("device/items_per_sec"),
-                 "train/flops_per_sec": metrics.get("device/flops_per_sec"), "train/mfu": metrics.get("device/mfu")}
-        trainer._logger_connector.log_metrics({k: v for k, v in named.items() if v is not None}, step=iter_num)
+    def on_train_start(self, trainer, pl_module):
+        peak = get_available_flops(trainer.strategy.root_device, trainer.precision)
+        self._meter = Throughput(available_flops=peak, world_size=trainer.world_size, window_size=self.window_size)
+        self._t0 = time.perf_counter()
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, *args, **kwargs):
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, *args, **kwargs)
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         now = time.perf_counter()
         tokens = batch["input_ids"].numel()
         flops = getattr(pl_module, "flops_per_batch", None) or 0.0
+        totals = self._totals
+        totals[0] += 1
+        totals[1] += batch["input_ids"].shape[0]
+        totals[2] += tokens
+        totals[3] += flops * trainer.world_size
+        self._meter.update(time=now - self._t0, batches=totals[0], samples=totals[1], lengths=totals[2],
+                           flops=flops * trainer.world_size)
+        metrics = self._meter.compute()
+        named = {"train/tokens_per_sec": metrics.get("device/items_per_sec"),
+                 "train/flops_per_sec": metrics.get("device/flops_per_sec"), "train/mfu": metrics.get("device/mfu")}
+        named = {k: float(v) for k, v in named.items() if v is not None}
+        if named:
+            pl_module.log_dict(named, on_step=True, on_epoch=False, batch_size=batch["input_ids"].shape[0])
         if self._first is None:
             self._first = self._last = (now, 0, 0.0)
         else:

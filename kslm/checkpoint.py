@@ -41,7 +41,7 @@ class Payload:
     """Everything a kslm checkpoint holds beside Lightning's own state.
 
     task: the task's class name (LanguageModel, EntityExtraction, RelationExtraction).
-    settings: the task's init arguments (backbone excepted; run-time options such as sampling excepted).
+    settings: the task's init arguments (run-time options such as sampling excepted; typed configs as dicts).
     backbone: BackboneConfig as a dict (the vocabulary size resolved), or None for a Hugging Face encoder.
     hf_config: the HF encoder's config dict (extraction tasks over `model.hf_path`), else None.
     tokenizer: the tokenizers JSON.
@@ -103,7 +103,7 @@ class Payload:
     def predict_config(self) -> Tuple[dict, dict]:
         """(model, data) config sections equivalent to the training config's, for `kslm predict` without --config."""
         model = {"class_path": self.task_class_path, "init_args": {**self.settings}}
-        if self.backbone is not None:
+        if "backbone" not in model["init_args"] and self.backbone is not None:  # a payload of format 0
             model["init_args"]["backbone"] = dict(self.backbone)
         return model, {"class_path": DATA_MODULES[self.task], "init_args": dict(self.data)}
 

@@ -51,9 +51,25 @@ def checkpoint_config_args(argv: list) -> list:
 
 class KslmCLI(LightningCLI):
     def parse_arguments(self, parser, args):
+        """Parse; then, for a --ckpt_path, read kslm's payload (a one-line error for any unreadable file), refuse
+        another task's checkpoint and apply the checkpoint's task settings (its hyper-parameters: Lightning's own
+        copy is not written, kslm.checkpoint owns them)."""
         if isinstance(args, (dict, Namespace)):
-            return super().parse_arguments(parser, args)
-        self.config = parser.parse_args(checkpoint_config_args(list(sys.argv[1:] if args is None else args)))
+            super().parse_arguments(parser, args)
+        else:
+            self.config = parser.parse_args(checkpoint_config_args(list(sys.argv[1:] if args is None else args)))
+        sub = self.config.get("subcommand")
+        cfg = self.config[sub] if sub else None
+        ckpt = self._ckpt_file(cfg) if cfg is not None else None
+        if ckpt is None:
+            return
+        payload = read_payload(ckpt, "ckpt_path")
+        configured = task_name((cfg.get("model") or {}).get("class_path", ""))
+        if configured != payload.task:
+            raise CheckpointError(f"{ckpt}: a {payload.task} checkpoint cannot be used with a {configured} config "
+                                  "(field 'ckpt_path')")
+        model, _ = payload.predict_config()
+        self.config = parser.parse_object({sub: {"model": model}}, self.config)
 
     def _ckpt_file(self, cfg) -> Optional[str]:
         """ckpt_path as a file: 'last' is this config's last.ckpt, if there is one."""
@@ -65,25 +81,6 @@ class KslmCLI(LightningCLI):
             last = Path(dirpath) / "last.ckpt"
             return str(last) if last.is_file() else None
         return None if ckpt in LIGHTNING_CKPT_NAMES else str(ckpt)
-
-    def _parse_ckpt_path(self):
-        """Lightning's version torch.loads the file raw and lets its hyper-parameters replace the model's, whatever
-        the task; kslm reads the payload (one-line errors), refuses another task's checkpoint and applies the
-        checkpoint's task settings and backbone."""
-        sub = self.config.get("subcommand")
-        if not sub:
-            return
-        cfg = self.config[sub]
-        ckpt = self._ckpt_file(cfg)
-        if ckpt is None:
-            return
-        payload = read_payload(ckpt, "ckpt_path")
-        configured = task_name((cfg.get("model") or {}).get("class_path", ""))
-        if configured != payload.task:
-            raise CheckpointError(f"{ckpt}: a {payload.task} checkpoint cannot be used with a {configured} config "
-                                  "(field 'ckpt_path')")
-        model, _ = payload.predict_config()
-        self.config = self.parser.parse_object({sub: {"model": model}}, self.config)
 
     def add_arguments_to_parser(self, parser):
         parser.add_lightning_class_args(KslmCheckpoint, "checkpoint")

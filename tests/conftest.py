@@ -63,7 +63,7 @@ def tiny_args(corpus, tmp, *extra, steps=2, config="configs/lm/transformer.yaml"
         "--data.data_files", str(corpus), "--data.vocab_size", "400", "--data.seq_len", "32",
         "--data.batch_size", "4", "--data.val_fraction", "0.05",
         "--model.backbone.d_model", "32", "--model.backbone.n_layers", "2", "--model.backbone.n_heads", "2",
-        "--model.backbone.qk_dim", "16", "--model.warmup_steps", "0",
+        "--model.backbone.qk_dim", "16", "--model.optim.warmup_steps", "0",
         "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(max(steps, 1)),
         "--trainer.limit_val_batches", "2", "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false", "--checkpoint.dirpath", str(tmp / "ckpt"), *extra,

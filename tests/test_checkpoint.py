@@ -57,12 +57,32 @@ def test_payload_names_task_settings_and_data(ckpts):
     assert p.version == FORMAT_VERSION and p.task == "EntityExtraction"
     assert p.labels == ["game", "name", "organization"] and p.head == {"head": "egp", "head_size": 16}
     assert p.data["max_length"] == 32 and p.data["batch_size"] == 4
-    assert p.settings["lr"] > 0 and "backbone" not in p.settings and p.backbone["d_model"] == 32
+    assert p.settings["optim"]["lr"] > 0 and p.settings["penalty"]["kind"] == "none"
+    assert p.settings["backbone"] == p.backbone and p.backbone["d_model"] == 32 and p.backbone["vocab_size"] > 5
+    assert "hyper_parameters" not in torch.load(ckpts["ner"], weights_only=True)  # the payload is the one record
     r = read_payload(ckpts["re"])
     assert r.task == "RelationExtraction" and r.head == {"head_size": 32}
     lm = read_payload(ckpts["lm"])
     assert lm.task == "LanguageModel" and lm.labels is None and lm.backbone["block"] == "gau"
     assert "max_new_tokens" not in lm.settings  # run-time options stay on the command line
+
+
+@pytest.mark.parametrize("task", ["ner", "re", "lm"])
+def test_load_from_checkpoint_outside_a_trainer(ckpts, task):
+    """The task class rebuilds itself from the payload alone; another task's class is refused."""
+    from kslm.tasks.lm import LanguageModel
+    from kslm.tasks.ner import EntityExtraction
+    from kslm.tasks.re import RelationExtraction
+
+    cls = {"ner": EntityExtraction, "re": RelationExtraction, "lm": LanguageModel}[task]
+    model = cls.load_from_checkpoint(ckpts[task]).eval()
+    state = torch.load(ckpts[task], weights_only=True)["state_dict"]
+    assert model.state_dict().keys() == state.keys()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    assert model.tokenizer.to_str() == read_payload(ckpts[task]).tokenizer
+    other = EntityExtraction if task != "ner" else RelationExtraction
+    with pytest.raises(CheckpointError, match=f"cannot be loaded into {other.__name__}"):
+        other.load_from_checkpoint(ckpts[task])
 
 
 def test_payload_round_trip_and_versions(ckpts):

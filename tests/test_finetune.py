@@ -16,7 +16,7 @@ def lm_pretrain(tmp, capsys):
     args = ["--config", str(REPO / "configs/ner/cluener-pretrain.yaml"), "--data.data_files", str(CLUENER),
             "--data.seq_len", "8", "--data.batch_size", "4", "--data.val_fraction", "0.2",
             "--model.backbone.d_model", "32", "--model.backbone.n_layers", "2", "--model.backbone.n_heads", "2",
-            "--model.warmup_steps", "0", "--trainer.max_steps", "3", "--trainer.val_check_interval", "3",
+            "--model.optim.warmup_steps", "0", "--trainer.max_steps", "3", "--trainer.val_check_interval", "3",
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
             "--checkpoint.dirpath", str(tmp / "lm")]
     code, err = run_cli(["fit", *args], capsys)
@@ -29,7 +29,7 @@ def test_pretrained_init_takes_weights_config_and_tokenizer(workdir, capsys):  #
     lm_ckpt = torch.load(lm, weights_only=True)
     # lr 0: after one step the backbone is still exactly the pretrained one; the config's d_model 32 / 2 layers are
     # overridden by the checkpoint's (same here) and the tokenizer is the checkpoint's, not one trained on the data
-    args = ner_args(workdir, "--model.pretrained", str(lm), "--model.lr", "0", "--model.weight_decay", "0",
+    args = ner_args(workdir, "--model.pretrained", str(lm), "--model.optim.lr", "0", "--model.optim.weight_decay", "0",
                     "--model.backbone.d_model", "64", "--model.backbone.dropout", "0.1", steps=1)
     code, err = run_cli(["fit", *args], capsys)
     assert code == 0, err
@@ -67,7 +67,7 @@ def test_pretrained_missing_or_not_kslm_is_a_one_line_error(workdir, capsys):  #
 
 
 def test_reload_then_validate_equals_the_in_training_evaluation(workdir, tmp_path_factory, capsys, monkeypatch):  # noqa: F811
-    args = ner_args(workdir, "--model.lr", "3e-3", steps=30)
+    args = ner_args(workdir, "--model.optim.lr", "3e-3", steps=30)
     code, err = run_cli(["fit", *args], capsys)
     assert code == 0, err
     trained = scalars(workdir / "logs")
@@ -132,7 +132,7 @@ def test_hf_encoder_fits_and_predicts_without_its_directory(workdir, capsys):  #
     ref = transformers.BertModel.from_pretrained(str(bert))(input_ids=ids, attention_mask=mask).last_hidden_state
     assert torch.allclose(enc(ids, mask), ref, atol=1e-6)
 
-    args = ner_args(workdir, "--model.hf_path", str(bert), "--model.lr", "3e-3", steps=40)
+    args = ner_args(workdir, "--model.hf_path", str(bert), "--model.optim.lr", "3e-3", steps=40)
     code, err = run_cli(["fit", *args], capsys)
     assert code == 0, err
     ckpt = torch.load(workdir / "ckpt" / "last.ckpt", weights_only=True)

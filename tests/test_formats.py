@@ -1,12 +1,12 @@
-"""kslm.data.formats: the registry, read_records_with_lines, and the import structure (no cycles anywhere in kslm;
-format modules import only the shared formats.jsonl and kslm.errors). The readers' records and error messages are
-tested in test_spans.py."""
+"""kslm.data.formats: the registry, read_records_with_lines, and its import structure (format modules import only
+the shared formats.jsonl and kslm.errors). The readers' records and error messages are tested in test_spans.py."""
 
 import ast
 import json
 from pathlib import Path
 
 import pytest
+from test_imports import import_graph
 
 from kslm.data.formats import FORMATS, JSONL_FORMATS, format_names, read_any, read_records_with_lines, sniff_format
 from kslm.errors import DataError
@@ -14,116 +14,6 @@ from kslm.errors import DataError
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "data" / "samples"
 FORMATS_DIR = REPO / "kslm" / "data" / "formats"
-
-
-# ------------------------------------------------------------------------------------------- import graph
-
-
-def modules(package_dir: Path) -> dict[str, Path]:
-    """Dotted module name → file, for every .py under `package_dir` (a package's __init__.py is the package)."""
-    out = {}
-    for p in sorted(package_dir.rglob("*.py")):
-        parts = p.relative_to(package_dir.parent).with_suffix("").parts
-        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
-    return out
-
-
-def import_graph(package_dir: Path) -> dict[str, set[str]]:
-    """Module → the package's modules it imports, at module level or inside functions / classes / conditionals
-    (every Import / ImportFrom node of its AST), absolute or relative. `from a.b import c` is an edge to the module
-    a.b.c if there is one, else to a.b; an import names the module it names, not the packages above it."""
-    mods = modules(package_dir)
-
-    def known(name):
-        while name and name not in mods:
-            name = name.rpartition(".")[0]
-        return name or None
-
-    graph = {}
-    for mod, path in mods.items():
-        package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
-        targets = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
-            if isinstance(node, ast.Import):
-                targets |= {known(a.name) for a in node.names}
-            elif isinstance(node, ast.ImportFrom):
-                if node.level:  # relative: level 1 is this module's package, 2 its parent, …
-                    base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] +
-                                    ([node.module] if node.module else []))
-                else:
-                    base = node.module
-                targets |= {f"{base}.{a.name}" if f"{base}.{a.name}" in mods else known(base) for a in node.names}
-        graph[mod] = targets - {None, mod}
-    return graph
-
-
-def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """One cycle (a → … → a) through each strongly connected component of more than one module (Tarjan)."""
-    index, low, stack, on_stack, comps = {}, {}, [], set(), []
-
-    def visit(v):
-        index[v] = low[v] = len(index)
-        stack.append(v)
-        on_stack.add(v)
-        for w in sorted(graph[v]):
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in on_stack:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            comp = set()
-            while True:
-                w = stack.pop()
-                on_stack.discard(w)
-                comp.add(w)
-                if w == v:
-                    break
-            if len(comp) > 1:
-                comps.append(comp)
-
-    for v in sorted(graph):
-        if v not in index:
-            visit(v)
-    found = []
-    for comp in comps:  # the shortest way back to the component's first module (breadth first inside it)
-        start = min(comp)
-        prev, queue, last = {start: None}, [start], None
-        for v in queue:
-            if start in graph[v]:
-                last = v
-                break
-            for w in sorted(graph[v] & comp):
-                if w not in prev:
-                    prev[w] = v
-                    queue.append(w)
-        path = []
-        while last is not None:
-            path.append(last)
-            last = prev[last]
-        found.append(path[::-1] + [start])
-    return sorted(found)
-
-
-def test_import_graph_sees_function_level_and_relative_imports(tmp_path):
-    pkg = tmp_path / "pkg"
-    (pkg / "sub").mkdir(parents=True)
-    (pkg / "__init__.py").write_text("")
-    (pkg / "sub" / "__init__.py").write_text("from .b import g\n")
-    (pkg / "a.py").write_text("def f():\n    from .sub import b\n    return b\n")
-    (pkg / "sub" / "b.py").write_text("import json\n\ndef g():\n    from ..a import f\n")
-    (pkg / "c.py").write_text("from pkg.sub import g\n")
-    graph = import_graph(pkg)
-    assert graph == {"pkg": set(), "pkg.a": {"pkg.sub.b"}, "pkg.sub": {"pkg.sub.b"}, "pkg.sub.b": {"pkg.a"},
-                     "pkg.c": {"pkg.sub"}}
-    assert cycles(graph) == [["pkg.a", "pkg.sub.b", "pkg.a"]]
-
-
-def test_no_import_cycles_in_kslm():
-    """No kslm module imports one that (directly or through others) imports it back, counting imports inside
-    functions: a cycle works only while the import order happens to suit it."""
-    found = cycles(import_graph(REPO / "kslm"))
-    assert not found, "import cycles: " + "; ".join(" → ".join(c) for c in found)
 
 
 def test_format_modules_import_only_the_shared_jsonl_module():

@@ -75,7 +75,7 @@ def workdir(tmp_path, monkeypatch):
 
 def test_fit_with_heat_objective_logs_aux_loss_and_resumes(small_corpus, workdir, capsys):
     extra = ["--model.backbone.mask", "bidirectional", "--model.aux_objective", "heat", "--model.aux_weight", "0.5",
-             "--trainer.log_every_n_steps", "1", "--model.total_steps", "6"]
+             "--trainer.log_every_n_steps", "1", "--model.optim.total_steps", "6"]
     code, err = run_cli(["fit", *tiny_args(small_corpus, workdir, *extra, steps=3)], capsys)
     assert code == 0, err
     tags = scalars(workdir / "logs")

@@ -62,7 +62,7 @@ COMBOS = list(itertools.product(["transformer", "gau"], ["pre", "post", "deepnor
 @pytest.mark.parametrize("block,norm,attention", COMBOS)
 def test_every_block_norm_attention_trains(small_corpus, workdir, capsys, block, norm, attention):
     args = tiny_args(small_corpus, workdir, "--model.backbone.block", block, "--model.backbone.norm", norm,
-                     "--model.backbone.attention", attention, "--model.lr", "3e-3", steps=4)
+                     "--model.backbone.attention", attention, "--model.optim.lr", "3e-3", steps=4)
     code, err = run_cli(["fit", *args], capsys)
     assert code == 0, err
     ckpt = torch.load(workdir / "ckpt" / "last.ckpt", weights_only=True)
@@ -84,7 +84,7 @@ def test_prefix_and_masked_lm_objectives_train(small_corpus, workdir, capsys, ma
              "--model.backbone.rnn_iterations", "2", "--model.backbone.mask", "bidirectional"]),
 ])
 def test_rnn_block_trains(small_corpus, workdir, capsys, config, extra):
-    args = tiny_args(small_corpus, workdir, *extra, "--model.lr", "3e-3", steps=3, config=f"configs/lm/{config}.yaml")
+    args = tiny_args(small_corpus, workdir, *extra, "--model.optim.lr", "3e-3", steps=3, config=f"configs/lm/{config}.yaml")
     code, err = run_cli(["fit", *args], capsys)
     assert code == 0, err
     ckpt = torch.load(workdir / "ckpt" / "last.ckpt", weights_only=True)
@@ -106,7 +106,7 @@ def test_rnn_block_trains(small_corpus, workdir, capsys, config, extra):
 def test_resume_reproduces_uninterrupted_run(small_corpus, workdir, capsys, stop):
     """Weights, optimiser, schedule, dropout RNG and data position: the resumed run ends bit-identical.
     Epochs are 5 batches long (limit_train_batches) so that resuming crosses an epoch boundary."""
-    common = ["--model.total_steps", "9", "--model.backbone.dropout", "0.1", "--trainer.val_check_interval", "3",
+    common = ["--model.optim.total_steps", "9", "--model.backbone.dropout", "0.1", "--trainer.val_check_interval", "3",
               "--trainer.limit_train_batches", "5"]
     full = tiny_args(small_corpus, workdir / "a", *common, steps=9)
     assert run_cli(["fit", *full], capsys)[0] == 0

@@ -32,12 +32,12 @@ def ner_args(tmp, *extra, data=CLUENER, val=None, steps=2, head="egp", config="c
         "--config", str(REPO / config),
         # the shipped recipe's regularisers (dropout, token dropout, input gradient penalty) off: the tests overfit
         # tiny samples in a few steps; tests that want them pass them in `extra`, which comes last and wins
-        "--model.backbone.dropout", "0.0", "--model.token_dropout", "0.0", "--model.gradient_penalty", "none",
+        "--model.backbone.dropout", "0.0", "--model.token_dropout", "0.0", "--model.penalty.kind", "none",
         "--data.train_file", str(data), "--data.val_file", str(val or data), "--data.dev_split", "null",
         "--data.batch_size", "4", "--data.max_length", "32",
         "--model.head", head, "--model.head_size", "16",
         "--model.backbone.d_model", "32", "--model.backbone.n_layers", "2", "--model.backbone.n_heads", "2",
-        "--model.warmup_steps", "0",
+        "--model.optim.warmup_steps", "0",
         "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps),
         "--trainer.check_val_every_n_epoch", "null", "--trainer.log_every_n_steps", "1",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
@@ -88,7 +88,7 @@ def test_predict_from_checkpoint_writes_one_line_per_record(workdir, capsys, dat
 def test_overfits_the_sample_records(workdir, capsys, head):
     """60 steps on the 4 CLUENER sample records (nested CMeEE: below) reach val F1 ≥ 0.9 on the same records; the
     windows (max_length 12 → 10 chars, stride 2) make entities span window borders, so merging is exercised."""
-    args = ner_args(workdir, "--model.lr", "3e-3", "--data.max_length", "12", head=head, steps=60)
+    args = ner_args(workdir, "--model.optim.lr", "3e-3", "--data.max_length", "12", head=head, steps=60)
     code, err = run_cli(["fit", *args], capsys)
     assert code == 0, err
     tags = scalars(workdir / "logs")
@@ -96,7 +96,7 @@ def test_overfits_the_sample_records(workdir, capsys, head):
 
 
 def test_overfits_nested_entities(workdir, capsys):
-    args = ner_args(workdir, "--model.lr", "3e-3", data=CMEEE, steps=60)
+    args = ner_args(workdir, "--model.optim.lr", "3e-3", data=CMEEE, steps=60)
     code, err = run_cli(["fit", *args], capsys)
     assert code == 0, err
     tags = scalars(workdir / "logs")

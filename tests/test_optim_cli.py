@@ -31,13 +31,13 @@ GAU = "configs/lm/gau.yaml"
 
 @pytest.mark.parametrize("optimizer,extra", [
     ("amos", []),
-    ("amos_adamw", ["--model.lr", "0.02", "--model.optimizer_args.decay", "constant_rate"]),
-    ("eg_adamw", ["--model.optimizer_args.gain_lr", "0.02"]),
+    ("amos_adamw", ["--model.optim.lr", "0.02", "--model.optim.options.decay", "constant_rate"]),
+    ("eg_adamw", ["--model.optim.options.gain_lr", "0.02"]),
 ])
 def test_optimizer_trains_and_resumes_identically(small_corpus, workdir, capsys, optimizer, extra):
     """Loss falls; the optimiser's slots (Amos v/b, EG gains and scale) are in the checkpoint, so a run resumed
     at step 4 ends bit-identical to the uninterrupted one."""
-    common = ["--model.optimizer", optimizer, "--model.total_steps", "8", "--trainer.val_check_interval", "4",
+    common = ["--model.optim.name", optimizer, "--model.optim.total_steps", "8", "--trainer.val_check_interval", "4",
               "--model.backbone.dropout", "0.1", "--trainer.log_every_n_steps", "1", *extra]
     assert run_cli(["fit", *tiny_args(small_corpus, workdir / "a", *common, steps=8, config=GAU)], capsys)[0] == 0
     loss = series(workdir / "logs", "train/loss")
@@ -48,7 +48,7 @@ def test_optimizer_trains_and_resumes_identically(small_corpus, workdir, capsys,
     assert run_cli(["fit", *rest], capsys)[0] == 0
     a = torch.load(workdir / "a" / "ckpt" / "last.ckpt", weights_only=True)
     b = torch.load(workdir / "b" / "ckpt" / "last.ckpt", weights_only=True)
-    assert a["global_step"] == b["global_step"] == 8 and a["hyper_parameters"]["optimizer"] == optimizer
+    assert a["global_step"] == b["global_step"] == 8 and a["hyper_parameters"]["optim"]["name"] == optimizer
     assert a["optimizer_states"][0]["state"]
     for k in a["state_dict"]:
         assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
@@ -56,8 +56,8 @@ def test_optimizer_trains_and_resumes_identically(small_corpus, workdir, capsys,
 
 @pytest.mark.parametrize("penalty", ["input", "parameter"])
 def test_penalty_trains_and_is_logged_separately(small_corpus, workdir, capsys, penalty):
-    args = tiny_args(small_corpus, workdir, "--model.gradient_penalty", penalty, "--model.gradient_penalty_weight", "0.1",
-                     "--trainer.log_every_n_steps", "1", "--model.lr", "3e-3", steps=8, config=GAU)
+    args = tiny_args(small_corpus, workdir, "--model.penalty.kind", penalty, "--model.penalty.weight", "0.1",
+                     "--trainer.log_every_n_steps", "1", "--model.optim.lr", "3e-3", steps=8, config=GAU)
     code, err = run_cli(["fit", *args], capsys)
     assert code == 0, err
     loss, penalties = series(workdir / "logs", "train/loss"), series(workdir / "logs", "train/penalty")
@@ -67,7 +67,7 @@ def test_penalty_trains_and_is_logged_separately(small_corpus, workdir, capsys, 
 
 @pytest.mark.parametrize("optimizer,penalty", [("amos", "input"), ("eg_adamw", "parameter")])
 def test_ner_takes_the_same_options(workdir, capsys, optimizer, penalty):
-    code, err = run_cli(["fit", *ner_args(workdir, "--model.optimizer", optimizer, "--model.gradient_penalty", penalty,
+    code, err = run_cli(["fit", *ner_args(workdir, "--model.optim.name", optimizer, "--model.penalty.kind", penalty,
                                           steps=2)], capsys)
     assert code == 0, err
     ckpt = torch.load(workdir / "ckpt" / "last.ckpt", weights_only=True)
@@ -75,9 +75,12 @@ def test_ner_takes_the_same_options(workdir, capsys, optimizer, penalty):
 
 
 @pytest.mark.parametrize("extra,needle", [
-    (["--model.optimizer", "lion"], "model.optimizer"),
-    (["--model.optimizer", "amos", "--model.optimizer_args.betta", "0.9"], "betta"),
-    (["--model.gradient_penalty", "hessian"], "model.gradient_penalty"),
+    (["--model.optim.name", "lion"], "model.optim.name"),
+    (["--model.optim.name", "amos", "--model.optim.options.betta", "0.9"], "betta"),
+    (["--model.penalty.kind", "hessian"], "model.penalty.kind"),
+    (["--model.optim.warmup_steps", "-1"], "model.optim.warmup_steps"),
+    (["--model.optim.min_lr_ratio", "0"], "model.optim.min_lr_ratio"),
+    (["--model.penalty.weight", "-1"], "model.penalty.weight"),
 ])
 def test_bad_optimizer_options_are_one_line_errors(small_corpus, workdir, capsys, extra, needle):
     code, err = run_cli(["fit", *tiny_args(small_corpus, workdir, *extra)], capsys)
@@ -87,6 +90,6 @@ def test_bad_optimizer_options_are_one_line_errors(small_corpus, workdir, capsys
 
 def test_readme_documents_every_optimizer_and_penalty():
     text = (REPO / "README.md").read_text(encoding="utf-8")
-    for word in ("--model.optimizer amos", "amos_adamw", "eg_adamw", "--model.gradient_penalty input",
-                 "--model.gradient_penalty parameter", "--model.gradient_penalty_weight"):
+    for word in ("--model.optim.name amos", "amos_adamw", "eg_adamw", "--model.penalty.kind input",
+                 "--model.penalty.kind parameter", "--model.penalty.weight"):
         assert word in text, word

@@ -23,8 +23,8 @@ def re_args(tmp, *extra, data=CANONICAL, val=None, steps=2, fmt="auto"):
         "--data.train_file", str(data), "--data.val_file", str(val or data), "--data.format", fmt,
         "--data.skip_unlocatable", "false", "--data.batch_size", "8", "--data.max_length", "32",
         "--model.head_size", "32", "--model.backbone.d_model", "64", "--model.backbone.n_layers", "2",
-        "--model.backbone.n_heads", "2", "--model.warmup_steps", "0", "--model.lr", "1e-2",
-        "--model.scheduler", "constant",
+        "--model.backbone.n_heads", "2", "--model.optim.warmup_steps", "0", "--model.optim.lr", "1e-2",
+        "--model.optim.schedule", "constant",
         "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps),
         "--trainer.check_val_every_n_epoch", "null", "--trainer.log_every_n_steps", "1",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
@@ -150,8 +150,8 @@ def test_causal_backbone_is_a_config_error(workdir, capsys):
 def test_optimizers_and_penalties_reach_relation_extraction(tmp_path, monkeypatch, optimizer, penalty):
     """The optimisation options live in KslmTask: RelationExtraction gets them through compute_loss."""
     monkeypatch.chdir(tmp_path)
-    args = re_args(tmp_path, "--model.optimizer", optimizer, "--model.gradient_penalty", penalty,
-                   "--model.gradient_penalty_weight", "0.1", steps=3)
+    args = re_args(tmp_path, "--model.optim.name", optimizer, "--model.penalty.kind", penalty,
+                   "--model.penalty.weight", "0.1", steps=3)
     code, err = run_cli(["fit", *args])
     assert code == 0, err
     tags = scalars(tmp_path / "logs")

@@ -24,8 +24,8 @@ def test_ddp_two_cpu_ranks(small_corpus, tmp_path):
 
 
 @pytest.mark.parametrize("extra", [
-    ["--model.gradient_penalty", "parameter", "--model.gradient_penalty_weight", "0.5", "--model.optimizer", "eg_adamw"],
-    ["--model.gradient_penalty", "input", "--model.optimizer", "amos"],
+    ["--model.penalty.kind", "parameter", "--model.penalty.weight", "0.5", "--model.optim.name", "eg_adamw"],
+    ["--model.penalty.kind", "input", "--model.optim.name", "amos"],
 ], ids=["parameter-penalty+eg", "input-penalty+amos"])
 def test_ddp_ranks_stay_in_sync_with_penalties_and_optimisers(small_corpus, tmp_path, extra):
     """Under 2-rank DDP the parameter penalty's surrogate backward (and the input penalty's double backward) must

@@ -10,20 +10,18 @@ import logging
 import math
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, Dict, Literal, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import lightning.pytorch as pl
 import torch
 from tokenizers import Tokenizer
 
-from kslm.checkpoint import Payload, load_backbone, payload_of, store
+from kslm.checkpoint import Payload, load_backbone, payload_of, read_checkpoint, store
 from kslm.data.tokenizer import fingerprint
 from kslm.errors import CheckpointError, ConfigError
 from kslm.nn import Backbone, BackboneConfig
-from kslm.optim import OPTIONS, build_optimizer
-from kslm.optim.amos_adamw import AmosDecay
+from kslm.optim import OptimConfig, PenaltyConfig, build
 from kslm.optim.gradient_penalty import double_backward_attention, input_gradient_penalty, parameter_penalty_gradients
-from kslm.optim.schedules import warmup_decay
 
 log = logging.getLogger(__name__)
 
@@ -34,54 +32,31 @@ def stable_seed(*keys) -> int:
 
 
 class KslmTask(pl.LightningModule):
-    """Base LightningModule: holds `self.backbone` (built lazily from the data's tokenizer) and the optimiser.
+    """Base LightningModule: holds `self.backbone` (built lazily from the connected tokenizer) and the optimiser.
 
     Args:
         backbone: the backbone's shape and techniques (see BackboneConfig).
-        optimizer: adamw, amos (Amos; its ξ is optimizer_args.xi, default 1/√(batches per epoch)), amos_adamw
-            (Su's Amos-derived AdamW recipe; lr = α₀, its D(t) replaces `scheduler`) or eg_adamw (AdamW with
-            exponentiated-gradient step-size gains). See kslm/optim and the README.
-        optimizer_args: the optimiser's own options, e.g. {"xi": 0.05, "momentum": 0.9} (amos),
-            {"decay": "inverse_time", "half_life": 1000, "decay_gains": false} (amos_adamw),
-            {"gain_lr": 0.01, "scale_lr": 0.01} (eg_adamw); kslm.optim.OPTIONS lists them.
-        lr: peak learning rate (amos_adamw: the relative step size α₀; not used by amos).
-        weight_decay: decoupled weight decay on matrices (norms, biases, embeddings exempt); adamw / eg_adamw.
-        betas: Adam's (β1, β2).
-        warmup_steps: linear warmup steps.
-        scheduler: decay after warmup: cosine, linear or constant.
-        min_lr_ratio: final LR as a fraction of the peak (cosine / linear).
-        total_steps: decay horizon; empty = the trainer's estimated number of steps.
+        optim: the optimiser, its options and the learning-rate schedule (see kslm.optim.OptimConfig).
+        penalty: the gradient penalty (see kslm.optim.PenaltyConfig).
         pretrained: a kslm LM checkpoint to start from: its backbone config (the mask excepted: the task's
             backbone.mask and dropout apply), weights and tokenizer. Unlike `--ckpt_path` (resume), the optimiser,
             schedule and step start afresh. Only read when training starts from scratch.
         hf_path: a local Hugging Face encoder directory (BERT, RoFormer, …; extra `hf`) used as the backbone
             instead of a kslm one, with its own tokenizer (tokenizer.json or vocab.txt).
-        gradient_penalty: none, input (ε/2·‖∂L/∂e‖² at the embedding output, double backward) or parameter
-            (ε/2·‖∇θL‖², its gradient by one extra forward/backward); logged as train/penalty.
-        gradient_penalty_weight: ε.
-        penalty_step: r of the parameter penalty's finite difference θ + r·g/‖g‖.
     """
 
     runtime_options: Tuple[str, ...] = ()
 
-    def __init__(self, backbone: BackboneConfig = BackboneConfig(),
-                 optimizer: Literal["adamw", "amos", "amos_adamw", "eg_adamw"] = "adamw",
-                 lr: float = 1e-3, weight_decay: float = 0.01, betas: Tuple[float, float] = (0.9, 0.98),
-                 warmup_steps: int = 100, scheduler: Literal["cosine", "linear", "constant"] = "cosine",
-                 min_lr_ratio: float = 0.1, total_steps: Optional[int] = None,
-                 optimizer_args: Optional[Dict[str, Any]] = None,
-                 gradient_penalty: Literal["none", "input", "parameter"] = "none", gradient_penalty_weight: float = 1.0,
-                 penalty_step: float = 1e-3, pretrained: Optional[str] = None, hf_path: Optional[str] = None):
+    def __init__(self, backbone: BackboneConfig = BackboneConfig(), optim: OptimConfig = OptimConfig(),
+                 penalty: PenaltyConfig = PenaltyConfig(), pretrained: Optional[str] = None,
+                 hf_path: Optional[str] = None):
         super().__init__()
-        unknown = sorted(set(optimizer_args or {}) - set(OPTIONS[optimizer]))
-        if unknown:
-            known = ", ".join(OPTIONS[optimizer])
-            raise ConfigError(f"model.optimizer_args: unknown {optimizer} options {unknown} (known: {known})")
         # run-time options (generation settings) stay out of the hyper-parameters, so that a checkpoint's
-        # values do not override the command line of `kslm predict --ckpt_path …`
-        self.save_hyperparameters(ignore=["backbone", *self.runtime_options])
-        self.hparams["backbone"] = backbone.to_dict()
-        self.backbone_config = backbone
+        # values do not override the command line of `kslm predict --ckpt_path …`; the typed configs are kept as
+        # dicts (a checkpoint must load with weights_only)
+        self.save_hyperparameters(ignore=["backbone", "optim", "penalty", *self.runtime_options])
+        self.hparams.update(backbone=backbone.to_dict(), optim=optim.to_dict(), penalty=penalty.to_dict())
+        self.backbone_config, self.optim_config, self.penalty_config = backbone, optim, penalty
         if pretrained and hf_path:
             raise ConfigError("give model.pretrained (a kslm checkpoint) or model.hf_path (an HF encoder), not both")
         self.backbone: Optional[Backbone] = None
@@ -102,9 +77,33 @@ class KslmTask(pl.LightningModule):
         self.data_settings = dict(data_settings or {})
 
     def settings(self) -> Dict[str, Any]:
-        """The task's init arguments as a checkpoint records them (backbone and run-time options apart)."""
-        return {k: v for k, v in self.hparams.items()
-                if k != "backbone" and not k.startswith("_") and k not in self.runtime_options}
+        """The task's init arguments as a checkpoint records them (run-time options apart; the typed configs as
+        dicts; the backbone with its vocabulary size resolved once built)."""
+        return {k: v for k, v in self.hparams.items() if not k.startswith("_") and k not in self.runtime_options}
+
+    @classmethod
+    def init_args(cls, settings: Dict[str, Any]) -> Dict[str, Any]:
+        """Constructor arguments from recorded settings (the typed configs rebuilt from their dicts)."""
+        args = dict(settings)
+        for key, config in (("backbone", BackboneConfig), ("optim", OptimConfig), ("penalty", PenaltyConfig)):
+            if isinstance(args.get(key), dict):
+                args[key] = config.from_dict(args[key])
+        return args
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, **kwargs):
+        """The task of a kslm checkpoint, outside a Trainer: settings, tokenizer, labels and architecture from its
+        payload (kslm.checkpoint), weights from its state dict (weights_only loading; **kwargs are ignored)."""
+        ckpt = read_checkpoint(checkpoint_path)
+        payload = payload_of(ckpt, checkpoint_path)
+        if payload.task != cls.__name__:
+            raise CheckpointError(f"{checkpoint_path}: a {payload.task} checkpoint cannot be loaded into {cls.__name__}")
+        settings = payload.settings or ({"backbone": payload.backbone} if payload.backbone else {})
+        model = cls(**cls.init_args(settings))
+        model.connect(payload.load_tokenizer(), payload.labels, payload, payload.data)
+        model.build_from_payload(payload)
+        model.load_state_dict(ckpt["state_dict"])
+        return model.to(map_location) if map_location is not None else model
 
     def payload_extras(self) -> Dict[str, Any]:
         """Payload fields a task adds (labels, head options)."""
@@ -136,7 +135,7 @@ class KslmTask(pl.LightningModule):
         return self.backbone.hidden_size if self.hf_config is not None else self.backbone_config.d_model
 
     def configure_model(self):
-        if self.backbone is not None or self._trainer is None:
+        if self.backbone is not None or not _attached(self):
             return  # outside a Trainer (load_from_checkpoint) on_load_checkpoint builds it from the checkpoint
         if self.tokenizer is None:
             raise ConfigError("the model has no tokenizer: run it through the kslm CLI, or call model.connect(tokenizer)")
@@ -176,6 +175,10 @@ class KslmTask(pl.LightningModule):
                                   backbone=None if hf else self.backbone_config.to_dict(), hf_config=self.hf_config,
                                   settings=self.settings(), data=self.data_settings, rng=torch.get_rng_state(),
                                   **self.payload_extras()))
+        # the payload is the one record of the task's settings: Lightning's copy would be applied over the command
+        # line by LightningCLI (whatever the task) and needs the class importable to load
+        checkpoint.pop("hyper_parameters", None)
+        checkpoint.pop("hparams_name", None)
 
     def on_load_checkpoint(self, checkpoint):
         payload = payload_of(checkpoint)
@@ -215,11 +218,10 @@ class KslmTask(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         """compute_loss + the chosen gradient penalty; train/loss and train/penalty are logged separately."""
-        hp = self.hparams
         if isinstance(batch, dict) and "input_ids" in batch:
             self._tokens_per_batch = tuple(batch["input_ids"].shape)  # for flops_per_batch
         size = batch["input_ids"].shape[0] if isinstance(batch, dict) and "input_ids" in batch else None
-        kind, weight = hp.gradient_penalty, hp.gradient_penalty_weight
+        kind, weight = self.penalty_config.kind, self.penalty_config.weight
         if kind == "input":
             with self._capture_embedding() as embedded, double_backward_attention():
                 loss = self.compute_loss(batch)
@@ -234,7 +236,7 @@ class KslmTask(pl.LightningModule):
                 _set_rng_state(rng)  # the same dropout masks as the first pass
                 return self.compute_loss(batch)
 
-            grads, penalty = parameter_penalty_gradients(loss, params, recompute, weight, hp.penalty_step)
+            grads, penalty = parameter_penalty_gradients(loss, params, recompute, weight, self.penalty_config.step)
             # a surrogate whose value is the loss and whose gradient is ∇L + ε·H∇L
             linear = sum((p * g.detach()).sum() for p, g in zip(params, grads, strict=True))
             out = loss.detach() + linear - linear.detach()
@@ -262,23 +264,18 @@ class KslmTask(pl.LightningModule):
 
     # ------------------------------------------------------------ optimiser
     def configure_optimizers(self):
-        hp = self.hparams
-        args = dict(hp.optimizer_args or {})
-        total = int(hp.total_steps or self.trainer.estimated_stepping_batches)
-        lr = hp.lr
-        if hp.optimizer == "amos":
-            lr = args.get("xi") or 1 / math.sqrt(_batches_per_epoch(self.trainer, total))
-        try:
-            opt = build_optimizer(hp.optimizer, self, lr=lr, weight_decay=hp.weight_decay, betas=hp.betas, **args)
-            if hp.optimizer == "amos_adamw":
-                decay = AmosDecay(lr, args.get("decay", "inverse_time"), args.get("p"), args.get("half_life") or total,
-                                  hp.warmup_steps)
-                sched = torch.optim.lr_scheduler.LambdaLR(opt, decay)
-            else:
-                sched = warmup_decay(opt, hp.warmup_steps, total, hp.scheduler, hp.min_lr_ratio)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"model.optimizer_args: {exc}") from exc
+        # the trainer's estimate only when needed: it sets up the training data (a resumed run restores first)
+        total = int(self.optim_config.total_steps or self.trainer.estimated_stepping_batches)
+        opt, sched = build(self, self.optim_config, total, lambda: _batches_per_epoch(self.trainer, total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _attached(module: pl.LightningModule) -> bool:
+    """Whether the module runs inside a Trainer (Lightning's `trainer` property raises otherwise)."""
+    try:
+        return module.trainer is not None
+    except RuntimeError:
+        return False
 
 
 def _batches_per_epoch(trainer, fallback: int) -> int:

@@ -1,0 +1,173 @@
+"""kslm's import structure: no import cycles (imports inside functions counted), and the layering the README's
+"What may import what" table states — arrows point down only, nn/heads/losses/optim never import lightning,
+data never reads the model through the Trainer and tasks never read the data module through it."""
+
+import ast
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def modules(package_dir: Path) -> dict[str, Path]:
+    """Dotted module name → file, for every .py under `package_dir` (a package's __init__.py is the package)."""
+    out = {}
+    for p in sorted(package_dir.rglob("*.py")):
+        parts = p.relative_to(package_dir.parent).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    return out
+
+
+def import_graph(package_dir: Path) -> dict[str, set[str]]:
+    """Module → the package's modules it imports, at module level or inside functions / classes / conditionals
+    (every Import / ImportFrom node of its AST), absolute or relative. `from a.b import c` is an edge to the module
+    a.b.c if there is one, else to a.b; an import names the module it names, not the packages above it."""
+    mods = modules(package_dir)
+
+    def known(name):
+        while name and name not in mods:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {}
+    for mod, path in mods.items():
+        package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.Import):
+                targets |= {known(a.name) for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:  # relative: level 1 is this module's package, 2 its parent, …
+                    base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] +
+                                    ([node.module] if node.module else []))
+                else:
+                    base = node.module
+                targets |= {f"{base}.{a.name}" if f"{base}.{a.name}" in mods else known(base) for a in node.names}
+        graph[mod] = targets - {None, mod}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle (a → … → a) through each strongly connected component of more than one module (Tarjan)."""
+    index, low, stack, on_stack, comps = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = set()
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.add(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                comps.append(comp)
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    found = []
+    for comp in comps:  # the shortest way back to the component's first module (breadth first inside it)
+        start = min(comp)
+        prev, queue, last = {start: None}, [start], None
+        for v in queue:
+            if start in graph[v]:
+                last = v
+                break
+            for w in sorted(graph[v] & comp):
+                if w not in prev:
+                    prev[w] = v
+                    queue.append(w)
+        path = []
+        while last is not None:
+            path.append(last)
+            last = prev[last]
+        found.append(path[::-1] + [start])
+    return sorted(found)
+
+
+def test_import_graph_sees_function_level_and_relative_imports(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("from .b import g\n")
+    (pkg / "a.py").write_text("def f():\n    from .sub import b\n    return b\n")
+    (pkg / "sub" / "b.py").write_text("import json\n\ndef g():\n    from ..a import f\n")
+    (pkg / "c.py").write_text("from pkg.sub import g\n")
+    graph = import_graph(pkg)
+    assert graph == {"pkg": set(), "pkg.a": {"pkg.sub.b"}, "pkg.sub": {"pkg.sub.b"}, "pkg.sub.b": {"pkg.a"},
+                     "pkg.c": {"pkg.sub"}}
+    assert cycles(graph) == [["pkg.a", "pkg.sub.b", "pkg.a"]]
+
+
+def test_no_import_cycles_in_kslm():
+    """No kslm module imports one that (directly or through others) imports it back, counting imports inside
+    functions: a cycle works only while the import order happens to suit it."""
+    found = cycles(import_graph(REPO / "kslm"))
+    assert not found, "import cycles: " + "; ".join(" → ".join(c) for c in found)
+
+
+
+
+def _lightning_free(mod: str) -> bool:
+    return any(mod == p or mod.startswith(p + ".") for p in ("kslm.nn", "kslm.heads", "kslm.losses", "kslm.optim"))
+
+
+def test_pure_torch_floors_never_import_lightning_or_upper_floors():
+    """nn/, heads/, losses.py, optim/ import torch (and kslm.errors, each other downwards) only."""
+    upper = ("kslm.tasks", "kslm.data", "kslm.cli", "kslm.connect", "kslm.checkpoint", "kslm.callbacks", "kslm.metrics",
+             "kslm.hf", "kslm.io")
+    for mod, path in modules(REPO / "kslm").items():
+        if not _lightning_free(mod):
+            continue
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"^\s*(import|from)\s+(lightning|pytorch_lightning)\b", text, re.M), mod
+        bad = {t for t in import_graph(REPO / "kslm")[mod] if t.startswith(upper)}
+        assert not bad, f"{mod} imports {sorted(bad)}"
+        if mod.startswith("kslm.nn"):
+            assert not any(t.startswith(("kslm.heads", "kslm.optim", "kslm.losses"))
+                           for t in import_graph(REPO / "kslm")[mod]), mod
+
+
+def test_layers_point_down():
+    """The README's table: who may import whom, checked on the real graph."""
+    graph = import_graph(REPO / "kslm")
+    never = {
+        "kslm.io": ("kslm.",), "kslm.errors": ("kslm.",),
+        "kslm.checkpoint": ("kslm.data", "kslm.tasks", "kslm.cli", "kslm.connect", "kslm.callbacks"),
+        "kslm.connect": ("kslm.tasks", "kslm.cli", "kslm.callbacks"),
+        "kslm.data": ("kslm.tasks", "kslm.cli", "kslm.connect", "kslm.callbacks"),
+        "kslm.tasks": ("kslm.cli", "kslm.connect", "kslm.callbacks"),
+    }
+    for mod, targets in graph.items():
+        for prefix, banned in never.items():
+            if mod == prefix or mod.startswith(prefix + "."):
+                bad = sorted(t for t in targets if t.startswith(banned))
+                assert not bad, f"{mod} imports {bad}"
+
+
+def test_no_module_reaches_through_the_trainer():
+    """Data flows one way (cli → tasks, data): no task reads trainer.datamodule, no data module reads
+    trainer.lightning_module."""
+    for folder in ("kslm/data", "kslm/tasks"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            text = path.read_text(encoding="utf-8")
+            assert "trainer.datamodule" not in text and "trainer.lightning_module" not in text, path
+
+
+def test_bench_and_experiments_do_not_import_tests():
+    for path in sorted([*(REPO / "bench").glob("*.py"), *(REPO / "experiments").glob("*.py")]):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n == "tests" or n.startswith(("tests.", "conftest")) for n in names), path
