@@ -174,7 +174,7 @@ def test_token_dropout_replaces_text_tokens_only():
 def test_fit_with_token_dropout_and_dropout(workdir, capsys):
     code, err = run_cli(["fit", *ner_args(workdir, "--model.token_dropout", "0.2", "--model.backbone.dropout", "0.1")], capsys)
     assert code == 0, err
-    assert torch.load(workdir / "ckpt" / "last.ckpt", weights_only=True)["hyper_parameters"]["token_dropout"] == 0.2
+    assert torch.load(workdir / "ckpt" / "last.ckpt", weights_only=True)["kslm"]["settings"]["token_dropout"] == 0.2
 
 
 def test_bce_baseline_loss_is_the_mean_over_valid_cells():
@@ -208,5 +208,5 @@ def test_fit_with_bce_loss(workdir, capsys):
     code, err = run_cli(["fit", *ner_args(workdir, "--model.loss", "bce", steps=3)], capsys)
     assert code == 0, err
     ckpt = torch.load(workdir / "ckpt" / "last.ckpt", weights_only=True)
-    assert ckpt["hyper_parameters"]["loss"] == "bce"
+    assert ckpt["kslm"]["settings"]["loss"] == "bce"
     assert math.isfinite(scalars(workdir / "logs")["val/loss"])

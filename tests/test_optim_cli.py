@@ -48,7 +48,7 @@ def test_optimizer_trains_and_resumes_identically(small_corpus, workdir, capsys,
     assert run_cli(["fit", *rest], capsys)[0] == 0
     a = torch.load(workdir / "a" / "ckpt" / "last.ckpt", weights_only=True)
     b = torch.load(workdir / "b" / "ckpt" / "last.ckpt", weights_only=True)
-    assert a["global_step"] == b["global_step"] == 8 and a["hyper_parameters"]["optim"]["name"] == optimizer
+    assert a["global_step"] == b["global_step"] == 8 and a["kslm"]["settings"]["optim"]["name"] == optimizer
     assert a["optimizer_states"][0]["state"]
     for k in a["state_dict"]:
         assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k

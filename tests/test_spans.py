@@ -21,12 +21,12 @@ from kslm.data.formats import (
 )
 from kslm.data.spans import (
     decode_entities,
-    decode_triples,
     encode_entities,
     encode_triples,
     merge_window_triples,
     merge_windows,
     token_offsets,
+    tokens_to_char_triples,
     window_starts,
 )
 from kslm.data.tokenizer import train_tokenizer
@@ -321,11 +321,11 @@ def test_windows_cover_the_text_and_merge_back(tokenizers):
     assert all(b.token_start - a.token_start == 12 for a, b in zip(ws, ws[1:], strict=False))
     assert ws[1].char_start == ws[1].offsets[0][0] and text[ws[1].char_start:ws[1].char_end] == text[12:36]
     # an entity cut by one window edge is whole in the next: merging the gold spans of all windows is the identity
-    assert merge_windows(ws, [w.spans for w in ws]) == rec["entities"]
+    assert merge_windows([w.offsets for w in ws], [w.spans for w in ws]) == rec["entities"]
     # a window alone sees only part of them
     assert len(ws[0].spans) < len(rec["entities"])
     with pytest.raises(ValueError, match="prediction lists"):
-        merge_windows(ws, [])
+        merge_windows([w.offsets for w in ws], [])
 
 
 def test_entity_longer_than_the_overlap_is_not_lost(tokenizers):
@@ -352,7 +352,7 @@ def test_triples_to_token_spans_and_back(tokenizers, kind):
         enc = encode_triples(tokenizers[kind], rec, max_length=512)
         [w] = enc.windows
         assert enc.misaligned == [] and len(w.spans) == len(rec["triples"])
-        got = decode_triples(rec["text"], w.offsets, w.spans)
+        got = tokens_to_char_triples(rec["text"], w.offsets, w.spans)
         want = sorted(({k: t[k] for k in ("subject", "predicate", "object", "subject_span", "object_span")}
                        for t in rec["triples"]), key=triple_key)
         assert got == want
@@ -360,7 +360,7 @@ def test_triples_to_token_spans_and_back(tokenizers, kind):
     rec = recs[0]  # 《喜剧之王》由周星驰主演，周星驰也是导演: subject 1..5, object 7..10
     enc = encode_triples(tokenizers["char"], rec, max_length=10, stride=6)
     assert [w.token_start for w in enc.windows] == [0, 4, 8, 12] and [len(w.spans) for w in enc.windows] == [1, 0, 0, 0]
-    assert [triple_key(t) for t in merge_window_triples(rec["text"], enc.windows, [w.spans for w in enc.windows])] == \
+    assert [triple_key(t) for t in merge_window_triples(rec["text"], [w.offsets for w in enc.windows], [w.spans for w in enc.windows])] == \
         [(1, 5, "主演", 7, 10)]
     with pytest.raises(DataError, match=r"field 'triples\[0\]'.*fit in no window"):
         encode_triples(tokenizers["char"], rec, max_length=8, stride=4)
@@ -449,7 +449,7 @@ def test_real_data_round_trip(real_tokenizers, rel, fmt, kw, n_records, n_entiti
             lost += len(enc.misaligned)
             assert all(m["tokens"] is not None for m in enc.misaligned)  # only triples wider than the overlap
             want = sorted({triple_key(t) for t in r["triples"]} - {triple_key(m) for m in enc.misaligned})
-            got = merge_window_triples(r["text"], enc.windows, [w.spans for w in enc.windows])
+            got = merge_window_triples(r["text"], [w.offsets for w in enc.windows], [w.spans for w in enc.windows])
             assert [triple_key(t) for t in got] == want
         print(f"{rel}: {lost} triples wider than a 256-token window's overlap")
         assert lost <= 0.02 * n_triples, lost
@@ -468,7 +468,7 @@ def test_real_data_round_trip(real_tokenizers, rel, fmt, kw, n_records, n_entiti
                     assert m["tokens"][1] - m["tokens"][0] + 1 > stride + 1, m
             bad = {(m["start"], m["end"], m["type"]) for m in enc.misaligned}
             want_keys = sorted({(e["start"], e["end"], e["type"]) for e in r["entities"]} - bad)
-            got = merge_windows(enc.windows, [w.spans for w in enc.windows])
+            got = merge_windows([w.offsets for w in enc.windows], [w.spans for w in enc.windows])
             assert [(e["start"], e["end"], e["type"]) for e in got] == want_keys, r["text"]
     print(f"{rel}: {len(recs)} records, {total} spans; boundary inside a token: {inside}; longer than the overlap: {no_window}")
     assert inside["char"] == 0  # one token per character: every span is on token boundaries

@@ -133,17 +133,17 @@ def decode_entities(offsets: list[tuple[int, int]], token_spans) -> list[dict]:
     return out
 
 
-def merge_windows(windows: list[Window], predictions) -> list[dict]:
+def merge_windows(window_offsets: list[list[tuple[int, int]]], predictions) -> list[dict]:
     """Per-window token-span predictions → one sorted, de-duplicated list of character entities of the full text.
 
-    predictions[k] holds window k's (start_token, end_token inclusive, type) spans. Spans found by several
-    overlapping windows count once (union).
+    window_offsets[k] are window k's token character offsets (Window.offsets); predictions[k] its
+    (start_token, end_token inclusive, type) spans. Spans found by several overlapping windows count once (union).
     """
-    if len(predictions) != len(windows):
-        raise ValueError(f"{len(predictions)} prediction lists for {len(windows)} windows")
+    if len(predictions) != len(window_offsets):
+        raise ValueError(f"{len(predictions)} prediction lists for {len(window_offsets)} windows")
     seen = {}
-    for w, spans in zip(windows, predictions, strict=True):
-        for ent in decode_entities(w.offsets, spans):
+    for offsets, spans in zip(window_offsets, predictions, strict=True):
+        for ent in decode_entities(offsets, spans):
             seen[(ent["start"], ent["end"], ent["type"])] = ent
     return [seen[k] for k in sorted(seen)]
 
@@ -184,7 +184,7 @@ def encode_triples(tokenizer, record: dict, max_length: int, stride: int | None 
     return Encoded(windows, misaligned)
 
 
-def decode_triples(text: str, offsets: list[tuple[int, int]], token_triples) -> list[dict]:
+def tokens_to_char_triples(text: str, offsets: list[tuple[int, int]], token_triples) -> list[dict]:
     """(sh, st, predicate, oh, ot) token triples → canonical triples with character spans, sorted, de-duplicated."""
     seen = {}
     for sh, st, p, oh, ot in token_triples:
@@ -195,16 +195,17 @@ def decode_triples(text: str, offsets: list[tuple[int, int]], token_triples) -> 
     return [seen[k] for k in sorted(seen)]
 
 
-def merge_window_triples(text: str, windows: list[Window], predictions) -> list[dict]:
-    """Per-window token triples → the full text's canonical triples (union over windows)."""
-    if len(predictions) != len(windows):
-        raise ValueError(f"{len(predictions)} prediction lists for {len(windows)} windows")
+def merge_window_triples(text: str, window_offsets: list[list[tuple[int, int]]], predictions) -> list[dict]:
+    """Per-window token triples (window_offsets[k]: window k's token character offsets) → the full text's canonical
+    triples (union over windows)."""
+    if len(predictions) != len(window_offsets):
+        raise ValueError(f"{len(predictions)} prediction lists for {len(window_offsets)} windows")
     seen = {}
-    for w, triples in zip(windows, predictions, strict=True):
-        for t in decode_triples(text, w.offsets, triples):
+    for offsets, triples in zip(window_offsets, predictions, strict=True):
+        for t in tokens_to_char_triples(text, offsets, triples):
             seen[(*t["subject_span"], t["predicate"], *t["object_span"])] = t
     return [seen[k] for k in sorted(seen)]
 
 
 __all__ = ["token_offsets", "align_span", "window_starts", "Window", "Encoded", "encode_entities", "decode_entities",
-           "merge_windows", "encode_triples", "decode_triples", "merge_window_triples"]
+           "merge_windows", "encode_triples", "tokens_to_char_triples", "merge_window_triples"]

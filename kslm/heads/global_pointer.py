@@ -22,11 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kslm.nn.rope import RotaryEmbedding
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """fp32 for half/bf16/fp32 inputs, fp64 for fp64 inputs."""
-    return torch.promote_types(x.dtype, torch.float32)
+from kslm.precision import fp32_or_wider
 
 
 def _linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -89,7 +85,7 @@ class GlobalPointer(_SpanHead):
         """hidden [B, L, D]; mask [B, L] (1 = token, 0 = padding) → logits [B, num_types, L, L] (fp32)."""
         b, length, _ = hidden.shape
         with torch.autocast(device_type=hidden.device.type, enabled=False):
-            x = _linear(self.dense, hidden.to(_compute_dtype(hidden)))  # [B, L, T·2d]
+            x = _linear(self.dense, hidden.to(fp32_or_wider(hidden)))  # [B, L, T·2d]
             x = x.view(b, length, self.num_types, 2 * self.head_size).transpose(1, 2)  # [B, T, L, 2d]
             q, k = x[..., : self.head_size], x[..., self.head_size :]  # first / last half of each type's chunk
             q, k = self._rotate(q, k)
@@ -122,7 +118,7 @@ class EfficientGlobalPointer(_SpanHead):
     def forward(self, hidden: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """hidden [B, L, D]; mask [B, L] (1 = token, 0 = padding) → logits [B, num_types, L, L] (fp32)."""
         with torch.autocast(device_type=hidden.device.type, enabled=False):
-            p = _linear(self.p_dense, hidden.to(_compute_dtype(hidden)))  # [B, L, 2d]
+            p = _linear(self.p_dense, hidden.to(fp32_or_wider(hidden)))  # [B, L, 2d]
             q, k = p[..., 0::2], p[..., 1::2]  # interleaved split
             q, k = self._rotate(q, k)
             logits = q @ k.transpose(-1, -2) / math.sqrt(self.head_size)  # [B, L, L], shared by all types

@@ -28,6 +28,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from kslm.precision import fp32_or_wider
+
 
 def nearest_visible(masked: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """masked [B, T] bool → (distance to the nearest visible position on the left, on the right), each [B, T] long;
@@ -69,7 +71,7 @@ class HeatPredictor(nn.Module):
 
     def forward(self, hidden: torch.Tensor, masked: torch.Tensor):
         """hidden [B, T, d], masked [B, T] bool → (predictions [N, d], (batch index [N], position [N]))."""
-        dtype = torch.promote_types(hidden.dtype, torch.float32)
+        dtype = fp32_or_wider(hidden)
         k, m = nearest_visible(masked)
         K = self.max_distance
         use_l = (k > 0) & (k <= K)

@@ -37,14 +37,14 @@ from typing import Optional
 
 import torch
 
+from kslm.precision import to_fp32_or_wider
+
 
 class RNNDivergenceError(RuntimeError):
     """The fixed-point iteration left the cell's range (|x| > blowup, non-finite) or did not converge in time."""
 
 
-def _wide(t: torch.Tensor) -> torch.Tensor:
-    """fp32, or fp64 if already: bf16/fp16 products over long ranges are inaccurate (relative error up to T·2⁻⁸ in bf16)."""
-    return t.to(torch.promote_types(t.dtype, torch.float32))
+_wide = to_fp32_or_wider  # bf16/fp16 products over long ranges are inaccurate (relative error up to T·2⁻⁸ in bf16)
 
 
 def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: Optional[torch.Tensor] = None) -> torch.Tensor:

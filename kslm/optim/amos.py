@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 from torch.optim import Optimizer
 
-from kslm.optim.precision import fp32_or_wider
+from kslm.precision import fp32_or_wider
 
 SLOTS = ("row", "column", "scalar", "full")
 

@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 from torch.optim import Optimizer
 
-from kslm.optim.precision import fp32_or_wider
+from kslm.precision import fp32_or_wider
 
 DECAYS = ("inverse_time", "constant_rate")
 

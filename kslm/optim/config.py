@@ -58,7 +58,7 @@ class OptimConfig:
             raise ConfigError(f"model.optim.options: unknown {self.name} options {unknown} "
                                    f"(known: {', '.join(OPTIONS[self.name])})")
         checks = [
-            ("lr", math.isfinite(self.lr) and self.lr > 0, "must be a finite number > 0"),
+            ("lr", math.isfinite(self.lr) and self.lr >= 0, "must be a finite number ≥ 0"),
             ("weight_decay", math.isfinite(self.weight_decay) and self.weight_decay >= 0, "must be ≥ 0"),
             ("betas", len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "must be two numbers in [0, 1)"),
             ("warmup_steps", self.warmup_steps >= 0, "must be ≥ 0"),

@@ -23,7 +23,7 @@ from typing import Tuple
 import torch
 from torch.optim import Optimizer
 
-from kslm.optim.precision import fp32_or_wider
+from kslm.precision import fp32_or_wider
 
 
 class ExponentiatedGradient(Optimizer):

@@ -15,7 +15,7 @@ from typing import Callable, List, Sequence, Tuple
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from kslm.optim.precision import fp32_or_wider
+from kslm.precision import fp32_or_wider
 
 
 @contextmanager

@@ -119,4 +119,12 @@ class ExtractionTask(KslmTask):
         self._log_f1("test")
 
 
-__all__ = ["ExtractionTask"]
+def windows_of_records(batch) -> List[List[int]]:
+    """The window indices of each record of a record batch (batch["record"][w] is window w's record)."""
+    out = [[] for _ in batch["text"]]
+    for w, r in enumerate(batch["record"]):
+        out[r].append(w)
+    return out
+
+
+__all__ = ["ExtractionTask", "windows_of_records"]

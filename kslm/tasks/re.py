@@ -6,9 +6,9 @@ object tail) pair per predicate (head / tail EGPs, one head per predicate, no Ro
 
     S(s_h, s_t) + S(o_h, o_t) + S(s_h, o_h | p) + S(s_t, o_t | p)  each with multilabel "softmax + CE"
 
-(sparse MCCE, sum over heads, mean over the batch, summed over the three groups; TECHNIQUES §9.2). A triple
-(s_h, s_t, p, o_h, o_t) is predicted iff all four scores are > 0 (`decode_triples`, §9.3); its token spans are
-mapped back to characters through the window's offsets, windows of one record are merged (union), and
+(sparse MCCE, sum over heads, mean over the batch, summed over the three groups, as bert4keras' GPLinker). A triple
+(s_h, s_t, p, o_h, o_t) is predicted iff all four scores are > 0 (kslm.heads.gplinker.decode_triples); its token
+spans are mapped back to characters and a record's windows merged (union) by kslm.data.spans.merge_window_triples, and
 (subject, predicate, object) strings are scored with exact-match triple F1 per record (as GPLinker's SPO).
 """
 
@@ -17,10 +17,10 @@ from typing import List, Literal, Optional
 
 import torch
 
-from kslm.data.spans import decode_triples as triples_to_chars
+from kslm.data.spans import merge_window_triples
 from kslm.heads.gplinker import GPLinker, decode_triples, gplinker_loss
 from kslm.metrics import TripleF1
-from kslm.tasks.extraction import ExtractionTask
+from kslm.tasks.extraction import ExtractionTask, windows_of_records
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +87,10 @@ class RelationExtraction(ExtractionTask):
         entity, head, tail = logits
         entity, capped = cap_entities(entity, self.max_entities, self.threshold)
         self._capped += capped
-        found = [dict() for _ in batch["text"]]
-        for w, triples in enumerate(decode_triples(entity, head, tail, self.threshold, mask=batch["span_mask"])):
-            r = batch["record"][w]
-            tokens = [(sh - 1, st - 1, self.predicates[p], oh - 1, ot - 1) for sh, st, p, oh, ot in triples]  # <s> off
-            for t in triples_to_chars(batch["text"][r], batch["offsets"][w], tokens):
-                found[r][(*t["subject_span"], t["predicate"], *t["object_span"])] = t
-        return [[f[k] for k in sorted(f)] for f in found]
+        per_window = [[(sh - 1, st - 1, self.predicates[p], oh - 1, ot - 1) for sh, st, p, oh, ot in triples]  # <s> off
+                      for triples in decode_triples(entity, head, tail, self.threshold, mask=batch["span_mask"])]
+        return [merge_window_triples(text, [batch["offsets"][w] for w in ws], [per_window[w] for w in ws])
+                for text, ws in zip(batch["text"], windows_of_records(batch), strict=True)]
 
     def _warn_capped(self):
         if self._capped:
