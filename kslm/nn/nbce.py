@@ -18,12 +18,15 @@ done here in fp32 whatever the model's dtype:
 
 `pooling="mean"` replaces logp[k] by the mean of the context rows' (clipped) log-probs (Su's first experiments).
 The loop runs all rows as one left-padded batch with a KV cache; positions come from the attention mask, so a
-padded row is numbered exactly as if it ran alone.
+padded row is numbered exactly as if it ran alone. The decode loop and the token draw are kslm.nn.generate's
+(`decode`, `sample_next` without a nucleus: the nucleus is the per-row one above); this module holds NBCE's step.
 """
 
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import torch
+
+from kslm.nn.generate import decode, sample_next
 
 # lm(input_ids [B, T], attention_mask [B, past + T], state, prompt_length) → (last-position logits [B, V], state);
 # state None starts a fresh cache (and the caller may drop the returned state to recompute from scratch).
@@ -68,14 +71,6 @@ def nbce_scores(logits: torch.Tensor, beta: float = 0.25, eta: float = 0.1, top_
     return torch.where(logp[0] > -100, merged, pooled), k
 
 
-def choose_token(scores: torch.Tensor, temperature: float, generator: Optional[torch.Generator] = None) -> int:
-    """τ = 0: argmax; otherwise a draw from softmax(scores / τ) (the reference uses τ = 0.01 ≈ greedy)."""
-    if temperature <= 0:
-        return int(scores.argmax())
-    probs = torch.softmax(scores / temperature, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
-
-
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Token lists → (ids [B, L], attention_mask [B, L]) padded on the left, so every row ends at column L − 1."""
     L = max(len(p) for p in prompts)
@@ -101,25 +96,26 @@ def nbce_generate(lm: CausalLM, prompts: Sequence[Sequence[int]], eos_ids: Itera
     """prompts[0] = the no-context prompt, prompts[1:] = one per context. → (new tokens, chosen row per token).
 
     use_cache=False recomputes every row from scratch at every step (the naive loop, for tests and benchmarks)."""
-    eos = set(eos_ids)
     ids, mask = left_pad(prompts, pad_id, device)
-    prompt_length = ids.shape[1]
-    state, step_in, out, chosen, k = None, ids, [], [], None
-    for _ in range(max_new_tokens):
-        if use_cache:
-            logits, state = lm(step_in, mask, state, prompt_length)
-        else:
-            logits, _ = lm(ids, mask, None, prompt_length)
-        scores, k = nbce_scores(logits, beta, eta, top_p, k, pooling)
-        tok = choose_token(scores, temperature, generator)
-        if tok in eos:
-            break
-        out.append(tok)
-        chosen.append(k)
-        step_in = torch.full((ids.shape[0], 1), tok, dtype=torch.long, device=ids.device)
-        ids = torch.cat([ids, step_in], dim=1)
-        mask = torch.cat([mask, torch.ones_like(step_in)], dim=1)
-    return out, chosen
+    prompt_length, state, prefilled, ks = ids.shape[1], None, False, []
+
+    def step(new: torch.Tensor) -> torch.Tensor:  # new: the padded prompts, then the chosen token in every row
+        nonlocal ids, mask, state, prefilled
+        if prefilled:
+            ids, mask = torch.cat([ids, new], dim=1), torch.cat([mask, torch.ones_like(new)], dim=1)
+        prefilled = True
+        if not use_cache:
+            return lm(ids, mask, None, prompt_length)[0]
+        logits, state = lm(new, mask, state, prompt_length)
+        return logits
+
+    def pick(logits: torch.Tensor) -> torch.Tensor:
+        scores, k = nbce_scores(logits, beta, eta, top_p, ks[-1] if ks else None, pooling)
+        ks.append(k)
+        return sample_next(scores[None], temperature, None, generator)
+
+    out = decode(step, ids, max_new_tokens, eos_ids, pick)
+    return out, ks[:len(out)]  # the step that drew EOS chose a row too
 
 
 class BackboneLM:
@@ -157,5 +153,5 @@ class HFCausalLM:
         return out.logits[:, -1].float(), out.past_key_values
 
 
-__all__ = ["top_p_filter", "entropy", "nbce_scores", "choose_token", "left_pad", "positions_from_mask", "nbce_generate",
+__all__ = ["top_p_filter", "entropy", "nbce_scores", "left_pad", "positions_from_mask", "nbce_generate",
            "BackboneLM", "HFCausalLM"]
