@@ -22,6 +22,7 @@ padded row is numbered exactly as if it ran alone. The decode loop and the token
 (`decode`, `sample_next` without a nucleus: the nucleus is the per-row one above); this module holds NBCE's step.
 """
 
+import inspect
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import torch
@@ -139,18 +140,21 @@ class BackboneLM:
 
 class HFCausalLM:
     """A Hugging Face causal LM as a CausalLM: its own cache object, explicit position_ids from the attention mask
-    (left padding), and logits for the last position only (`logits_to_keep=1`: no [B, L, V] tensor at prefill)."""
+    (left padding), and logits for the last position only (`logits_to_keep=1`: no [B, L, V] tensor at prefill).
+    The cache goes in and comes out under the name the model's forward takes: `cache` (transformers 5.x, where
+    `past_key_values` is deprecated) or `past_key_values` (4.x)."""
 
     def __init__(self, model):
         self.model = model
         self.window = getattr(model.config, "max_position_embeddings", None)
+        self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     def __call__(self, ids, attention_mask, state, prompt_length):
         positions = positions_from_mask(attention_mask, ids.shape[1])
         out = self.model(input_ids=ids, attention_mask=attention_mask, position_ids=positions,
-                         past_key_values=state, use_cache=state is not None or ids.shape[1] == prompt_length,
-                         logits_to_keep=1)
-        return out.logits[:, -1].float(), out.past_key_values
+                         use_cache=state is not None or ids.shape[1] == prompt_length, logits_to_keep=1,
+                         **{self.cache_arg: state})
+        return out.logits[:, -1].float(), out.get(self.cache_arg)  # None without use_cache
 
 
 __all__ = ["top_p_filter", "entropy", "nbce_scores", "left_pad", "positions_from_mask", "nbce_generate",
