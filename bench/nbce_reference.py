@@ -8,14 +8,18 @@ import torch
 
 def reference_loop(model, input_ids, attention_mask, max_tokens, eos_id=None, beta=0.25, eta=0.1, top_p=0.95):
     """bojone/NBCE test.py (final revision 1a4c178) over a Hugging Face causal LM, with τ → 0 (argmax)."""
+    import inspect
+
     from transformers import LogitsProcessorList, TopPLogitsWarper
 
     processors = LogitsProcessorList([TopPLogitsWarper(top_p)])
+    # transformers 5.x takes and returns the cache as `cache` (`past_key_values` deprecated); 4.x as `past_key_values`
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     n, past, preds, k = input_ids.shape[0], None, [], None
     with torch.no_grad():
         for i in range(max_tokens):
-            out = model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=past, use_cache=True)
-            past = out.past_key_values
+            out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True, **{cache_arg: past})
+            past = out[cache_arg]
             logits = out.logits[:, -1].float()
             logits = logits - logits.logsumexp(dim=-1, keepdim=True)
             logits = processors(input_ids, logits)

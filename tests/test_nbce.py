@@ -288,6 +288,41 @@ def test_hf_cached_loop_padding_and_greedy(tiny_llama):
     torch.testing.assert_close(padded[0], alone[0], rtol=1e-5, atol=1e-5)
 
 
+def test_hf_cache_argument_follows_the_forward_signature():
+    """transformers 5.x takes and returns the cache as `cache` (`past_key_values` deprecated, removed in 5.40);
+    4.x (≥ 4.56, what pyproject allows) as `past_key_values`: HFCausalLM uses the name the forward declares."""
+    import inspect
+    from types import SimpleNamespace
+
+    from kslm.nn.nbce import HFCausalLM
+
+    class Out(dict):  # a ModelOutput stand-in: fields as keys, only those set
+        logits = torch.zeros(2, 1, 7)
+
+    class Fake:
+        config = SimpleNamespace(max_position_embeddings=64)
+
+        def __init__(self, name):
+            self.name, self.seen = name, {}
+            P = inspect.Parameter
+            self.forward = lambda **kw: None
+            self.forward.__signature__ = inspect.Signature(
+                [P(p, P.KEYWORD_ONLY, default=None) for p in
+                 ("input_ids", "attention_mask", "position_ids", name, "use_cache", "logits_to_keep")])
+
+        def __call__(self, use_cache=None, **kw):
+            self.seen = {k: v for k, v in kw.items() if k in ("cache", "past_key_values")}
+            return Out({self.name: "next-state"} if use_cache else {})
+
+    ids, mask = left_pad([[5, 6], [7]])
+    for name in ("cache", "past_key_values"):
+        lm = HFCausalLM(Fake(name))
+        _, state = lm(ids[:, -1:], mask, "old-state", ids.shape[1])
+        assert lm.cache_arg == name and lm.model.seen == {name: "old-state"} and state == "next-state"
+        _, state = lm(ids, mask, None, ids.shape[1] + 1)  # no cache asked for (the naive loop's later steps)
+        assert lm.model.seen == {name: None} and state is None
+
+
 def test_predict_hf_llama_matches_reference_loop(tiny_llama, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # logs/ and the saved config land here
     path, model, tokenizer = tiny_llama

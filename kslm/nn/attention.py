@@ -41,6 +41,12 @@ class AttentionMask:
         return torch.ones(1, 1, T, S, dtype=torch.bool, device=device)
 
 
+def positions_from_mask(attention_mask: torch.Tensor, T: int) -> torch.Tensor:
+    """Position ids of the last T columns of a padding mask [B, past + T] (1 = token): real tokens count 0, 1, 2, …
+    from each row's first token, so left-padded rows start at 0; pads get 0."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
+
+
 def build_attention_mask(
     kind: str,
     T: int,

@@ -11,7 +11,7 @@ from typing import Literal, Optional
 import torch
 from torch import nn
 
-from kslm.nn.attention import build_attention_mask
+from kslm.nn.attention import build_attention_mask, positions_from_mask
 from kslm.nn.embedding import LMHead, embedding_std
 from kslm.nn.gau import gau_sublayers
 from kslm.nn.norm import build_norm
@@ -178,7 +178,7 @@ class Backbone(nn.Module):
         B, T = input_ids.shape
         if attention_mask is None:
             return torch.arange(past_length, past_length + T, device=input_ids.device)
-        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
+        return positions_from_mask(attention_mask, T)
 
     def forward(self, input_ids, attention_mask=None, prefix_lengths=None, position_ids=None, cache=None):
         """input_ids [B, T] → hidden [B, T, d] (after the final norm). attention_mask [B, past + T]: 1 = token.

@@ -18,12 +18,17 @@ done here in fp32 whatever the model's dtype:
 
 `pooling="mean"` replaces logp[k] by the mean of the context rows' (clipped) log-probs (Su's first experiments).
 The loop runs all rows as one left-padded batch with a KV cache; positions come from the attention mask, so a
-padded row is numbered exactly as if it ran alone.
+padded row is numbered exactly as if it ran alone. The decode loop and the token draw are kslm.nn.generate's
+(`decode`, `sample_next` without a nucleus: the nucleus is the per-row one above); this module holds NBCE's step.
 """
 
+import inspect
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import torch
+
+from kslm.nn.attention import positions_from_mask
+from kslm.nn.generate import decode, sample_next
 
 # lm(input_ids [B, T], attention_mask [B, past + T], state, prompt_length) → (last-position logits [B, V], state);
 # state None starts a fresh cache (and the caller may drop the returned state to recompute from scratch).
@@ -68,14 +73,6 @@ def nbce_scores(logits: torch.Tensor, beta: float = 0.25, eta: float = 0.1, top_
     return torch.where(logp[0] > -100, merged, pooled), k
 
 
-def choose_token(scores: torch.Tensor, temperature: float, generator: Optional[torch.Generator] = None) -> int:
-    """τ = 0: argmax; otherwise a draw from softmax(scores / τ) (the reference uses τ = 0.01 ≈ greedy)."""
-    if temperature <= 0:
-        return int(scores.argmax())
-    probs = torch.softmax(scores / temperature, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
-
-
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Token lists → (ids [B, L], attention_mask [B, L]) padded on the left, so every row ends at column L − 1."""
     L = max(len(p) for p in prompts)
@@ -88,11 +85,6 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0, device=None) -> 
     return ids.to(device), mask.to(device)
 
 
-def positions_from_mask(attention_mask: torch.Tensor, T: int) -> torch.Tensor:
-    """position_ids of the last T columns: real tokens count 0, 1, 2, … from each row's first token; pads get 0."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
-
-
 @torch.no_grad()
 def nbce_generate(lm: CausalLM, prompts: Sequence[Sequence[int]], eos_ids: Iterable[int], max_new_tokens: int,
                   beta: float = 0.25, eta: float = 0.1, top_p: float = 0.95, temperature: float = 0.0,
@@ -101,25 +93,26 @@ def nbce_generate(lm: CausalLM, prompts: Sequence[Sequence[int]], eos_ids: Itera
     """prompts[0] = the no-context prompt, prompts[1:] = one per context. → (new tokens, chosen row per token).
 
     use_cache=False recomputes every row from scratch at every step (the naive loop, for tests and benchmarks)."""
-    eos = set(eos_ids)
     ids, mask = left_pad(prompts, pad_id, device)
-    prompt_length = ids.shape[1]
-    state, step_in, out, chosen, k = None, ids, [], [], None
-    for _ in range(max_new_tokens):
-        if use_cache:
-            logits, state = lm(step_in, mask, state, prompt_length)
-        else:
-            logits, _ = lm(ids, mask, None, prompt_length)
-        scores, k = nbce_scores(logits, beta, eta, top_p, k, pooling)
-        tok = choose_token(scores, temperature, generator)
-        if tok in eos:
-            break
-        out.append(tok)
-        chosen.append(k)
-        step_in = torch.full((ids.shape[0], 1), tok, dtype=torch.long, device=ids.device)
-        ids = torch.cat([ids, step_in], dim=1)
-        mask = torch.cat([mask, torch.ones_like(step_in)], dim=1)
-    return out, chosen
+    prompt_length, state, prefilled, ks = ids.shape[1], None, False, []
+
+    def step(new: torch.Tensor) -> torch.Tensor:  # new: the padded prompts, then the chosen token in every row
+        nonlocal ids, mask, state, prefilled
+        if prefilled:
+            ids, mask = torch.cat([ids, new], dim=1), torch.cat([mask, torch.ones_like(new)], dim=1)
+        prefilled = True
+        if not use_cache:
+            return lm(ids, mask, None, prompt_length)[0]
+        logits, state = lm(new, mask, state, prompt_length)
+        return logits
+
+    def pick(logits: torch.Tensor) -> torch.Tensor:
+        scores, k = nbce_scores(logits, beta, eta, top_p, ks[-1] if ks else None, pooling)
+        ks.append(k)
+        return sample_next(scores[None], temperature, None, generator)
+
+    out = decode(step, ids, max_new_tokens, eos_ids, pick)
+    return out, ks[:len(out)]  # the step that drew EOS chose a row too
 
 
 class BackboneLM:
@@ -143,19 +136,22 @@ class BackboneLM:
 
 class HFCausalLM:
     """A Hugging Face causal LM as a CausalLM: its own cache object, explicit position_ids from the attention mask
-    (left padding), and logits for the last position only (`logits_to_keep=1`: no [B, L, V] tensor at prefill)."""
+    (left padding), and logits for the last position only (`logits_to_keep=1`: no [B, L, V] tensor at prefill).
+    The cache goes in and comes out under the name the model's forward takes: `cache` (transformers 5.x, where
+    `past_key_values` is deprecated) or `past_key_values` (4.x)."""
 
     def __init__(self, model):
         self.model = model
         self.window = getattr(model.config, "max_position_embeddings", None)
+        self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     def __call__(self, ids, attention_mask, state, prompt_length):
         positions = positions_from_mask(attention_mask, ids.shape[1])
         out = self.model(input_ids=ids, attention_mask=attention_mask, position_ids=positions,
-                         past_key_values=state, use_cache=state is not None or ids.shape[1] == prompt_length,
-                         logits_to_keep=1)
-        return out.logits[:, -1].float(), out.past_key_values
+                         use_cache=state is not None or ids.shape[1] == prompt_length, logits_to_keep=1,
+                         **{self.cache_arg: state})
+        return out.logits[:, -1].float(), out.get(self.cache_arg)  # None without use_cache
 
 
-__all__ = ["top_p_filter", "entropy", "nbce_scores", "choose_token", "left_pad", "positions_from_mask", "nbce_generate",
+__all__ = ["top_p_filter", "entropy", "nbce_scores", "left_pad", "positions_from_mask", "nbce_generate",
            "BackboneLM", "HFCausalLM"]

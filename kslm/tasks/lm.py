@@ -20,6 +20,7 @@ from torch.nn import functional as F
 
 from kslm.data.tokenizer import EOS_ID, MASK_ID, SPECIAL_TOKENS
 from kslm.errors import ConfigError
+from kslm.nn.generate import decode, sample_next
 from kslm.nn.heat import HeatPredictor
 from kslm.tasks.base import KslmTask, stable_seed
 
@@ -136,30 +137,21 @@ class LanguageModel(KslmTask):
     @torch.no_grad()
     def generate(self, prompt_ids, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
                  generator: Optional[torch.Generator] = None):
-        """Incremental decoding with the backbone's KV cache; stops at </s>. Returns the new token ids."""
+        """Incremental decoding with the backbone's KV cache (kslm.nn.generate: greedy at temperature 0, else nucleus
+        sampling); stops at </s>. Returns the new token ids."""
         if self.backbone_config.mask == "bidirectional":
             raise ConfigError("a bidirectional (masked-LM) backbone cannot generate; use mask causal or prefix")
         ids = torch.tensor([[EOS_ID] + list(prompt_ids)], device=self.device)  # </s> starts a document
         budget = self.backbone_config.max_length - ids.shape[1]
         if budget <= 0:
             raise ConfigError(f"prompt of {ids.shape[1]} tokens leaves no room under max_length {self.backbone_config.max_length}")
-        prefix = torch.tensor([ids.shape[1]], device=self.device)
-        cache, out, step_in = {}, [], ids
-        for _ in range(min(max_new_tokens, budget)):
-            logits = self.backbone.logits(self.backbone(step_in, prefix_lengths=prefix, cache=cache)[:, -1]).float()
-            if temperature <= 0:
-                nxt = int(logits.argmax(-1))
-            else:
-                probs = torch.softmax(logits / temperature, -1)[0]
-                sp, si = probs.sort(descending=True)
-                keep = sp.cumsum(0) - sp < top_p  # smallest set whose mass reaches top_p
-                sp = sp * keep
-                nxt = int(si[torch.multinomial(sp / sp.sum(), 1, generator=generator)])
-            if nxt == EOS_ID:
-                break
-            out.append(nxt)
-            step_in = torch.tensor([[nxt]], device=self.device)
-        return out
+        prefix, cache = torch.tensor([ids.shape[1]], device=self.device), {}
+
+        def step(new):
+            return self.backbone.logits(self.backbone(new, prefix_lengths=prefix, cache=cache)[:, -1]).float()
+
+        return decode(step, ids, min(max_new_tokens, budget), [EOS_ID],
+                      lambda logits: sample_next(logits, temperature, top_p, generator))
 
     def predict_step(self, batch, batch_idx):
         hp = self.hparams
