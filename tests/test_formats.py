@@ -52,8 +52,8 @@ def test_unknown_format_names_the_registered_ones():
 def test_cannot_sniff_names_the_registered_ones(tmp_path):
     f = tmp_path / "x.jsonl"
     f.write_text('{"sentence": "甲"}\n', encoding="utf-8")
-    with pytest.raises(DataError, match=r"x.jsonl:1: cannot tell the format from keys \['sentence'\]; pass fmt= "
-                                        r"\(one of \('cluener', .*'canonical'\)\)"):
+    with pytest.raises(DataError, match=r"x.jsonl:1: cannot tell the format from keys \['sentence'\]: give "
+                                        r"--data.format \(one of cluener, .*canonical\)$"):
         sniff_format(f)
 
 

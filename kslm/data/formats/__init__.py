@@ -31,7 +31,8 @@ from kslm.data.formats.canonical import check_record, read_canonical
 from kslm.data.formats.cluener import cluener_train_dev, read_cluener
 from kslm.data.formats.cmeee import cmeee_train_dev, read_cmeee
 from kslm.data.formats.duie import read_cmeie, read_duie
-from kslm.data.formats.jsonl import ReadStats, check_file, iter_json_array, iter_jsonl, nonblank_lines
+from kslm.data.formats.jsonl import (ReadStats, check_file, iter_json_array, iter_jsonl, iter_lines, key_hint,
+                                     nonblank_lines, record_text)
 from kslm.data.formats.webnlg import read_webnlg
 from kslm.errors import DataError
 
@@ -63,31 +64,63 @@ def format_names(task: str | None = None) -> tuple[str, ...]:
     return tuple(name for name, f in FORMATS.items() if task is None or task in f.tasks)
 
 
+def _first_line(path) -> tuple[int, str]:
+    """(1-based number, text) of the first non-blank line of `path`, read whole however long (a byte-order mark
+    dropped); (0, "") for a blank file."""
+    for n, line in iter_lines(path):
+        if line.strip():
+            return n, line
+    return 0, ""
+
+
+def _sniff_keys(keys, path, line, array: bool) -> str:
+    """The format of records with these keys (JSON Lines records, or the elements of a JSON array)."""
+    if array:
+        if "triple_list" in keys:
+            return "webnlg"
+        if "entities" in keys or set(keys) <= {"text", "id"}:
+            return "cmeee"
+        if "label" in keys or "spo_list" in keys:
+            raise DataError(f"a JSON array of records with key {'label' if 'label' in keys else 'spo_list'!r}: "
+                            f"{'cluener' if 'label' in keys else 'duie'} files are JSON Lines, one record per line "
+                            "(a JSON array is read as cmeee or webnlg)", path=path, line=line)
+    else:
+        if "label" in keys:
+            return "cluener"
+        if "spo_list" in keys:
+            return "duie"
+        if "entities" in keys or "triples" in keys or "text" in keys:
+            return "canonical"
+    hint = next((key_hint(k) for k in sorted(keys) if key_hint(k)), "")
+    raise DataError(f"cannot tell the format from keys {sorted(keys)}: give --data.format (one of "
+                    f"{', '.join(format_names())}){hint}", path=path, line=line)
+
+
 def sniff_format(path) -> str:
     """Guess the format from the first record (see FORMATS)."""
     p = check_file(path)
-    with open(p, encoding="utf-8") as f:
-        head = f.read(1 << 16)
-    stripped = head.lstrip()
+    n, first = _first_line(p)
+    if not first:
+        raise DataError("empty file: no records", path=p)
+    stripped = first.lstrip()
     if stripped.startswith("["):
-        first = next(iter(iter_json_array(p)), (None, {}))[1]
-        return "webnlg" if "triple_list" in first else "cmeee"
+        rec = next(iter(iter_json_array(p)), None)
+        if rec is None:
+            raise DataError("an empty JSON array: no records", path=p)
+        return _sniff_keys(rec[1].keys(), p, rec[0], array=True)
     if stripped.startswith("{"):
         try:
-            first = json.loads(stripped.split("\n", 1)[0])
-        except json.JSONDecodeError:
-            raise DataError("starts like JSON but its first line is not a JSON object; pass fmt=", path=p, line=1) from None
-        if "label" in first:
-            return "cluener"
-        if "spo_list" in first:
-            return "duie"
-        if "entities" in first or "triples" in first or "text" in first:
-            return "canonical"
-        raise DataError(f"cannot tell the format from keys {sorted(first)}; pass fmt= (one of {format_names()})",
-                        path=p, line=1)
-    if is_tag_line(stripped.split("\n", 1)[0]):
+            obj = json.loads(first)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"starts like JSON but is not one JSON object ({exc.msg} at column {exc.colno}); JSON Lines "
+                            "files hold one record per line, JSON files one array of records", path=p, line=n) from None
+        if not isinstance(obj, dict):
+            raise DataError(f"expected a JSON object, got {type(obj).__name__}", path=p, line=n)
+        return _sniff_keys(obj.keys(), p, n, array=False)
+    if is_tag_line(first.rstrip("\n")):
         return "bio"
-    raise DataError(f"cannot tell the format; pass fmt= (one of {format_names()})", path=p, line=1)
+    raise DataError(f"cannot tell the format (not JSON Lines, a JSON array or '<char> <tag>' lines); give --data.format "
+                    f"(one of {', '.join(format_names())})", path=p, line=n)
 
 
 def read_any(path, fmt: str = "auto", **kwargs) -> Iterator[dict]:
@@ -101,13 +134,46 @@ def read_any(path, fmt: str = "auto", **kwargs) -> Iterator[dict]:
 
 def read_records_with_lines(path, fmt: str = "auto", **kwargs) -> List[dict]:
     """Records of `path` with a "line" key: the 1-based line for JSON Lines formats, else the 1-based record number.
-    kwargs go to the reader (e.g. skip_unlocatable for DuIE / WebNLG)."""
+    kwargs go to the reader (e.g. skip_unlocatable for DuIE / WebNLG). With a format given, an error in a file that
+    looks like another format says so."""
+    given = fmt != "auto"
     fmt = sniff_format(path) if fmt == "auto" else fmt
-    recs = list(read_any(path, fmt, **kwargs))
+    try:
+        recs = list(read_any(path, fmt, **kwargs))
+    except DataError as exc:
+        guess = _guess(path) if given else None
+        if guess is None or guess == fmt or "--data.format" in str(exc):
+            raise
+        raise DataError(f"{exc}; the file looks like {guess}, not {fmt} (--data.format {guess})") from None
     lines = nonblank_lines(path) if fmt in JSONL_FORMATS else list(range(1, len(recs) + 1))
     return [{**r, "line": n} for r, n in zip(recs, lines, strict=True)]
 
 
+def _guess(path):
+    try:
+        return sniff_format(path)
+    except DataError:
+        return None
+
+
+def read_texts_with_lines(path, fmt: str = "auto") -> List[dict]:
+    """Prediction inputs: {"text", "line"} of every record of `path` (labels are not read: a labelled file serves as
+    well as an unlabelled one). The file's format is recognised on its own — a JSON Lines file of {"text": …}
+    records is always read, whatever `fmt` (the training data's format) says; `fmt` is used only for a file that
+    cannot be sniffed. "line" is as in `read_records_with_lines`."""
+    guess = _guess(path)
+    if guess is None:
+        if fmt == "auto":
+            sniff_format(path)  # raises its error
+        guess = fmt
+    if FORMATS[guess].jsonl:
+        return [{"text": record_text(obj, path, n), "line": n} for n, obj in iter_jsonl(path)]
+    if guess == "bio":  # tags are not read: an orphan I- tag is no reason to refuse a text
+        return [{"text": r["text"], "line": i} for i, r in enumerate(read_bio(path, repair=True, stats=ReadStats()), 1)]
+    return [{"text": record_text(obj, path, where), "line": i}
+            for i, (where, obj) in enumerate(iter_json_array(path), 1)]
+
+
 __all__ = ["FORMATS", "Format", "JSONL_FORMATS", "ReadStats", "check_record", "cluener_train_dev", "cmeee_train_dev",
            "format_names", "iter_jsonl", "read_any", "read_bio", "read_canonical", "read_cluener", "read_cmeee",
-           "read_cmeie", "read_duie", "read_records_with_lines", "read_webnlg", "sniff_format"]
+           "read_cmeie", "read_duie", "read_records_with_lines", "read_texts_with_lines", "read_webnlg", "sniff_format"]

@@ -6,7 +6,7 @@ import logging
 import re
 from typing import Iterator
 
-from kslm.data.formats.jsonl import ReadStats, check_file, sorted_entities
+from kslm.data.formats.jsonl import ReadStats, check_file, read_text, sorted_entities
 from kslm.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ def read_bio(path, segpos: bool | None = None, repair: bool = False, stats: Read
     """Char-per-line tagged files (People's Daily, MSRA, Weibo): `<char> <tag>` lines, blank line between sentences.
 
     Tags: `O`, `B-X`, `I-X`, `M-X`, `E-X`, `S-X` (BIO, BIOES and BMES all read). An `I-/M-/E-X` that does not
-    continue an open `X` entity is an error, or with `repair=True` starts a new entity (conlleval's reading) and
+    continue an open `X` entity is an error, or with `repair=True` (`--data.repair true`) starts a new entity (conlleval's reading) and
     is counted in `stats.repaired_tags`.
     segpos: Weibo NER appends the char's position in its word segment (`科0`, `p10`); True strips the trailing
     digits (keeping at least one char, so `310` is `3`), None detects it from the file (every token of the first
@@ -32,8 +32,7 @@ def read_bio(path, segpos: bool | None = None, repair: bool = False, stats: Read
     """
     p = check_file(path)
     stats = stats if stats is not None else ReadStats()
-    with open(p, encoding="utf-8") as f:
-        lines = f.read().split("\n")
+    lines = read_text(p).split("\n")
     if segpos is None:
         toks = [m.group(1) for m in map(_LINE.match, (ln.rstrip("\r") for ln in lines[:200] if ln.strip())) if m][:50]
         segpos = bool(toks) and all(_SEGPOS.match(t) for t in toks)
@@ -81,7 +80,7 @@ def read_bio(path, segpos: bool | None = None, repair: bool = False, stats: Read
         if prefix in "IME" and not continues:
             if not repair:
                 raise DataError(f"{tag} does not continue an open {typ} entity (previous tag ends or differs); "
-                                "pass repair=True to read it as B-", path=p, line=n, field="tag")
+                                "give --data.repair true to read it as B- (counted)", path=p, line=n, field="tag")
             stats.repaired_tags += 1
             stats.note(f"{p}:{n}: {tag} read as B-{typ}")
             prefix = "B"

@@ -1,15 +1,20 @@
 """kslm's canonical records as JSON Lines: NER `{"text", "entities": [{"start", "end", "type"}]}` and RE `{"text",
 "triples": [{"subject", "predicate", "object", "subject_span": [s, e], "object_span": [s, e]}]}`, character offsets
-with `end` EXCLUSIVE; a bare `{"text"}` is an NER record without entities. `check_record` validates one record."""
+with `end` EXCLUSIVE; a bare `{"text"}` is an NER record without entities. `check_record` validates one record:
+besides "text", "entities" and "triples" it may carry an "id" and the "line" kslm's predictions record, nothing else
+(a misspelled label key must not read as a record without labels)."""
 
 from typing import Iterator
 
-from kslm.data.formats.jsonl import check_span, iter_jsonl, record_text
+from kslm.data.formats.jsonl import check_keys, check_span, iter_jsonl, record_text
 from kslm.errors import DataError
+
+KEYS = ("text", "entities", "triples", "id", "line")
 
 
 def check_record(rec: dict, path=None, line=None) -> dict:
     """Validate one canonical NER or RE record (returns it)."""
+    check_keys(rec, KEYS, "canonical", path, line)
     text = record_text(rec, path, line)
     if "entities" in rec or "triples" not in rec:
         ents = rec.get("entities", [])

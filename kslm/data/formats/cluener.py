@@ -1,15 +1,18 @@
 """CLUENER2020 (fine-grained Chinese NER): JSON Lines `{"text", "label": {type: {entity: [[s, e], ...]}}}` with `e`
 INCLUSIVE (text[s:e+1] == entity); test.json lines are `{"id", "text"}` with no label. Its dev split."""
 
+KEYS = ("text", "label", "id")
+
 from typing import Iterator
 
-from kslm.data.formats.jsonl import check_span, is_int, iter_jsonl, record_text, sorted_entities
+from kslm.data.formats.jsonl import check_keys, check_span, is_int, iter_jsonl, record_text, sorted_entities
 from kslm.errors import DataError
 
 
 def read_cluener(path) -> Iterator[dict]:
     """CLUENER2020 JSONL; `[s, e]` ends are INCLUSIVE in the file and exclusive in the output."""
     for n, obj in iter_jsonl(path):
+        check_keys(obj, KEYS, "cluener", path, n)
         text = record_text(obj, path, n)
         label = obj.get("label", {})  # test.json: {"id", "text"} only
         if not isinstance(label, dict):

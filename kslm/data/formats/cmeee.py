@@ -2,15 +2,18 @@
 "entity"}]}` with `end_idx` INCLUSIVE (text[s:e+1] == entity) and nested entities; test records have no entities.
 Its dev split."""
 
+KEYS = ("text", "entities", "id")
+
 from typing import Iterator
 
-from kslm.data.formats.jsonl import check_span, is_int, iter_json_array, record_text, sorted_entities
+from kslm.data.formats.jsonl import check_keys, check_span, is_int, iter_json_array, record_text, sorted_entities
 from kslm.errors import DataError
 
 
 def read_cmeee(path) -> Iterator[dict]:
     """CMeEE v1/v2 JSON array; `end_idx` INCLUSIVE (text[s:e+1] == entity); nested entities kept."""
     for where, obj in iter_json_array(path):
+        check_keys(obj, KEYS, "cmeee", path, where)
         text = record_text(obj, path, where)
         raw = obj.get("entities", [])  # v1 test records have no "entities"
         if not isinstance(raw, list):

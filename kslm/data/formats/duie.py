@@ -6,10 +6,11 @@ import logging
 from pathlib import Path
 from typing import Iterator
 
-from kslm.data.formats.jsonl import ReadStats, iter_jsonl, read_located
+from kslm.data.formats.jsonl import ReadStats, check_keys, iter_jsonl, read_located
 from kslm.errors import DataError
 
 log = logging.getLogger(__name__)
+KEYS = ("text", "spo_list", "postag", "id")  # LIC2019's DuIE records carry their POS tags
 
 
 def _value(x):
@@ -18,6 +19,7 @@ def _value(x):
 
 
 def _duie_triples(obj, p, n) -> list:
+    check_keys(obj, KEYS, "duie", p, n)
     spo = obj.get("spo_list", [])
     if not isinstance(spo, list):
         raise DataError("must be a list", path=p, line=n, field="spo_list")

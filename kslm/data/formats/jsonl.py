@@ -12,8 +12,11 @@ silently: the options that skip or repair (`skip_unlocatable`, `repair`) count w
 log it.
 """
 
+import codecs
+import difflib
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -48,27 +51,82 @@ def check_file(path) -> Path:
     return p
 
 
+def open_text(path):
+    """`path` opened for reading UTF-8 text: a byte-order mark is dropped and bytes that are not UTF-8 come through as
+    lone surrogates (`surrogateescape`), so that `check_utf8` can name their line and column."""
+    return open(path, encoding="utf-8-sig", errors="surrogateescape")
+
+
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")
+
+
+def check_utf8(line: str, path, n) -> str:
+    """`line` (line `n` of `path`, read with `open_text`), or a DataError naming the first byte that is not UTF-8."""
+    bad = _NOT_UTF8.search(line)
+    if bad is not None:
+        raise DataError(f"not UTF-8 (byte 0x{ord(bad.group()) - 0xDC00:02x} at column {bad.start() + 1})", path=path,
+                        line=n)
+    return line
+
+
+def read_text(path) -> str:
+    """The whole of a UTF-8 text file (a byte-order mark dropped); a DataError names the line and column of the first
+    byte that is not UTF-8."""
+    p = check_file(path)
+    with open_text(p) as f:
+        text = f.read()
+    bad = _NOT_UTF8.search(text)
+    if bad is not None:
+        start = text.rfind("\n", 0, bad.start()) + 1  # the bad line's first character
+        check_utf8(text[start:bad.end()], p, text.count("\n", 0, start) + 1)
+    return text
+
+
+def iter_lines(path) -> Iterator[tuple[int, str]]:
+    """(1-based line, text) for every line of a UTF-8 text file; a DataError at the first line that is not UTF-8."""
+    p = check_file(path)
+    with open_text(p) as f:
+        for n, line in enumerate(f, 1):
+            yield n, check_utf8(line, p, n)
+
+
+def check_utf8_file(path, chunk: int = 1 << 20) -> None:
+    """A DataError naming the line and column of the first byte of `path` that is not UTF-8 (else nothing). The bytes
+    are checked at C speed; only a file that fails is read again line by line to place the error."""
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    with open(check_file(path), "rb") as f:
+        try:
+            while block := f.read(chunk):
+                decoder.decode(block)
+            decoder.decode(b"", final=True)
+            return
+        except UnicodeDecodeError:
+            pass
+    for _ in iter_lines(path):
+        pass
+    raise DataError("not UTF-8 (a multi-byte character is cut off at the end of the file)", path=path)
+
+
 def iter_jsonl(path) -> Iterator[tuple[int, dict]]:
     """(1-based line, object) for every non-blank line."""
     p = check_file(path)
-    with open(p, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"invalid JSON ({exc.msg} at column {exc.colno})", path=p, line=n) from None
-            if not isinstance(obj, dict):
-                raise DataError(f"expected a JSON object, got {type(obj).__name__}", path=p, line=n)
-            yield n, obj
+    for n, line in iter_lines(p):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"invalid JSON ({exc.msg} at column {exc.colno})", path=p, line=n) from None
+        if not isinstance(obj, dict):
+            raise DataError(f"expected a JSON object, got {type(obj).__name__}", path=p, line=n)
+        yield n, obj
 
 
 def iter_json_array(path) -> Iterator[tuple[str, dict]]:
     """("record N", object) for each element of a JSON array (N is the 0-based index)."""
     p = check_file(path)
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = json.loads(read_text(p))
     except json.JSONDecodeError as exc:
         raise DataError(f"invalid JSON ({exc.msg} at column {exc.colno})", path=p, line=exc.lineno) from None
     if not isinstance(data, list):
@@ -81,8 +139,7 @@ def iter_json_array(path) -> Iterator[tuple[str, dict]]:
 
 def nonblank_lines(path) -> list[int]:
     """The 1-based numbers of the non-blank lines of `path` (the lines `iter_jsonl` reads a record from)."""
-    with open(path, encoding="utf-8") as f:
-        return [n for n, line in enumerate(f, 1) if line.strip()]
+    return [n for n, line in iter_lines(path) if line.strip()]
 
 
 # ----------------------------------------------------------------------------------------------- record checks
@@ -96,6 +153,33 @@ def record_text(obj: dict, path, line) -> str:
     if not text:
         raise DataError("empty text", path=path, line=line, field="text")
     return text
+
+
+# the label key of each format's records: a record with a misspelled one would read as a record without labels
+LABEL_KEYS = {"label": "cluener", "entities": "canonical or cmeee", "triples": "canonical", "spo_list": "duie",
+              "triple_list": "webnlg"}
+
+
+def key_hint(key: str, allowed=()) -> str:
+    """'; did you mean …' for an unexpected record key: a close allowed key, or the format whose label key it is."""
+    if key in LABEL_KEYS and key not in allowed:
+        return f"; {key!r} is the label key of {LABEL_KEYS[key]} records (--data.format {LABEL_KEYS[key]})"
+    candidates = [*allowed, *(k for k in LABEL_KEYS if k not in allowed)]
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.7) or [
+        k for k in candidates if len(key) > 2 and (k.startswith(key) or key.startswith(k))]
+    if not close:
+        return ""
+    if close[0] in allowed:
+        return f"; did you mean {close[0]!r}?"
+    return f"; did you mean {close[0]!r} ({LABEL_KEYS[close[0]]} records: --data.format {LABEL_KEYS[close[0]]})?"
+
+
+def check_keys(obj: dict, allowed: tuple, fmt: str, path, line) -> None:
+    """A key outside `allowed` is a DataError: a misspelled label key must not read as a record without labels."""
+    for key in obj:
+        if key not in allowed:
+            raise DataError(f"unknown key {key!r} in a {fmt} record (expected {', '.join(allowed)})"
+                            f"{key_hint(key, allowed)}", path=path, line=line, field=key)
 
 
 def is_int(x) -> bool:
@@ -153,8 +237,8 @@ def locate_triples(text, raw_triples, path, line, all_occurrences, skip_unlocata
             name = missing[0]
             val = subj if name == "subject" else obj
             if not skip_unlocatable:
-                raise DataError(f"entity {val!r} does not occur in the text; pass skip_unlocatable=True to skip "
-                                "such triples (they are counted)", path=path, line=line, field=f"{fld}.{name}")
+                raise DataError(f"entity {val!r} does not occur in the text; give --data.skip_unlocatable true to "
+                                "skip such triples (they are counted)", path=path, line=line, field=f"{fld}.{name}")
             stats.skipped_triples += 1
             stats.note(f"{path}:{line}: {fld}.{name} {val!r} not in text")
             continue
@@ -185,5 +269,6 @@ def read_located(records, p, raw_triples, all_occurrences, skip_unlocatable, sta
                        p, stats.skipped_triples)
 
 
-__all__ = ["ReadStats", "check_file", "iter_jsonl", "iter_json_array", "nonblank_lines", "record_text", "is_int",
-           "check_span", "sorted_entities", "occurrences", "locate_triples", "read_located"]
+__all__ = ["ReadStats", "check_file", "open_text", "check_utf8", "check_utf8_file", "read_text", "iter_lines",
+           "iter_jsonl", "iter_json_array", "nonblank_lines", "record_text", "LABEL_KEYS", "key_hint", "check_keys",
+           "is_int", "check_span", "sorted_entities", "occurrences", "locate_triples", "read_located"]

@@ -6,13 +6,15 @@ import logging
 from pathlib import Path
 from typing import Iterator
 
-from kslm.data.formats.jsonl import ReadStats, iter_json_array, read_located
+from kslm.data.formats.jsonl import ReadStats, check_keys, iter_json_array, read_located
 from kslm.errors import DataError
 
 log = logging.getLogger(__name__)
+KEYS = ("text", "triple_list", "id")
 
 
 def _webnlg_triples(obj, p, where) -> list:
+    check_keys(obj, KEYS, "webnlg", p, where)
     tl = obj.get("triple_list", [])
     if not isinstance(tl, list):
         raise DataError("must be a list", path=p, line=where, field="triple_list")
