@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from kslm.data.base import KslmDataModule
-from kslm.data.formats import read_records_with_lines
+from kslm.data.formats import FORMATS, format_names, read_records_with_lines, read_texts_with_lines, sniff_format
 from kslm.data.tokenizer import special_ids, tokenizer_from_source, train_tokenizer
 from kslm.errors import DataError
 from kslm.io import write_text
@@ -34,6 +34,9 @@ class ExtractionDataModule(KslmDataModule):
         tokenizer_kind: char (one token per character; Chinese) or bpe (byte-level BPE; English).
         vocab_size: vocabulary size when training a tokenizer.
         min_frequency: a token's minimum count in the train texts when training a tokenizer.
+        unlabelled_val: the validation file has no gold labels (F1 is then meaningless). Without it, a validation
+            set without a single entity / triple is an error: a misspelled or missing label key must not score the
+            model against nothing.
         max_length: tokens per window, <s> and </s> included.
         stride: tokens shared by consecutive windows of a long text; empty = (max_length − 2) // 4.
         batch_size: windows per training batch; records per validation / predict batch.
@@ -48,7 +51,7 @@ class ExtractionDataModule(KslmDataModule):
     def __init__(self, train_file: Optional[str] = None, val_file: Optional[str] = None,
                  predict_file: Optional[str] = None, format: str = "auto", tokenizer: Optional[str] = None,
                  tokenizer_kind: Literal["char", "bpe"] = "char", vocab_size: int = 6000, min_frequency: int = 1,
-                 max_length: int = 128,
+                 max_length: int = 128, unlabelled_val: bool = False,
                  stride: Optional[int] = None, batch_size: int = 16, num_workers: int = 0, seed: int = 1234,
                  cache_dir: Optional[str] = None):
         super().__init__(cache_dir, batch_size, num_workers, seed)
@@ -62,7 +65,7 @@ class ExtractionDataModule(KslmDataModule):
         self.train_file, self.val_file, self.predict_file, self.format = train_file, val_file, predict_file, format
         self.tokenizer_path, self.tokenizer_kind = tokenizer, tokenizer_kind
         self.vocab_size, self.min_frequency = vocab_size, min_frequency
-        self.max_length, self.stride = max_length, stride
+        self.max_length, self.stride, self.unlabelled_val = max_length, stride, unlabelled_val
         self.train_set = self.val_set = self.predict_set = None
         self._records = None  # (train records, val records, their labels)
 
@@ -70,6 +73,13 @@ class ExtractionDataModule(KslmDataModule):
     def _read_split(self):
         """→ (train records, val records), each with a "line" key."""
         raise NotImplementedError
+
+    def _reader_options(self, fmt: str) -> dict:
+        """Options for the reader of format `fmt` (skip / repair options the data module exposes)."""
+        return {}
+
+    def _check_labelled(self, record: dict, path) -> None:
+        """Raise a DataError for a record that is not one of this task's (an RE record read for NER, …)."""
 
     def _labels_of(self, train: List[dict], val: List[dict]) -> List[str]:
         """The sorted label set of the training records; raise a DataError for labels of val unseen in train."""
@@ -79,9 +89,27 @@ class ExtractionDataModule(KslmDataModule):
         """Options that change the tokenizer's training texts (they key its cache file)."""
         return [self.format, self.min_frequency]
 
+    def _format_of(self, path) -> str:
+        """The format of `path` (data.format, or sniffed), checked to serve this task."""
+        fmt = sniff_format(path) if self.format == "auto" else self.format
+        if self.kind not in FORMATS[fmt].tasks:
+            other = "relation-extraction" if self.kind == "ner" else "NER"
+            raise DataError(f"a {fmt} file holds {other} records; {self.kind.upper()} reads "
+                            f"{', '.join(format_names(self.kind))} (--data.format)", path=path)
+        return fmt
+
+    def _read_labelled(self, path) -> List[dict]:
+        """The training / validation records of `path` with their "line"."""
+        fmt = self._format_of(path)
+        records = read_records_with_lines(path, fmt, **self._reader_options(fmt))
+        for r in records:
+            self._check_labelled(r, path)
+        return records
+
     def _read_file(self, path) -> List[dict]:
-        """The records of `path` with their "line" (labels are ignored for prediction)."""
-        return read_records_with_lines(path, self.format)
+        """Prediction records of `path`: {"text", "line"}, the file's format recognised on its own (a JSON Lines file
+        of {"text": …} records is read whatever data.format says; labels are not read)."""
+        return read_texts_with_lines(path, self.format)
 
     def encode(self, records: List[dict], source, labelled: bool = True) -> List[dict]:
         """Records → [{"windows": [...], "line", "text", gold labels}] (windows: "ids" with <s>/</s>, "offsets")."""
@@ -101,8 +129,20 @@ class ExtractionDataModule(KslmDataModule):
             train, val = self._read_split()
             if not train:
                 raise DataError("no records", path=self.train_file, field="data.train_file")
-            self._records = (train, val, self._labels_of(train, val))
+            labels = self._labels_of(train, val)
+            self._check_val(val)
+            self._records = (train, val, labels)
         return self._records
+
+    def _check_val(self, val: List[dict]) -> None:
+        """Validation records must exist and, unless data.unlabelled_val, hold at least one gold label."""
+        path, key = self.val_file or self.train_file, self.gold_keys[0]
+        if not val:
+            raise DataError("no validation records", path=path, field="data.val_file")
+        if not self.unlabelled_val and not any(r.get(key) for r in val):
+            raise DataError(f"no gold {key} in the {len(val)} validation records: F1 would be scored against "
+                            f"nothing; give --data.unlabelled_val true if the file is unlabelled",
+                            path=path, field="data.val_file")
 
     def _read(self):
         """(train, val) records, their labels checked against the connected ones (a checkpoint's, --model.<labels>)."""

@@ -34,6 +34,8 @@ class NERDataModule(ExtractionDataModule):
         format: the files' format: auto (sniffed), cluener, cmeee, bio or canonical.
         dev_split: without val_file, the dataset's dev split: cluener (last 1,000 lines of train.json) or
             cmeee (first 3,200 records train, the other 800 dev).
+        repair: BIO / BMES files: read an I-/M-/E- tag that continues no open entity as B- (conlleval's reading;
+            counted in a warning) instead of stopping with an error naming its line.
         (tokenizer, max_length, batch_size, …: see ExtractionDataModule.)
     """
 
@@ -44,9 +46,9 @@ class NERDataModule(ExtractionDataModule):
     def __init__(self, train_file: Optional[str] = None, val_file: Optional[str] = None,
                  predict_file: Optional[str] = None,
                  format: Literal["auto", "cluener", "cmeee", "bio", "canonical"] = "auto",
-                 dev_split: Optional[Literal["cluener", "cmeee"]] = None, **kwargs):
+                 dev_split: Optional[Literal["cluener", "cmeee"]] = None, repair: bool = False, **kwargs):
         super().__init__(train_file, val_file, predict_file, format, **kwargs)
-        self.dev_split = dev_split
+        self.dev_split, self.repair = dev_split, repair
 
     @property
     def types(self) -> Optional[List[str]]:
@@ -55,7 +57,7 @@ class NERDataModule(ExtractionDataModule):
     # ---------------------------------------------------------------- reading
     def _read_split(self):
         if self.val_file:
-            return read_records_with_lines(self.train_file, self.format), read_records_with_lines(self.val_file, self.format)
+            return self._read_labelled(self.train_file), self._read_labelled(self.val_file)
         if not self.dev_split:
             raise DataError("no validation data: give --data.val_file or --data.dev_split", field="data.val_file")
         split = cluener_train_dev if self.dev_split == "cluener" else cmeee_train_dev
@@ -64,10 +66,19 @@ class NERDataModule(ExtractionDataModule):
         val = [{**r, "line": len(train) + i + 1} for i, r in enumerate(val)]
         return train, val
 
+    def _reader_options(self, fmt):
+        return {"repair": True} if fmt == "bio" and self.repair else {}
+
+    def _check_labelled(self, record, path):
+        if "triples" in record and "entities" not in record:
+            raise DataError("a relation-extraction record (it has 'triples', no 'entities'), not an NER one",
+                            path=path, line=record["line"], field="triples")
+
     def _labels_of(self, train, val):
         types = sorted({e["type"] for r in train for e in r.get("entities", [])})
         if not types:
-            raise DataError("no entities in the training records", path=self.train_file, field="data.train_file")
+            raise DataError("no entities in the training records (an unlabelled file cannot train)",
+                            path=self.train_file, field="data.train_file")
         unknown = sorted({e["type"] for r in val for e in r.get("entities", [])} - set(types))
         if unknown:
             raise DataError(f"entity types {unknown} do not occur in the training data (types: {types})",
@@ -75,7 +86,7 @@ class NERDataModule(ExtractionDataModule):
         return types
 
     def _source_options(self):
-        return [self.format, self.dev_split, self.min_frequency]
+        return [self.format, self.dev_split, self.min_frequency, self.repair]
 
     # --------------------------------------------------------------- encoding
     def encode(self, records: List[dict], source, labelled: bool = True) -> List[dict]:

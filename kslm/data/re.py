@@ -23,7 +23,6 @@ import logging
 from typing import List, Literal, Optional
 
 from kslm.data.extraction import ExtractionDataModule
-from kslm.data.formats import read_records_with_lines, sniff_format
 from kslm.data.spans import encode_triples
 from kslm.errors import DataError
 from kslm.heads.gplinker import gplinker_targets
@@ -62,18 +61,14 @@ class REDataModule(ExtractionDataModule):
         return self.labels
 
     # ---------------------------------------------------------------- reading
-    def _read_file(self, path):
-        fmt = sniff_format(path) if self.format == "auto" else self.format
+    def _reader_options(self, fmt):
         located = fmt in ("duie", "cmeie", "webnlg")  # entity strings placed in the text
-        return read_records_with_lines(path, fmt, **({"skip_unlocatable": True} if located and self.skip_unlocatable else {}))
+        return {"skip_unlocatable": True} if located and self.skip_unlocatable else {}
 
-    def _read_labelled(self, path):
-        recs = self._read_file(path)
-        for r in recs:
-            if "triples" not in r:  # a canonical NER record
-                raise DataError("not a relation-extraction record (no 'triples')", path=path, line=r["line"],
-                                field="triples")
-        return recs
+    def _check_labelled(self, record, path):
+        if "triples" not in record:  # a canonical NER record
+            raise DataError("not a relation-extraction record (no 'triples')", path=path, line=record["line"],
+                            field="triples")
 
     def _read_split(self):
         if not self.val_file:
@@ -84,7 +79,8 @@ class REDataModule(ExtractionDataModule):
     def _labels_of(self, train, val):
         predicates = sorted({t["predicate"] for r in train for t in r["triples"]})
         if not predicates:
-            raise DataError("no triples in the training records", path=self.train_file, field="data.train_file")
+            raise DataError("no triples in the training records (an unlabelled file cannot train)",
+                            path=self.train_file, field="data.train_file")
         known, unknown = set(predicates), 0
         for r in val:
             for k, t in enumerate(r["triples"]):
