@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from kslm.data.base import KslmDataModule, default_cache_dir
 from kslm.data.corpus import embedded_corpus_path
-from kslm.data.formats.jsonl import iter_jsonl
+from kslm.data.formats.jsonl import check_utf8_file, iter_jsonl, iter_lines
 from kslm.data.tokenizer import EOS_ID, cached_tokenizer, fingerprint, tokenizer_from_source
 from kslm.errors import DataError
 
@@ -97,7 +97,7 @@ class LMDataModule(KslmDataModule):
             # text files load together; each JSON file alone (datasets with different label schemas, e.g. CLUENER
             # and DuIE, cannot share one table), keeping only the text field; then one concatenated corpus
             texts = [f for f in files if TEXT_SUFFIXES[f.suffix] == "text"]
-            parts = [(texts, "text", {"sample_by": "paragraph"})] if texts else []
+            parts = [(texts, "text", {"sample_by": "paragraph", "encoding": "utf-8-sig"})] if texts else []
             parts += [([f], "json", {}) for f in files if TEXT_SUFFIXES[f.suffix] == "json"]
             ds = concatenate_datasets([self._load_part(*part) for part in parts])
         if self.text_field not in ds.column_names:
@@ -108,6 +108,8 @@ class LMDataModule(KslmDataModule):
     def _load_part(self, files, builder, kwargs):
         from datasets import load_dataset
 
+        for f in files:  # Arrow's JSON reader takes bytes that are not UTF-8 and fails later, far from the file
+            check_utf8_file(f)
         try:
             ds = load_dataset(builder, data_files=[str(f) for f in files], split="train", **kwargs)
         except Exception as exc:  # datasets wraps JSON errors in its own exception types
@@ -217,8 +219,7 @@ def read_prompts(path) -> List[dict]:
                 raise DataError("record needs a string 'prompt'", path=p, line=line, field="prompt")
             prompts.append({"line": line, **rec})
         return prompts
-    with open(p, encoding="utf-8") as f:
-        return [{"line": n, "prompt": t} for n, t in ((n, line.rstrip("\n")) for n, line in enumerate(f, 1)) if t]
+    return [{"line": n, "prompt": t} for n, t in ((n, line.rstrip("\n")) for n, line in iter_lines(p)) if t]
 
 
 def stage_needs_blocks(trainer) -> bool:
