@@ -18,6 +18,13 @@ from kslm.connect import connect
 from kslm.errors import CheckpointError, KslmError
 
 LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")  # ckpt_path values Lightning resolves itself
+# model options a checkpoint fixes: they shape the weights it holds (--ckpt_path with a different value is refused)
+ARCHITECTURE_OPTIONS = ("backbone", "head", "head_size", "types", "predicates", "labels", "hf_path", "pretrained",
+                        "aux_objective", "heat_mode")
+RESTORED_ON_RESUME = ("optim",)  # fit --ckpt_path restores the optimiser and its schedule exactly
+_MISSING = object()
+CONFIG_OPTIONS = ("-c", "--config", "--model", "--data", "--trainer", "--checkpoint", "--predictions", "--optimizer",
+                  "--lr_scheduler")  # options that take a config file
 
 
 def _option(argv, *names) -> Optional[str]:
@@ -49,15 +56,115 @@ def checkpoint_config_args(argv: list) -> list:
     return [argv[0], *injected, *rest]
 
 
+def check_config_files(argv) -> None:
+    """Config files named on the command line (`--config F`, `--model F`, …) must be UTF-8: a one-line error naming
+    the file, line and column of the first bad byte (jsonargparse would end in a UnicodeDecodeError)."""
+    from kslm.data.formats.jsonl import check_utf8_file
+
+    for i, a in enumerate(argv):
+        if a.startswith("--") and "=" in a:
+            name, value = a.split("=", 1)
+        elif i + 1 < len(argv) and a.startswith("-"):
+            name, value = a, argv[i + 1]
+        else:
+            continue
+        config = name in CONFIG_OPTIONS or Path(value).suffix in (".yaml", ".yml")
+        if config and Path(value).is_file():
+            check_utf8_file(value)
+
+
+def given_model_options(argv) -> list:
+    """The model options (dotted, under init_args) set on the command line: `--model.optim.lr 0.5` → optim.lr;
+    `--model.backbone '{"d_model": 64}'` → backbone.d_model."""
+    import yaml
+
+    keys = []
+    for i, a in enumerate(argv):
+        if not a.startswith("--model."):
+            continue
+        if "=" in a:
+            name, value = a.split("=", 1)
+        else:
+            name, value = a, argv[i + 1] if i + 1 < len(argv) else None
+        key = name[len("--model."):]
+        key = key[len("init_args."):] if key.startswith("init_args.") else key
+        if key in ("class_path", "help"):
+            continue
+        try:
+            parsed = yaml.safe_load(value) if value is not None else None
+        except yaml.YAMLError:
+            parsed = None
+        keys.extend(_leaves(parsed, key + ".") if isinstance(parsed, dict) and parsed else [key])
+    return list(dict.fromkeys(keys))
+
+
+def _leaves(d: dict, prefix: str = "") -> list:
+    """Dotted keys of the leaves of a nested dict."""
+    out = []
+    for k, v in d.items():
+        out.extend(_leaves(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [f"{prefix}{k}"])
+    return out
+
+
+def _lookup(tree, key: str):
+    for part in key.split("."):
+        if isinstance(tree, Namespace):
+            tree = tree.as_dict()
+        if not isinstance(tree, dict) or part not in tree:
+            return _MISSING
+        tree = tree[part]
+    return tree.as_dict() if isinstance(tree, Namespace) else tree
+
+
+def _assign(tree: dict, key: str, value) -> None:
+    *parents, last = key.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+    tree[last] = value
+
+
+def _plain(value):
+    """A value as JSON would hold it (tuples as lists), for comparing a parsed option with a checkpoint's setting."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def checkpoint_model_config(payload, given: list, configured, sub: str, ckpt) -> dict:
+    """The model section for a run from `ckpt`: the checkpoint's settings, with the command-line options `given`
+    (their parsed values in `configured`, the model's init_args) applied where they can be. An option that shapes
+    the weights (ARCHITECTURE_OPTIONS) — or, for fit, the optimiser and schedule the resume restores — with a value
+    other than the checkpoint's is refused: one line lists them all."""
+    model, _ = payload.predict_config()
+    settings = model["init_args"]
+    refused, restored = [], False
+    for key in given:
+        new, old = _lookup(configured, key), _lookup(settings, key)
+        if new is _MISSING or old is _MISSING or _plain(new) == _plain(old):
+            continue  # not recorded in the checkpoint (a run-time option): the command line stands as it is
+        top = key.split(".")[0]
+        if top in ARCHITECTURE_OPTIONS or (sub == "fit" and top in RESTORED_ON_RESUME):
+            refused.append(f"model.{key} (checkpoint {_plain(old)!r}, given {_plain(new)!r})")
+            restored = restored or top in RESTORED_ON_RESUME
+        else:
+            _assign(settings, key, new)
+    if refused:
+        what = "the weights and, resuming, the optimiser and its schedule" if restored else "the weights"
+        raise CheckpointError(f"{ckpt}: these options cannot change with --ckpt_path, which fixes {what}: "
+                              f"{'; '.join(refused)} (drop them, or train a new model) (field 'ckpt_path')")
+    return model
+
+
 class KslmCLI(LightningCLI):
     def parse_arguments(self, parser, args):
         """Parse; then, for a --ckpt_path, read kslm's payload (a one-line error for any unreadable file), refuse
         another task's checkpoint and apply the checkpoint's task settings (its hyper-parameters: Lightning's own
         copy is not written, kslm.checkpoint owns them)."""
+        argv = []
         if isinstance(args, (dict, Namespace)):
             super().parse_arguments(parser, args)
         else:
-            self.config = parser.parse_args(checkpoint_config_args(list(sys.argv[1:] if args is None else args)))
+            argv = list(sys.argv[1:] if args is None else args)
+            check_config_files(argv)
+            self.config = parser.parse_args(checkpoint_config_args(argv))
         sub = self.config.get("subcommand")
         cfg = self.config[sub] if sub else None
         ckpt = self._ckpt_file(cfg) if cfg is not None else None
@@ -68,7 +175,8 @@ class KslmCLI(LightningCLI):
         if configured != payload.task:
             raise CheckpointError(f"{ckpt}: a {payload.task} checkpoint cannot be used with a {configured} config "
                                   "(field 'ckpt_path')")
-        model, _ = payload.predict_config()
+        configured = (cfg.get("model") or {}).get("init_args") or Namespace()
+        model = checkpoint_model_config(payload, given_model_options(argv), configured, sub, ckpt)
         self.config = parser.parse_object({sub: {"model": model}}, self.config)
 
     def _ckpt_file(self, cfg) -> Optional[str]:
@@ -79,7 +187,15 @@ class KslmCLI(LightningCLI):
         if ckpt == "last":
             dirpath = cfg.checkpoint.get("dirpath") or str(Path("checkpoints") / self._config_name(cfg))
             last = Path(dirpath) / "last.ckpt"
-            return str(last) if last.is_file() else None
+            if last.is_file():
+                return str(last)
+            if self.config.get("subcommand") != "fit":  # fit starts afresh; the others would use untrained weights
+                raise CheckpointError(f"{last}: checkpoint not found (--ckpt_path last: no last.ckpt in "
+                                      f"{dirpath}; give the checkpoint file) (field 'ckpt_path')")
+            return None
+        if ckpt == "best":  # Lightning knows the best checkpoint only within the process that trained
+            raise CheckpointError("--ckpt_path best names the best checkpoint of a fit in the same process; give the "
+                                  "checkpoint file (e.g. checkpoints/NAME/last.ckpt) (field 'ckpt_path')")
         return None if ckpt in LIGHTNING_CKPT_NAMES else str(ckpt)
 
     def add_arguments_to_parser(self, parser):
