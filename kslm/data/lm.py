@@ -88,6 +88,8 @@ class LMDataModule(KslmDataModule):
 
     # ---------------------------------------------------------------- loading
     def _raw(self):
+        for f in self.files or []:  # Arrow's JSON reader takes bytes that are not UTF-8 and fails later, far from the file
+            check_utf8_file(f)
         from datasets import concatenate_datasets, load_dataset
 
         if self.dataset_name:
@@ -108,8 +110,6 @@ class LMDataModule(KslmDataModule):
     def _load_part(self, files, builder, kwargs):
         from datasets import load_dataset
 
-        for f in files:  # Arrow's JSON reader takes bytes that are not UTF-8 and fails later, far from the file
-            check_utf8_file(f)
         try:
             ds = load_dataset(builder, data_files=[str(f) for f in files], split="train", **kwargs)
         except Exception as exc:  # datasets wraps JSON errors in its own exception types

@@ -31,8 +31,16 @@ from kslm.data.formats.canonical import check_record, read_canonical
 from kslm.data.formats.cluener import cluener_train_dev, read_cluener
 from kslm.data.formats.cmeee import cmeee_train_dev, read_cmeee
 from kslm.data.formats.duie import read_cmeie, read_duie
-from kslm.data.formats.jsonl import (ReadStats, check_file, iter_json_array, iter_jsonl, iter_lines, key_hint,
-                                     nonblank_lines, record_text)
+from kslm.data.formats.jsonl import (
+    ReadStats,
+    check_file,
+    iter_json_array,
+    iter_jsonl,
+    iter_lines,
+    key_hint,
+    nonblank_lines,
+    record_text,
+)
 from kslm.data.formats.webnlg import read_webnlg
 from kslm.errors import DataError
 

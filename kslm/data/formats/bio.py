@@ -24,8 +24,8 @@ def read_bio(path, segpos: bool | None = None, repair: bool = False, stats: Read
     """Char-per-line tagged files (People's Daily, MSRA, Weibo): `<char> <tag>` lines, blank line between sentences.
 
     Tags: `O`, `B-X`, `I-X`, `M-X`, `E-X`, `S-X` (BIO, BIOES and BMES all read). An `I-/M-/E-X` that does not
-    continue an open `X` entity is an error, or with `repair=True` (`--data.repair true`) starts a new entity (conlleval's reading) and
-    is counted in `stats.repaired_tags`.
+    continue an open `X` entity is an error, or with `repair=True` (`--data.repair true`) starts a new entity
+    (conlleval's reading) and is counted in `stats.repaired_tags`.
     segpos: Weibo NER appends the char's position in its word segment (`科0`, `p10`); True strips the trailing
     digits (keeping at least one char, so `310` is `3`), None detects it from the file (every token of the first
     50 lines is a char followed by digits).
@@ -94,7 +94,7 @@ def read_bio(path, segpos: bool | None = None, repair: bool = False, stats: Read
         stats.records += 1
         yield {"text": "".join(chars), "entities": sorted_entities(ents)}
     if stats.repaired_tags:
-        log.warning("%s: %d tags without an open entity were read as B- (repair=True)", p, stats.repaired_tags)
+        log.warning("%s: %d tags without an open entity were read as B- (--data.repair true)", p, stats.repaired_tags)
 
 
 __all__ = ["read_bio", "is_tag_line"]

@@ -1,12 +1,12 @@
 """CLUENER2020 (fine-grained Chinese NER): JSON Lines `{"text", "label": {type: {entity: [[s, e], ...]}}}` with `e`
 INCLUSIVE (text[s:e+1] == entity); test.json lines are `{"id", "text"}` with no label. Its dev split."""
 
-KEYS = ("text", "label", "id")
-
 from typing import Iterator
 
 from kslm.data.formats.jsonl import check_keys, check_span, is_int, iter_jsonl, record_text, sorted_entities
 from kslm.errors import DataError
+
+KEYS = ("text", "label", "id")
 
 
 def read_cluener(path) -> Iterator[dict]:

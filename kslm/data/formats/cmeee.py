@@ -2,12 +2,12 @@
 "entity"}]}` with `end_idx` INCLUSIVE (text[s:e+1] == entity) and nested entities; test records have no entities.
 Its dev split."""
 
-KEYS = ("text", "entities", "id")
-
 from typing import Iterator
 
 from kslm.data.formats.jsonl import check_keys, check_span, is_int, iter_json_array, record_text, sorted_entities
 from kslm.errors import DataError
+
+KEYS = ("text", "entities", "id")
 
 
 def read_cmeee(path) -> Iterator[dict]:

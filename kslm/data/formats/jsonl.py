@@ -265,7 +265,7 @@ def read_located(records, p, raw_triples, all_occurrences, skip_unlocatable, sta
         yield {"text": text,
                "triples": locate_triples(text, raw, p, where, all_occurrences, skip_unlocatable, stats, word_boundary)}
     if stats.skipped_triples:
-        logger.warning("%s: skipped %d triples whose entity is not in the text (skip_unlocatable=True)",
+        logger.warning("%s: skipped %d triples whose entity is not in the text (--data.skip_unlocatable true)",
                        p, stats.skipped_triples)
 
 
