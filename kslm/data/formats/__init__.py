@@ -23,6 +23,7 @@ only kslm module besides kslm.errors that the format modules import. This packag
 """
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Callable, Iterator, List
 
@@ -43,6 +44,8 @@ from kslm.data.formats.jsonl import (
 )
 from kslm.data.formats.webnlg import read_webnlg
 from kslm.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,9 @@ def read_texts_with_lines(path, fmt: str = "auto") -> List[dict]:
     well as an unlabelled one). The file's format is recognised on its own — a JSON Lines file of {"text": …}
     records is always read, whatever `fmt` (the training data's format) says; `fmt` is used only for a file that
     cannot be sniffed. "line" is as in `read_records_with_lines`."""
+    if not _first_line(check_file(path))[1]:
+        log.warning("%s: no records to predict", path)
+        return []
     guess = _guess(path)
     if guess is None:
         if fmt == "auto":

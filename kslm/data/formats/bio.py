@@ -15,9 +15,12 @@ _SEGPOS = re.compile(r"^(.+?)(\d+)$")
 _LINE = re.compile(r"^(.+?)[ \t]+(\S+)$")
 
 
+_TAG_LINE = re.compile(r"^\S\d*[ \t]+(O|[BIMES][-_]\S+)$")  # a char (Weibo: + segment digits), a tag read_bio knows
+
+
 def is_tag_line(line: str) -> bool:
     """Whether `line` (without its newline) reads as `<char> <tag>` (how format sniffing recognises these files)."""
-    return _LINE.match(line.rstrip("\r")) is not None
+    return _TAG_LINE.match(line.rstrip("\r")) is not None
 
 
 def read_bio(path, segpos: bool | None = None, repair: bool = False, stats: ReadStats | None = None) -> Iterator[dict]:

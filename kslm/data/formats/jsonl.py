@@ -164,14 +164,14 @@ def key_hint(key: str, allowed=()) -> str:
     """'; did you mean …' for an unexpected record key: a close allowed key, or the format whose label key it is."""
     if key in LABEL_KEYS and key not in allowed:
         return f"; {key!r} is the label key of {LABEL_KEYS[key]} records (--data.format {LABEL_KEYS[key]})"
-    candidates = [*allowed, *(k for k in LABEL_KEYS if k not in allowed)]
-    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.7) or [
-        k for k in candidates if len(key) > 2 and (k.startswith(key) or key.startswith(k))]
-    if not close:
-        return ""
-    if close[0] in allowed:
-        return f"; did you mean {close[0]!r}?"
-    return f"; did you mean {close[0]!r} ({LABEL_KEYS[close[0]]} records: --data.format {LABEL_KEYS[close[0]]})?"
+    for candidates in (list(allowed), [k for k in LABEL_KEYS if k not in allowed]):  # this format's keys first
+        close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.7) or [
+            k for k in candidates if len(key) > 2 and (k.startswith(key) or key.startswith(k))]
+        if close and close[0] in allowed:
+            return f"; did you mean {close[0]!r}?"
+        if close:
+            return f"; did you mean {close[0]!r} ({LABEL_KEYS[close[0]]} records: --data.format {LABEL_KEYS[close[0]]})?"
+    return ""
 
 
 def check_keys(obj: dict, allowed: tuple, fmt: str, path, line) -> None:
