@@ -1,5 +1,6 @@
 """KslmCLI: the only entry point — `kslm fit|validate|test|predict --config configs/….yaml [--key value …]`."""
 
+import copy
 import json
 import logging
 import re
@@ -134,7 +135,7 @@ def checkpoint_model_config(payload, given: list, configured, sub: str, ckpt) ->
     the weights (ARCHITECTURE_OPTIONS) — or, for fit, the optimiser and schedule the resume restores — with a value
     other than the checkpoint's is refused: one line lists them all."""
     model, _ = payload.predict_config()
-    settings = model["init_args"]
+    settings = model["init_args"] = copy.deepcopy(model["init_args"])  # applied options must not edit the payload
     refused, restored = [], False
     for key in given:
         new, old = _lookup(configured, key), _lookup(settings, key)
