@@ -79,6 +79,13 @@ class Payload:
             raise CheckpointError(f"{source}: unknown task {d.get('task')!r} in the checkpoint")
         if d.get("backbone") is None and d.get("hf_config") is None:
             raise CheckpointError(f"{source}: not a kslm checkpoint (no backbone config inside)")
+        if d["task"] != "LanguageModel" and not d.get("labels"):
+            raise CheckpointError(f"{source}: a {d['task']} checkpoint without its labels")
+        try:
+            Tokenizer.from_str(d["tokenizer"])
+        except Exception as exc:  # tokenizers raises a bare Exception
+            raise CheckpointError(f"{source}: the checkpoint's tokenizer is unreadable ({str(exc).splitlines()[0][:200]})") \
+                from None
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -147,6 +154,25 @@ def read_payload(path, field_name: Optional[str] = None) -> Payload:
     return payload_of(read_checkpoint(path, field_name), path)
 
 
+RESUME_KEYS = ("optimizer_states", "lr_schedulers", "loops")  # what Lightning restores a training run from
+
+
+def check_restorable(ckpt: dict, source, resume: bool = False, field_name: str = "ckpt_path") -> None:
+    """What Lightning needs of a checkpoint it restores: weights (a non-empty dict of tensors) and its version key,
+    and to resume training the optimiser, schedule and loop states. A CheckpointError names what is missing."""
+    where = f" (field '{field_name}')"
+    state = ckpt.get("state_dict")
+    if not (isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values())):
+        raise CheckpointError(f"{source}: the checkpoint holds no weights (its state_dict is missing, empty or not "
+                              f"tensors){where}")
+    if "pytorch-lightning_version" not in ckpt:
+        raise CheckpointError(f"{source}: not a Lightning checkpoint (no 'pytorch-lightning_version'){where}")
+    missing = [k for k in RESUME_KEYS if k not in ckpt] if resume else []
+    if missing:
+        raise CheckpointError(f"{source}: cannot resume training: the checkpoint holds no {', '.join(missing)} (a "
+                              f"weights-only checkpoint?); start a new run from its backbone with --model.pretrained{where}")
+
+
 def store(ckpt: dict, payload: Payload) -> None:
     """Put `payload` into a checkpoint dict (LightningModule.on_save_checkpoint)."""
     ckpt[KEY] = payload.to_dict()
@@ -162,5 +188,5 @@ def load_backbone(path, prefix: str = "backbone.") -> Tuple[BackboneConfig, dict
     return payload.backbone_config(), state, payload.load_tokenizer()
 
 
-__all__ = ["Payload", "FORMAT_VERSION", "TASKS", "read_checkpoint", "read_payload", "payload_of", "store",
+__all__ = ["Payload", "FORMAT_VERSION", "TASKS", "read_checkpoint", "read_payload", "payload_of", "check_restorable", "store",
            "load_backbone", "task_name"]

@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
 
 from kslm.callbacks import JsonlPredictionWriter, KslmCheckpoint, TokenThroughput
-from kslm.checkpoint import read_payload, task_name
+from kslm.checkpoint import check_restorable, payload_of, read_checkpoint, read_payload, task_name
 from kslm.connect import connect
 from kslm.errors import CheckpointError, KslmError
 
@@ -171,11 +171,13 @@ class KslmCLI(LightningCLI):
         ckpt = self._ckpt_file(cfg) if cfg is not None else None
         if ckpt is None:
             return
-        payload = read_payload(ckpt, "ckpt_path")
+        raw = read_checkpoint(ckpt, "ckpt_path")
+        payload = payload_of(raw, ckpt)
         configured = task_name((cfg.get("model") or {}).get("class_path", ""))
         if configured != payload.task:
             raise CheckpointError(f"{ckpt}: a {payload.task} checkpoint cannot be used with a {configured} config "
                                   "(field 'ckpt_path')")
+        check_restorable(raw, ckpt, resume=sub == "fit")
         configured = (cfg.get("model") or {}).get("init_args") or Namespace()
         model = checkpoint_model_config(payload, given_model_options(argv), configured, sub, ckpt)
         self.config = parser.parse_object({sub: {"model": model}}, self.config)

@@ -16,7 +16,7 @@ import torch
 import yaml
 from conftest import REPO, read_jsonl, run_cli
 
-from kslm.checkpoint import Payload, read_payload, store
+from kslm.checkpoint import Payload, check_restorable, read_checkpoint, read_payload, store
 from kslm.cli import KslmCLI, checkpoint_model_config, given_model_options
 from kslm.data.tokenizer import train_tokenizer
 from kslm.errors import CheckpointError
@@ -28,14 +28,17 @@ from kslm.tasks.re import RelationExtraction
 BB = dict(d_model=16, n_layers=1, n_heads=2, qk_dim=8, mask="bidirectional")
 
 
-def craft(path, cls, labels):
-    """A checkpoint of `cls` as `kslm fit` writes it, without training: weights, payload, Lightning's keys."""
+def craft(path, cls, labels, resumable=False):
+    """A checkpoint of `cls` as `kslm fit` writes it, without training: weights, payload, Lightning's keys (and, to
+    get past the resume check of `fit`, empty training state: those runs stop before Lightning restores it)."""
     tok = train_tokenizer(["张三在北京李四王五甲乙丙丁", "Alan Bean is a pilot C D"], "char", 200, 1)
     model = cls(backbone=BackboneConfig(**BB), head_size=8, **{cls.label_key: labels})
     model.connect(tok, labels, None, {"max_length": 32, "stride": None, "batch_size": 4})
     model.build(tok)
     ckpt = {"state_dict": model.state_dict(), "pytorch-lightning_version": lightning.__version__, "epoch": 0,
             "global_step": 0}
+    if resumable:
+        ckpt.update(optimizer_states=[], lr_schedulers=[], loops={})
     model.on_save_checkpoint(ckpt)
     torch.save(ckpt, path)
     return path
@@ -45,6 +48,7 @@ def craft(path, cls, labels):
 def ckpts(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ckpts")
     return {"ner": craft(tmp / "ner.ckpt", EntityExtraction, ["LOC", "PER"]),
+            "ner-fit": craft(tmp / "ner-fit.ckpt", EntityExtraction, ["LOC", "PER"], resumable=True),
             "re": craft(tmp / "re.ckpt", RelationExtraction, ["is", "job"])}
 
 
@@ -102,6 +106,46 @@ def test_unreadable_checkpoint_is_one_line(ckpts, tmp_path, case):
     assert "\n" not in msg and str(path) in msg, msg
     assert "ckpt_path" in msg or case.startswith("payload") or case == "no-kslm-key", msg
     assert not (tmp_path.parent / "kslm-exploit-ran").exists()
+
+
+NOT_RESTORABLE = {  # name → (edit of a crafted checkpoint dict, resume, words)
+    "empty-state_dict": (lambda c: c.update(state_dict={}), False, "holds no weights"),
+    "no-state_dict": (lambda c: c.pop("state_dict"), False, "holds no weights"),
+    "state_dict-not-tensors": (lambda c: c.update(state_dict={"w": [1.0]}), False, "holds no weights"),
+    "no-lightning-version": (lambda c: c.pop("pytorch-lightning_version"), False, "not a Lightning checkpoint"),
+    "resume-weights-only": (lambda c: None, True, "cannot resume training"),
+    "resume-without-loops": (lambda c: c.update(optimizer_states=[], lr_schedulers=[]), True, "holds no loops"),
+    "unreadable-tokenizer": (lambda c: c["kslm"].update(tokenizer="{not json"), False, "tokenizer is unreadable"),
+    "extraction-without-labels": (lambda c: c["kslm"].update(labels=[]), False, "without its labels"),
+}
+
+
+@pytest.mark.parametrize("case", NOT_RESTORABLE)
+def test_checkpoint_lightning_cannot_restore_is_one_line(ckpts, tmp_path, case):
+    edit, resume, words = NOT_RESTORABLE[case]
+    ckpt = torch.load(ckpts["ner"], weights_only=True)
+    edit(ckpt)
+    path = tmp_path / "x.ckpt"
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError) as exc:
+        check_restorable(read_checkpoint(path, "ckpt_path"), path, resume=resume)
+        read_payload(path, "ckpt_path")
+    assert "\n" not in str(exc.value) and str(exc.value).startswith(f"{path}: ") and words in str(exc.value)
+
+
+@pytest.mark.parametrize("edit", ["wider", "extra-weight"])
+def test_cli_weights_that_do_not_fit_the_payload(ckpts, workdir, capsys, edit):
+    ckpt = torch.load(ckpts["ner"], weights_only=True)
+    if edit == "wider":
+        ckpt["kslm"]["backbone"]["d_model"] = ckpt["kslm"]["settings"]["backbone"]["d_model"] = 32
+    else:
+        ckpt["state_dict"]["backbone.extra"] = torch.zeros(1)
+    path = workdir / "x.ckpt"
+    torch.save(ckpt, path)
+    (workdir / "in.jsonl").write_text('{"text": "张三"}\n', encoding="utf-8")
+    line = cli_line(*run_cli(["predict", "--ckpt_path", str(path), "--data.predict_file", str(workdir / "in.jsonl"),
+                              "--trainer.enable_progress_bar", "false"], capsys))
+    assert f"{path}: the checkpoint's weights do not fit" in line and ("shapes ['backbone" in line or "extra" in line)
 
 
 # ------------------------------------------------------------------- command-line model options with --ckpt_path
@@ -238,15 +282,17 @@ def test_cli_unreadable_checkpoint_without_config(workdir, capsys):
     ("fit", ["--config", NER_CONFIG, "--model.optim.lr", "0.5"], ["model.optim.lr (checkpoint 0.001, given 0.5)"]),
 ], ids=["fit-d_model", "predict-without-config-head-layers", "fit-optim"])
 def test_cli_refuses_options_the_checkpoint_fixes(ckpts, workdir, capsys, sub, extra, words):
-    line = cli_line(*run_cli([sub, "--ckpt_path", str(ckpts["ner"]), *extra], capsys))
-    assert str(ckpts["ner"]) in line and all(w in line for w in words), line
+    ckpt = ckpts["ner-fit" if sub == "fit" else "ner"]
+    line = cli_line(*run_cli([sub, "--ckpt_path", str(ckpt), *extra], capsys))
+    assert str(ckpt) in line and all(w in line for w in words), line
 
 
 @pytest.mark.parametrize("sub,extra,key,value", [
     ("predict", ["--model.optim.lr", "0.5"], "optim.lr", 0.5), ("fit", ["--model.token_dropout", "0.3"], "token_dropout", 0.3),
 ], ids=["predict-optim", "fit-token_dropout"])
 def test_cli_applies_options_that_can_apply(ckpts, workdir, capsys, captured, sub, extra, key, value):
-    code, err = run_cli([sub, "--config", NER_CONFIG, "--ckpt_path", str(ckpts["ner"]), *extra], capsys)
+    ckpt = ckpts["ner-fit" if sub == "fit" else "ner"]
+    code, err = run_cli([sub, "--config", NER_CONFIG, "--ckpt_path", str(ckpt), *extra], capsys)
     assert code == 0, err
     args = captured["cfg"].model.init_args
     assert args[key] == value and args.backbone.d_model == 16  # the checkpoint's architecture, not the config's 256

@@ -201,9 +201,27 @@ class KslmTask(pl.LightningModule):
 
             if self.hf_config is None or not same_architecture(self.hf_config, payload.hf_config):
                 raise CheckpointError("the checkpoint's Hugging Face encoder differs from the configured one")
+        self._check_weights(checkpoint)
         # dropout's RNG: restored just before the next training batch, so that nothing Lightning does between
         # restoring and training (sanity validation, setting up loaders) can draw from it
         self._pending_rng = payload.rng
+
+    def _check_weights(self, checkpoint) -> None:
+        """The checkpoint's weights must be those of the model its payload describes (Lightning's strict loading
+        would end in a traceback). Checked where the module holds whole tensors (one device, DDP)."""
+        from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+
+        if not _attached(self) or not isinstance(self.trainer.strategy, (SingleDeviceStrategy, DDPStrategy)):
+            return
+        state, own = checkpoint.get("state_dict") or {}, self.state_dict()
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+        if missing or unexpected or shapes:
+            where = f"{self.trainer.ckpt_path}: " if self.trainer.ckpt_path else ""
+            raise CheckpointError(f"{where}the checkpoint's weights do not fit the model its payload describes (missing "
+                                  f"{missing[:3]}, unexpected {unexpected[:3]}, other shapes {shapes[:3]}) "
+                                  "(field 'ckpt_path')")
 
     def on_train_batch_start(self, batch, batch_idx):
         if self._pending_rng is not None:
