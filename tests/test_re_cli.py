@@ -78,7 +78,7 @@ def test_overfits_the_sample_records(fitted):
 def test_validate_from_checkpoint_gives_the_logged_val_metrics(fitted, workdir, capsys):
     """Reload-then-evaluate == the in-training evaluation at the last step (same loss and F1)."""
     trained = scalars(fitted / "logs")
-    args = re_args(workdir, "--ckpt_path", str(fitted / "ckpt" / "last.ckpt"), "--model.backbone.d_model", "16")
+    args = re_args(workdir, "--ckpt_path", str(fitted / "ckpt" / "last.ckpt"))
     code, err = run_cli(["validate", *args], capsys)
     assert code == 0, err
     again = scalars(workdir / "logs")
