@@ -268,7 +268,12 @@ def _parse_error_line(message: str) -> str:
 def main(args=None):
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)  # "Seed set to …" is noise
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # lightning's own deprecation noise on torch 2.13
+    argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else None
     try:
+        if argv and argv[0] == "score":  # kslm's own verb: no Trainer
+            from kslm.score import main as score_main
+
+            return score_main(argv[1:])
         KslmCLI(
             subclass_mode_model=True,
             subclass_mode_data=True,

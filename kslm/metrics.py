@@ -8,9 +8,16 @@ union of all ranks' samples (an F1 averaged over ranks would not).
     precision = tp / pred,   recall = tp / gold,   f1 = 2·tp / (pred + gold)   (each 0 when its denominator is 0)
 
 The last is the harmonic mean of precision and recall whenever both are defined.
+
+Given the label set (`labels=[…]`: entity types, predicates), the same three counters are also kept per label (sums
+of fixed-size tensors, so they sync the same way) and `compute()` adds per-label P/R/F1 with their support (gold
+count) and the macro average (the unweighted mean over the labels that occur in gold or predictions, as seqeval's
+macro avg). SpanF1(nested=True) adds a flat / nested breakdown (CMeEE): an entity is nested when it contains, or
+lies inside, another entity of its own set (gold or predicted); a true positive counts under its gold category.
 """
 
 from collections.abc import Hashable, Iterable, Sequence
+from typing import Optional
 
 import torch
 from torchmetrics import Metric
@@ -27,20 +34,50 @@ def _span(x) -> tuple:
     return int(_scalar(start)), int(_scalar(end))
 
 
+def prf(tp, n_pred, n_gold) -> dict:
+    """precision, recall, F1 from the three counts (tensors or numbers); 0 where a denominator is 0."""
+    tp, n_pred, n_gold = (torch.as_tensor(x, dtype=torch.float64) for x in (tp, n_pred, n_gold))
+    return {"precision": (tp / n_pred.clamp(min=1)).float(), "recall": (tp / n_gold.clamp(min=1)).float(),
+            "f1": (2 * tp / (n_pred + n_gold).clamp(min=1)).float()}
+
+
 class _SetF1(Metric):
-    """Micro precision / recall / F1 of per-sample item sets; subclasses define `_key` (item → hashable)."""
+    """Micro (and, given `labels`, per-label and macro) precision / recall / F1 of per-sample item sets; subclasses
+    define `_key` (item → hashable) and `_label` (key → its label)."""
 
     is_differentiable = False
     higher_is_better = True
     full_state_update = False
+    categories: tuple = ()  # extra breakdowns (SpanF1 nested: ("flat", "nested"))
 
-    def __init__(self, **kwargs):
+    def __init__(self, labels: Optional[Sequence[str]] = None, **kwargs):
         super().__init__(**kwargs)
+        self.labels = list(labels) if labels else []
+        self._index = {label: i for i, label in enumerate(self.labels)}
         for name in ("tp", "n_pred", "n_gold"):
             self.add_state(name, default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+            self.add_state(f"{name}_by_label", default=torch.zeros(len(self.labels), dtype=torch.long),
+                           dist_reduce_fx="sum")
+            self.add_state(f"{name}_by_category", default=torch.zeros(len(self.categories), dtype=torch.long),
+                           dist_reduce_fx="sum")
 
     def _key(self, item) -> Hashable:
         raise NotImplementedError
+
+    def _label(self, key) -> Hashable:
+        raise NotImplementedError
+
+    def _category(self, key, own: set) -> int:
+        raise NotImplementedError
+
+    def _count(self, keys, counter: str, category_set: Optional[set] = None) -> None:
+        by_label, by_category = getattr(self, f"{counter}_by_label"), getattr(self, f"{counter}_by_category")
+        for k in keys:
+            i = self._index.get(self._label(k))
+            if i is not None:
+                by_label[i] += 1
+            if self.categories:
+                by_category[self._category(k, category_set)] += 1
 
     def update(self, preds: Sequence[Iterable], targets: Sequence[Iterable]) -> None:
         """preds, targets: one iterable of items per sample (same number of samples, else ValueError)."""
@@ -48,39 +85,98 @@ class _SetF1(Metric):
         for p, g in zip(preds, targets, strict=True):
             p, g = {self._key(x) for x in p}, {self._key(x) for x in g}
             tp, n_pred, n_gold = tp + len(p & g), n_pred + len(p), n_gold + len(g)
+            if self.labels or self.categories:
+                self._count(p & g, "tp", g)
+                self._count(p, "n_pred", p)
+                self._count(g, "n_gold", g)
         self.tp += tp
         self.n_pred += n_pred
         self.n_gold += n_gold
 
-    def compute(self) -> dict[str, torch.Tensor]:
-        """{"precision", "recall", "f1"} as float tensors; 0 (not NaN) when a denominator is 0."""
-        tp = self.tp.double()
-        return {
-            "precision": (tp / self.n_pred.clamp(min=1)).float(),
-            "recall": (tp / self.n_gold.clamp(min=1)).float(),
-            "f1": (2 * tp / (self.n_pred + self.n_gold).clamp(min=1)).float(),
-        }
+    def compute(self) -> dict:
+        """{"precision", "recall", "f1"} (micro) as float tensors; 0 (not NaN) when a denominator is 0. With labels:
+        also "macro_precision", "macro_recall", "macro_f1" and "per_label" {label: {precision, recall, f1, support}};
+        with categories: "per_category" the same per category."""
+        out = prf(self.tp, self.n_pred, self.n_gold)
+        if self.labels:
+            per = {label: {**prf(self.tp_by_label[i], self.n_pred_by_label[i], self.n_gold_by_label[i]),
+                           "support": int(self.n_gold_by_label[i])} for i, label in enumerate(self.labels)}
+            seen = [label for i, label in enumerate(self.labels)
+                    if self.n_gold_by_label[i] > 0 or self.n_pred_by_label[i] > 0]
+            for m in ("precision", "recall", "f1"):
+                out[f"macro_{m}"] = (torch.stack([per[label][m] for label in seen]).mean() if seen
+                                     else torch.tensor(0.0))
+            out["per_label"] = per
+        if self.categories:
+            out["per_category"] = {c: {**prf(self.tp_by_category[i], self.n_pred_by_category[i],
+                                             self.n_gold_by_category[i]), "support": int(self.n_gold_by_category[i])}
+                                   for i, c in enumerate(self.categories)}
+        return out
+
+
+def format_report(res: dict, title: str) -> str:
+    """A per-label table (seqeval's classification report): one row per label, then micro and macro averages and,
+    when present, the flat / nested breakdown."""
+    rows = [(label, m) for label, m in (res.get("per_label") or {}).items()]
+    width = max([len(str(label)) for label, _ in rows] + [len("nested"), 12])
+    line = "{:<%d}  {:>9}  {:>9}  {:>9}  {:>8}" % width
+    out = [title, line.format("", "precision", "recall", "f1", "support")]
+
+    def row(name, m, support=""):
+        return line.format(str(name), *(f"{float(m[k]):.4f}" for k in ("precision", "recall", "f1")), support)
+
+    out += [row(label, m, m["support"]) for label, m in rows]
+    total = sum(m["support"] for _, m in rows) if rows else ""
+    out.append(row("micro avg", res, total))
+    if rows:
+        out.append(row("macro avg", {k: res[f"macro_{k}"] for k in ("precision", "recall", "f1")}, total))
+    for cat, m in (res.get("per_category") or {}).items():
+        out.append(row(cat, m, m["support"]))
+    return "\n".join(out)
+
+
+def report_json(res: dict) -> dict:
+    """compute()'s result with plain floats (for metrics.json)."""
+    return {k: (report_json(v) if isinstance(v, dict) else float(v) if isinstance(v, torch.Tensor) else v)
+            for k, v in res.items()}
 
 
 class SpanF1(_SetF1):
     """Exact-match span F1: items are (start, end, type); nested and overlapping spans are distinct items.
+    `labels`: the entity types, for per-type and macro scores; `nested=True`: the flat / nested breakdown.
 
     Counts are summed across ranks, so DDP-synced values equal single-process values on all ranks' samples."""
+
+    def __init__(self, labels: Optional[Sequence[str]] = None, nested: bool = False, **kwargs):
+        self.categories = ("flat", "nested") if nested else ()
+        super().__init__(labels, **kwargs)
 
     def _key(self, item) -> Hashable:
         start, end, label = item
         return (*_span((start, end)), _scalar(label))
 
+    def _label(self, key) -> Hashable:
+        return key[2]
+
+    def _category(self, key, own: set) -> int:
+        """1 (nested) when another entity of `own` contains this one or lies inside it, else 0 (flat)."""
+        s, e = key[0], key[1]
+        return int(any((a, b) != (s, e) and ((a <= s and e <= b) or (s <= a and b <= e)) for a, b, _ in own))
+
 
 class TripleF1(_SetF1):
     """Exact-match relation-triple F1: items are (subject, predicate, object) strings, or with `with_spans=True`
     (subject, predicate, object, subject_span, object_span) with spans (start, end), all five of which must match.
+    `labels`: the predicates, for per-predicate and macro scores.
 
     Counts are summed across ranks, so DDP-synced values equal single-process values on all ranks' samples."""
 
-    def __init__(self, with_spans: bool = False, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, with_spans: bool = False, labels: Optional[Sequence[str]] = None, **kwargs):
+        super().__init__(labels, **kwargs)
         self.with_spans = with_spans
+
+    def _label(self, key) -> Hashable:
+        return key[1]
 
     def _key(self, item) -> Hashable:
         item = tuple(item)

@@ -123,13 +123,19 @@ DDP_SCRIPT = textwrap.dedent(
     def tup(batch):
         return [[tuple(x) for x in sample] for sample in batch]
 
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}/") if isinstance(v, dict) else {f"{prefix}{k}": float(v)})
+        return out
+
     def worker(rank, port, data, out):
         from kslm.metrics import SpanF1  # only the ranks need torchmetrics
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-        m = SpanF1()
+        m = SpanF1(labels=["A", "B", "C"], nested=True)
         for i in data["ranks"][rank]:
             m.update(tup(data["preds"][i]), tup(data["gold"][i]))
-        res = {k: v.item() for k, v in m.compute().items()}
+        res = flat(m.compute())
         with open(f"{out}.{rank}", "w") as f:
             json.dump(res, f)
         dist.destroy_process_group()
@@ -145,12 +151,23 @@ DDP_SCRIPT = textwrap.dedent(
 )
 
 
+def flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        out.update(flat(v, f"{prefix}{k}/") if isinstance(v, dict) else {f"{prefix}{k}": float(v)})
+    return out
+
+
 def test_span_f1_ddp_sync_equals_single_process(tmp_path):
-    single = SpanF1()
+    """Micro, per-type, macro and flat/nested counts all sync: each rank's result equals the single process's."""
+    single = SpanF1(labels=["A", "B", "C"], nested=True)
     for p, g in zip(DDP_PREDS, DDP_GOLD, strict=True):
         single.update(p, g)
-    expected = values(single)
-    assert expected == pytest.approx(prf(3, 6, 5))  # hits (0,2,A), (1,2,A), (2,4,C); rank 0 alone: 2/3, 2/3
+    res = single.compute()
+    micro = {k: float(res[k]) for k in ("precision", "recall", "f1")}
+    assert micro == pytest.approx(prf(3, 6, 5))  # hits (0,2,A), (1,2,A), (2,4,C); rank 0 alone: 2/3, 2/3
+    assert float(res["per_label"]["C"]["f1"]) == pytest.approx(2 * 1 / (3 + 2))
+    expected = flat(res)
     script = tmp_path / "ddp_span_f1.py"
     script.write_text(DDP_SCRIPT)
     data = json.dumps({"preds": DDP_PREDS, "gold": DDP_GOLD, "ranks": DDP_RANKS})
@@ -162,3 +179,64 @@ def test_span_f1_ddp_sync_equals_single_process(tmp_path):
     per_rank = json.loads(proc.stdout.strip().splitlines()[-1])
     for res in per_rank:
         assert res == pytest.approx(expected, abs=1e-6)
+
+
+def naive_report(preds, gold, labels):
+    """Per-label / macro / flat-nested P, R, F1 by plain loops over sets (the independent reference)."""
+    def nested(x, own):
+        return any((a, b) != (x[0], x[1]) and ((a <= x[0] and x[1] <= b) or (x[0] <= a and b <= x[1]))
+                   for a, b, _ in own)
+
+    counts = {k: [0, 0, 0] for k in [*labels, "flat", "nested"]}
+    for p, g in zip(preds, gold, strict=True):
+        p, g = set(p), set(g)
+        for x in p & g:
+            counts[x[2]][0] += 1
+            counts["nested" if nested(x, g) else "flat"][0] += 1
+        for x in p:
+            counts[x[2]][1] += 1
+            counts["nested" if nested(x, p) else "flat"][1] += 1
+        for x in g:
+            counts[x[2]][2] += 1
+            counts["nested" if nested(x, g) else "flat"][2] += 1
+    rep = {k: prf(*c) for k, c in counts.items()}
+    seen = [k for k in labels if counts[k][1] or counts[k][2]]
+    macro = {m: sum(rep[k][m] for k in seen) / len(seen) for m in ("precision", "recall", "f1")}
+    return rep, macro, {k: counts[k][2] for k in counts}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_span_f1_per_type_macro_nested_vs_naive(seed):
+    import random
+
+    rng = random.Random(seed)
+    labels = ["LOC", "ORG", "PER", "UNSEEN"]
+
+    def sample():
+        return [(s, s + rng.randint(0, 6), rng.choice(labels[:3])) for s in (rng.randint(0, 12) for _ in range(rng.randint(0, 6)))]
+
+    gold = [sample() for _ in range(20)]
+    preds = [[x for x in g if rng.random() < 0.6] + sample()[:2] for g in gold]
+    m = SpanF1(labels=labels, nested=True)
+    m.update(preds[:7], gold[:7])
+    m.update(preds[7:], gold[7:])
+    res = m.compute()
+    rep, macro, support = naive_report(preds, gold, labels)
+    for label in labels:
+        got = {k: float(res["per_label"][label][k]) for k in ("precision", "recall", "f1")}
+        assert got == pytest.approx(rep[label], abs=1e-6) and res["per_label"][label]["support"] == support[label]
+    for cat in ("flat", "nested"):
+        got = {k: float(res["per_category"][cat][k]) for k in ("precision", "recall", "f1")}
+        assert got == pytest.approx(rep[cat], abs=1e-6) and res["per_category"][cat]["support"] == support[cat]
+    assert {k: float(res[f"macro_{k}"]) for k in macro} == pytest.approx(macro, abs=1e-6)  # UNSEEN is left out
+
+
+def test_triple_f1_per_predicate():
+    preds = [[("a", "p", "b"), ("a", "q", "b")], [("c", "p", "d")]]
+    gold = [[("a", "p", "b")], [("c", "q", "d")]]
+    m = TripleF1(labels=["p", "q"])
+    m.update(preds, gold)
+    res = m.compute()
+    assert float(res["per_label"]["p"]["precision"]) == pytest.approx(0.5) and float(res["per_label"]["p"]["recall"]) == 1
+    assert float(res["per_label"]["q"]["f1"]) == 0 and res["per_label"]["q"]["support"] == 1
+    assert float(res["macro_f1"]) == pytest.approx((2 / 3 + 0) / 2)

@@ -4,19 +4,27 @@ mapping, in sliding windows when a text is longer than `max_length`, and map tok
 Token spans are (start_token, end_token INCLUSIVE, type) for entities and (s_start, s_end, predicate, o_start, o_end)
 for triples (GPLinker's layout). An entity whose boundary falls inside a token, or that no window holds whole, raises
 a DataError or is listed in `misaligned` (errors="report") — never dropped silently.
+
+Character offsets always index the ORIGINAL text, whatever the tokenizer's normalizer does: `token_offsets` gives the
+combining marks a normalizer folds into the preceding char (NFC "e" + U+0301 → "é", BERT's accent stripping) to that
+char's token, which `tokenizers` leaves them out of.
 """
 
+import unicodedata
 from dataclasses import dataclass
 
 from kslm.errors import DataError
 
 
 def token_offsets(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-    """Token ids and character offsets, each trimmed of surrounding whitespace when the token has other chars
-    (byte-level BPE glues the preceding space to a word: "Ġfox" covers " fox", the entity covers "fox")."""
+    """Token ids and character offsets into the ORIGINAL `text`, whatever the tokenizer's normalizer does.
+
+    Each token's offsets are first widened over the combining characters its normalizer folded away (see
+    `_cover_folded_marks`), then trimmed of surrounding whitespace when the token has other chars (byte-level BPE
+    glues the preceding space to a word: "Ġfox" covers " fox", the entity covers "fox")."""
     enc = tokenizer.encode(text, add_special_tokens=False)
     offsets = []
-    for s, e in enc.offsets:
+    for s, e in _cover_folded_marks(text, enc.offsets):
         piece = text[s:e]
         core = piece.strip()
         if core:
@@ -24,6 +32,51 @@ def token_offsets(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]
             e = s + len(core)
         offsets.append((s, e))
     return enc.ids, offsets
+
+
+def _continues_cluster(ch: str) -> bool:
+    """True for a character that never starts a grapheme cluster but continues the one before it (UAX #29 Extend,
+    ZWJ, SpacingMark and Hangul V/T jamo): combining marks, variation selectors, ZWJ/ZWNJ, emoji skin-tone modifiers,
+    tag characters, halfwidth kana voicing marks, Hangul medial vowels and final consonants."""
+    o = ord(ch)
+    return (unicodedata.category(ch) in ("Mn", "Mc", "Me") or o in (0x200C, 0x200D)
+            or 0x1160 <= o <= 0x11FF or 0xD7B0 <= o <= 0xD7FF  # Hangul jungseong / jongseong (incl. extended-B)
+            or 0xFF9E <= o <= 0xFF9F or 0x1F3FB <= o <= 0x1F3FF or 0xE0020 <= o <= 0xE007F)
+
+
+def _cover_folded_marks(text: str, offsets) -> list[tuple[int, int]]:
+    """`tokenizers` offsets, widened so that no combining character of the original text is left outside every token.
+
+    `tokenizers` maps each NORMALIZED char back to one original char. When the normalizer folds several original
+    chars into one (NFC/NFKC composing "e" + U+0301 into "é", Hangul jamo L+V+T into one syllable, Tamil/Indic vowel
+    signs) or deletes one (BERT's strip_accents, clean_text dropping ZWJ/tags/variation selectors), the normalized
+    char keeps the offsets of the FIRST (base) char only and the folded chars belong to no token: an entity ending on
+    such a mark would not align (dropped from training) and a prediction ending there would lose the mark. Here a run
+    of uncovered chars that continue the preceding char's grapheme cluster (`_continues_cluster`) is given to the
+    token(s) ending just before it (several tokens may share that char: bytes of a rare char, NFKC expansions).
+    Uncovered chars that start a cluster (whitespace the pre-tokenizer drops, a deleted control char) stay uncovered.
+    Text that the normalizer leaves whole — all ordinary text — keeps exactly the offsets `tokenizers` reports."""
+    offsets = [tuple(o) for o in offsets]
+    grow = {}  # end of the token(s) before a gap → end of the folded marks that follow it
+    reach = 0  # the furthest char covered so far
+    for s, e in sorted(o for o in offsets if o[0] < o[1]):
+        if s > reach > 0:
+            _take_marks(text, reach, s, grow)
+        reach = max(reach, e)
+    if 0 < reach < len(text):
+        _take_marks(text, reach, len(text), grow)
+    if not grow:
+        return offsets
+    return [(s, grow.get(e, e)) if s < e else (s, e) for s, e in offsets]
+
+
+def _take_marks(text: str, a: int, b: int, grow: dict) -> None:
+    """The gap [a, b) of uncovered chars follows a token ending at a: its leading cluster-continuing chars join it."""
+    k = a
+    while k < b and _continues_cluster(text[k]):
+        k += 1
+    if k > a:
+        grow[a] = k
 
 
 def align_span(offsets: list[tuple[int, int]], start: int, end: int) -> tuple[int, int] | None:

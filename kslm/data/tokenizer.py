@@ -4,7 +4,9 @@ kinds:
     bpe   byte-level BPE; CJK characters are first isolated one per pre-token (as BERT does), so Chinese text
           becomes characters (or their bytes when rare) rather than byte soup spanning several characters.
     char  one token per character (WordLevel over characters), the natural choice for Chinese NER.
-Special tokens, at fixed ids: <pad>=0, <unk>=1, <s>=2, </s>=3, <mask>=4. Offsets are character offsets.
+Special tokens, at fixed ids: <pad>=0, <unk>=1, <s>=2, </s>=3, <mask>=4. Offsets are character offsets of the
+original (un-normalized) text: read them through kslm.data.spans.token_offsets, which also covers the combining marks
+NFC folds into the char before them.
 """
 
 import hashlib

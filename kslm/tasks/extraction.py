@@ -3,6 +3,7 @@ over its hidden states, the label set (entity types / predicates; connected by t
 checkpoint) stored in the checkpoint payload with the head's settings (so `--ckpt_path` alone rebuilds the model),
 the training step around `compute_loss`, and precision / recall / F1 logged at the end of validation and test."""
 
+import sys
 from typing import List, Optional, Tuple
 
 import torch
@@ -10,6 +11,7 @@ import torch
 from kslm.checkpoint import payload_of
 from kslm.data.tokenizer import special_ids
 from kslm.errors import CheckpointError, ConfigError
+from kslm.metrics import format_report
 from kslm.tasks.base import KslmTask
 
 
@@ -50,6 +52,7 @@ class ExtractionTask(KslmTask):
         if not self.labels:
             raise ConfigError(f"{self.label_name} unknown: give --model.{self.label_key} or training data")
         self.head_module = self.build_head()
+        self.val_f1 = self.build_metric()
         self.hparams[self.label_key] = list(self.labels)
 
     def connect(self, tokenizer, labels=None, payload=None, data_settings=None) -> None:
@@ -106,11 +109,27 @@ class ExtractionTask(KslmTask):
         return self.backbone.flops_per_token(T) * B * T
 
     # ---------------------------------------------------------- evaluation
+    def build_metric(self):
+        """The set-F1 metric over this task's labels (per-label and macro scores)."""
+        raise NotImplementedError
+
     def _log_f1(self, stage: str):
         m = self.val_f1.compute()
         self.val_f1.reset()
         self.log_dict({f"{stage}/precision": m["precision"], f"{stage}/recall": m["recall"]}, sync_dist=True)
         self.log(f"{stage}/f1", m["f1"], prog_bar=stage == "val", sync_dist=True)
+        if "macro_f1" in m:
+            named = {f"{stage}/macro_{k}": m[f"macro_{k}"] for k in ("precision", "recall", "f1")}
+            for group in ("per_label", "per_category"):
+                for name, v in (m.get(group) or {}).items():
+                    if v["support"] or group == "per_label":
+                        named.update({f"{stage}/{k}/{name}": v[k] for k in ("precision", "recall", "f1")})
+            self.log_dict(named, sync_dist=True)
+        if self.trainer.state.fn in ("validate", "test") and self.trainer.is_global_zero:
+            categories = m.get("per_category") or {}
+            if not categories.get("nested", {}).get("support"):
+                m = {k: v for k, v in m.items() if k != "per_category"}  # flat data: no breakdown to show
+            print(format_report(m, f"kslm: {stage} scores per {self.label_name[:-1]}"), file=sys.stderr)
 
     def on_validation_epoch_end(self):
         self._log_f1("val")

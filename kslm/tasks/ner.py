@@ -40,7 +40,10 @@ class EntityExtraction(ExtractionTask):
     def __init__(self, *args, head: Literal["gp", "egp"] = "egp", head_size: int = 64,
                  types: Optional[List[str]] = None, loss: Literal["mcce", "bce"] = "mcce", **kwargs):
         super().__init__(*args, **kwargs)
-        self.val_f1 = SpanF1()
+        self.val_f1 = SpanF1()  # until the types are known (build)
+
+    def build_metric(self):
+        return SpanF1(labels=self.types, nested=True)
 
     @property
     def types(self) -> Optional[List[str]]:

@@ -58,12 +58,15 @@ class RelationExtraction(ExtractionTask):
                  predicates: Optional[List[str]] = None, max_entities: int = 32, **kwargs):
         super().__init__(*args, **kwargs)
         self.max_entities = max_entities
-        self.val_f1 = TripleF1()
+        self.val_f1 = TripleF1()  # until the predicates are known (build)
         self._capped = 0
 
     @property
     def predicates(self) -> Optional[List[str]]:
         return self.labels
+
+    def build_metric(self):
+        return TripleF1(labels=self.predicates)
 
     def build_head(self):
         return GPLinker(self.hidden_size, len(self.predicates), self.hparams.head_size)
