@@ -185,8 +185,11 @@ class KslmCLI(LightningCLI):
     def _ckpt_file(self, cfg) -> Optional[str]:
         """ckpt_path as a file: 'last' is this config's last.ckpt, if there is one."""
         ckpt = cfg.get("ckpt_path")
-        if not ckpt:
+        if ckpt is None:
             return None
+        if not str(ckpt).strip():
+            raise CheckpointError("--ckpt_path is empty: give a checkpoint file, or leave the option out "
+                                  "(field 'ckpt_path')")
         if ckpt == "last":
             dirpath = cfg.checkpoint.get("dirpath") or str(Path("checkpoints") / self._config_name(cfg))
             last = Path(dirpath) / "last.ckpt"
@@ -199,7 +202,10 @@ class KslmCLI(LightningCLI):
         if ckpt == "best":  # Lightning knows the best checkpoint only within the process that trained
             raise CheckpointError("--ckpt_path best names the best checkpoint of a fit in the same process; give the "
                                   "checkpoint file (e.g. checkpoints/NAME/last.ckpt) (field 'ckpt_path')")
-        return None if ckpt in LIGHTNING_CKPT_NAMES else str(ckpt)
+        if ckpt in LIGHTNING_CKPT_NAMES:  # hpc, registry: SLURM's and Lightning's model registry, not kslm's
+            raise CheckpointError(f"--ckpt_path {ckpt}: kslm resumes from checkpoint files; give one (e.g. "
+                                  "checkpoints/NAME/last.ckpt, or last) (field 'ckpt_path')")
+        return str(ckpt)
 
     def add_arguments_to_parser(self, parser):
         parser.add_lightning_class_args(KslmCheckpoint, "checkpoint")

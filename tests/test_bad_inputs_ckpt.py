@@ -298,7 +298,8 @@ def test_cli_applies_options_that_can_apply(ckpts, workdir, capsys, captured, su
     assert args[key] == value and args.backbone.d_model == 16  # the checkpoint's architecture, not the config's 256
 
 
-@pytest.mark.parametrize("sub,name", [("validate", "last"), ("predict", "best")])
+@pytest.mark.parametrize("sub,name", [("validate", "last"), ("predict", "best"), ("predict", "hpc"), ("fit", "registry"),
+                                      ("test", "")])
 def test_cli_ckpt_path_names_that_resolve_to_nothing(workdir, capsys, sub, name):
     line = cli_line(*run_cli([sub, "--config", NER_CONFIG, "--ckpt_path", name], capsys))
     assert "ckpt_path" in line and (name != "last" or "last.ckpt" in line)
