@@ -19,7 +19,12 @@ Source formats (see each dataset's SOURCE.md), one module each:
     canonical  JSONL of canonical NER or RE records
 What they share (file access, ReadStats, record checks, placing entity strings) is kslm.data.formats.jsonl, the
 only kslm module besides kslm.errors that the format modules import. This package holds the one registry of them
-(`FORMATS`), format sniffing, `read_any`, the dev splits and `read_records_with_lines`.
+(`FORMATS`), format sniffing, `read_any`, the dev splits, `read_records_with_lines` (training / validation records)
+and `read_texts_with_lines` (prediction inputs, recognised by their own format whatever the training data's is).
+
+Files are UTF-8 (a byte-order mark is dropped; another encoding is an error naming line, column and byte). A
+labelled record may hold only its format's keys (plus "id"): a misspelled label key is an error, not a record
+without labels. Hints name the command-line options (`--data.format`, `--data.skip_unlocatable`, `--data.repair`).
 """
 
 import json

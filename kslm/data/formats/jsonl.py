@@ -7,7 +7,9 @@ Canonical records (character offsets, `end` EXCLUSIVE):
     RE   {"text": str, "triples": [{"subject", "predicate", "object", "subject_span": [s, e], "object_span": [s, e]}]}
 
 The error contract: every reader validates every record and raises one `DataError` naming file, line (1-based,
-JSON Lines and char-per-line files) or "record N" (0-based index into a JSON array) and the field. Nothing is dropped
+JSON Lines and char-per-line files) or "record N" (0-based index into a JSON array) and the field. Text is read with
+`open_text` / `read_text` / `iter_lines`: UTF-8, a byte-order mark dropped, a byte that is not UTF-8 an error naming
+its line and column (`FILE:LINE: not UTF-8 (byte 0xe9 at column 12)`). Nothing is dropped
 silently: the options that skip or repair (`skip_unlocatable`, `repair`) count what they did in a `ReadStats` and
 log it.
 """
