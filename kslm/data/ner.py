@@ -86,7 +86,7 @@ class NERDataModule(ExtractionDataModule):
         return types
 
     def _source_options(self):
-        return [self.format, self.dev_split, self.min_frequency, self.repair]
+        return [self.format, self.dev_split, self.min_frequency]  # (repair changes spans, not texts)
 
     # --------------------------------------------------------------- encoding
     def encode(self, records: List[dict], source, labelled: bool = True) -> List[dict]:
