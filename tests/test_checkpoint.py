@@ -8,9 +8,7 @@ import os
 
 import pytest
 import torch
-from conftest import REPO, read_jsonl, run_cli, tiny_args
-from test_ner_cli import CLUENER, ner_args
-from test_re_cli import CANONICAL, re_args
+from helpers import CANONICAL, CLUENER, REPO, ner_args, re_args, read_jsonl, run_cli, tiny_args
 
 from kslm.checkpoint import FORMAT_VERSION, Payload, payload_of, read_payload
 from kslm.errors import CheckpointError
@@ -35,12 +33,6 @@ def ckpts(tmp_path_factory, small_corpus):
     re_ = tmp_path_factory.mktemp("re")
     return {"lm": _fit(lm, tiny_args(small_corpus, lm, steps=3, config="configs/lm/gau.yaml")),
             "ner": _fit(ner, ner_args(ner, steps=20)), "re": _fit(re_, re_args(re_, steps=60))}
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def _one_line(code, err):

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
 

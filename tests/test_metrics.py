@@ -8,10 +8,9 @@ import textwrap
 
 import pytest
 import torch
+from helpers import REPO
 
 from kslm.metrics import SpanF1, TripleF1
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def values(metric) -> dict:
@@ -171,7 +170,7 @@ def test_span_f1_ddp_sync_equals_single_process(tmp_path):
     script = tmp_path / "ddp_span_f1.py"
     script.write_text(DDP_SCRIPT)
     data = json.dumps({"preds": DDP_PREDS, "gold": DDP_GOLD, "ranks": DDP_RANKS})
-    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run(
         [sys.executable, str(script), data, str(tmp_path / "result")], capture_output=True, text=True, timeout=120, env=env
     )

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, run_cli, tiny_args
+from helpers import REPO, run_cli, tiny_args
 
 
 def test_ddp_two_cpu_ranks(small_corpus, tmp_path):
