@@ -6,6 +6,7 @@ import os
 import sys
 
 import pytest
+from helpers import fit_in, ner_args, re_args, tiny_args
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -63,3 +64,14 @@ def small_corpus(tmp_path_factory):
     path = tmp_path_factory.mktemp("corpus") / "small.txt"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def ckpts(tmp_path_factory, small_corpus):
+    """One tiny checkpoint of each task, fitted once per session ({"lm", "ner", "re"} → last.ckpt); tests only
+    read them."""
+    lm = tmp_path_factory.mktemp("lm")
+    ner = tmp_path_factory.mktemp("ner")
+    re_ = tmp_path_factory.mktemp("re")
+    return {"lm": fit_in(lm, tiny_args(small_corpus, lm, steps=3, config="configs/lm/gau.yaml")),
+            "ner": fit_in(ner, ner_args(ner, steps=20)), "re": fit_in(re_, re_args(re_, steps=60))}

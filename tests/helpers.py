@@ -2,7 +2,7 @@
 rootdir-based import mode). Fixtures live in conftest.py, which is never imported by name.
 
 - paths: REPO, SHARED (the real datasets of the slow tests), the sample files under data/samples;
-- running the CLI in this process: run_cli, and the argument builders for seconds-long runs of the shipped configs:
+- running the CLI in this process: run_cli, fit_in, and the argument builders for seconds-long runs of the shipped configs:
   tiny_args (LM), ner_args, re_args;
 - reading what a run wrote: read_jsonl, scalars (TensorBoard);
 - models: tiny_config / tiny_backbone, the one small Backbone builder of the unit tests, ids, matmul_params;
@@ -35,6 +35,22 @@ def run_cli(args, capsys=None):
         code = exc.code if isinstance(exc.code, int) else 1
     err = capsys.readouterr().err if capsys is not None else ""
     return code, err
+
+
+def fit_in(folder, args):
+    """`kslm fit ARGS` in this process with `folder` as working directory (for fixtures, which cannot use
+    monkeypatch.chdir); fails on a non-zero exit. Returns folder/ckpt/last.ckpt, where the argument builders below
+    put it."""
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        code, err = run_cli(["fit", *args])
+    finally:
+        os.chdir(cwd)
+    assert code == 0, err
+    return Path(folder) / "ckpt" / "last.ckpt"
 
 
 def tiny_args(corpus, tmp, *extra, steps=2, config="configs/lm/transformer.yaml"):

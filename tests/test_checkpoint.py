@@ -8,31 +8,10 @@ import os
 
 import pytest
 import torch
-from helpers import CANONICAL, CLUENER, REPO, ner_args, re_args, read_jsonl, run_cli, tiny_args
+from helpers import CANONICAL, CLUENER, REPO, ner_args, read_jsonl, run_cli, tiny_args
 
 from kslm.checkpoint import FORMAT_VERSION, Payload, payload_of, read_payload
 from kslm.errors import CheckpointError
-
-
-def _fit(tmp, args):
-    cwd = os.getcwd()
-    os.chdir(tmp)
-    try:
-        code, err = run_cli(["fit", *args])
-    finally:
-        os.chdir(cwd)
-    assert code == 0, err
-    return tmp / "ckpt" / "last.ckpt"
-
-
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory, small_corpus):
-    """One tiny checkpoint of each task."""
-    lm = tmp_path_factory.mktemp("lm")
-    ner = tmp_path_factory.mktemp("ner")
-    re_ = tmp_path_factory.mktemp("re")
-    return {"lm": _fit(lm, tiny_args(small_corpus, lm, steps=3, config="configs/lm/gau.yaml")),
-            "ner": _fit(ner, ner_args(ner, steps=20)), "re": _fit(re_, re_args(re_, steps=60))}
 
 
 def _one_line(code, err):

@@ -5,11 +5,10 @@ predictions. Data errors stop before training."""
 
 import json
 import math
-import os
 
 import pytest
 import torch
-from helpers import CANONICAL, DUIE, RE_CONFIG, re_args, read_jsonl, run_cli, scalars
+from helpers import CANONICAL, DUIE, RE_CONFIG, fit_in, re_args, read_jsonl, run_cli, scalars
 
 STEPS = 60
 
@@ -18,13 +17,7 @@ STEPS = 60
 def fitted(tmp_path_factory):
     """60 steps on the 6 canonical sample records (one batch: train = val), in a folder of its own."""
     tmp = tmp_path_factory.mktemp("re-fit")
-    cwd = os.getcwd()
-    os.chdir(tmp)
-    try:
-        code, err = run_cli(["fit", *re_args(tmp, steps=STEPS)])
-    finally:
-        os.chdir(cwd)
-    assert code == 0, err
+    fit_in(tmp, re_args(tmp, steps=STEPS))
     return tmp
 
 
