@@ -1,11 +1,12 @@
-import json
+"""Fixtures only. Plain helpers (paths, run_cli, the argument and model builders) are in helpers.py: a test module
+imports them with `from helpers import …`, never from this file."""
+
+import logging
 import os
-from pathlib import Path
+import sys
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
+from helpers import fit_in, ner_args, re_args, tiny_args
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -18,34 +19,44 @@ def kslm_cache(tmp_path_factory):
     return path
 
 
+def _lightning_logs_to_current_stderr(names):
+    for name in names:
+        for h in logging.getLogger(name).handlers:
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                h.stream = sys.stderr  # not setStream: it flushes the old (maybe closed) stream
+
+
 @pytest.fixture(autouse=True)
 def lightning_log_to_current_stderr():
     """Lightning's log handlers hold the stderr of import time; point them at this test's (captured) stderr."""
-    import logging
-    import sys
-
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        for h in logging.getLogger(name).handlers:
-            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
-                h.setStream(sys.stderr)
+    _lightning_logs_to_current_stderr(("lightning.pytorch", "lightning.fabric"))
     yield
 
 
-def scalars(logdir) -> dict:
-    """The last value of every scalar in the TensorBoard events under `logdir`."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+@pytest.fixture
+def workdir(tmp_path, monkeypatch, capsys):
+    """The test's folder as working directory; Lightning's log handlers write to the captured stderr (set up after
+    capsys, so that an error's stderr holds only what this run printed)."""
+    _lightning_logs_to_current_stderr([n for n in logging.Logger.manager.loggerDict if n.startswith("lightning")])
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
 
-    out = {}
-    for events in sorted(Path(logdir).rglob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(events))
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            out[tag] = acc.Scalars(tag)[-1].value
-    return out
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op thread for a module of thousands of tiny ops, where threads only add sync overhead (≈2× slower
+    on 2 cores). Autouse in tests/nn (its conftest.py); other modules ask for it with
+    `pytestmark = pytest.mark.usefixtures("single_thread")`."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")
-def small_corpus(tmp_path_factory) -> Path:
+def small_corpus(tmp_path_factory):
     """~150 kB of English paragraphs (Python's documentation topics): enough for a tokenizer and a few batches."""
     from pydoc_data.topics import topics
 
@@ -55,33 +66,12 @@ def small_corpus(tmp_path_factory) -> Path:
     return path
 
 
-def tiny_args(corpus, tmp, *extra, steps=2, config="configs/lm/transformer.yaml"):
-    """CLI arguments for a seconds-long run of a shipped config on the small corpus (run it with the working
-    directory in `tmp`: TensorBoard logs go to ./logs)."""
-    return [
-        "--config", str(REPO / config),
-        "--data.data_files", str(corpus), "--data.vocab_size", "400", "--data.seq_len", "32",
-        "--data.batch_size", "4", "--data.val_fraction", "0.05",
-        "--model.backbone.d_model", "32", "--model.backbone.n_layers", "2", "--model.backbone.n_heads", "2",
-        "--model.backbone.qk_dim", "16", "--model.optim.warmup_steps", "0",
-        "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(max(steps, 1)),
-        "--trainer.limit_val_batches", "2", "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false", "--checkpoint.dirpath", str(tmp / "ckpt"), *extra,
-    ]
-
-
-def run_cli(args, capsys=None):
-    """Run `kslm …` in this process; returns (exit code, stderr)."""
-    from kslm.cli import main
-
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    err = capsys.readouterr().err if capsys is not None else ""
-    return code, err
-
-
-def read_jsonl(path):
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+@pytest.fixture(scope="session")
+def ckpts(tmp_path_factory, small_corpus):
+    """One tiny checkpoint of each task, fitted once per session ({"lm", "ner", "re"} → last.ckpt); tests only
+    read them."""
+    lm = tmp_path_factory.mktemp("lm")
+    ner = tmp_path_factory.mktemp("ner")
+    re_ = tmp_path_factory.mktemp("re")
+    return {"lm": fit_in(lm, tiny_args(small_corpus, lm, steps=3, config="configs/lm/gau.yaml")),
+            "ner": fit_in(ner, ner_args(ner, steps=20)), "re": fit_in(re_, re_args(re_, steps=60))}

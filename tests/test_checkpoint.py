@@ -8,39 +8,10 @@ import os
 
 import pytest
 import torch
-from conftest import REPO, read_jsonl, run_cli, tiny_args
-from test_ner_cli import CLUENER, ner_args
-from test_re_cli import CANONICAL, re_args
+from helpers import CANONICAL, CLUENER, REPO, ner_args, read_jsonl, run_cli, tiny_args
 
 from kslm.checkpoint import FORMAT_VERSION, Payload, payload_of, read_payload
 from kslm.errors import CheckpointError
-
-
-def _fit(tmp, args):
-    cwd = os.getcwd()
-    os.chdir(tmp)
-    try:
-        code, err = run_cli(["fit", *args])
-    finally:
-        os.chdir(cwd)
-    assert code == 0, err
-    return tmp / "ckpt" / "last.ckpt"
-
-
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory, small_corpus):
-    """One tiny checkpoint of each task."""
-    lm = tmp_path_factory.mktemp("lm")
-    ner = tmp_path_factory.mktemp("ner")
-    re_ = tmp_path_factory.mktemp("re")
-    return {"lm": _fit(lm, tiny_args(small_corpus, lm, steps=3, config="configs/lm/gau.yaml")),
-            "ner": _fit(ner, ner_args(ner, steps=20)), "re": _fit(re_, re_args(re_, steps=60))}
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def _one_line(code, err):

@@ -1,9 +1,10 @@
-"""Every shipped YAML parses (classes resolve, options type-check) without running anything."""
+"""Every shipped YAML parses (classes resolve, options type-check) without running anything, and the full config
+`--print_config` prints from it is one the CLI reads back to the same config."""
 
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
 
@@ -14,16 +15,28 @@ def test_configs_exist():
             "lm/chinese_poetry.yaml", "lm/rnn.yaml"} <= names
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.relative_to(REPO / "configs").as_posix())
-def test_config_parses(config: Path, capsys):
+def print_config(subcommand, config: Path, capsys) -> str:
+    """`kslm SUBCOMMAND --config CONFIG --print_config` in this process: the printed YAML."""
     from kslm.cli import main
 
-    predict_only = config.parent.name == "nbce"  # NBCE reads a trained LM: no backbone of its own, no fit
     with pytest.raises(SystemExit) as exc:
-        main(["predict" if predict_only else "fit", "--config", str(config), "--print_config"])
+        main([subcommand, "--config", str(config), "--print_config"])
     out = capsys.readouterr()
     assert exc.value.code == 0, out.err
-    assert "class_path: kslm.tasks." in out.out and ("predict_file:" if predict_only else "backbone:") in out.out
+    return out.out
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.relative_to(REPO / "configs").as_posix())
+def test_config_parses_and_print_config_round_trips(config: Path, tmp_path, capsys):
+    """The config parses; and what --print_config prints, saved and given back as --config, prints the same config
+    again (every option it writes is one the parser reads back unchanged)."""
+    predict_only = config.parent.name == "nbce"  # NBCE reads a trained LM: no backbone of its own, no fit
+    subcommand = "predict" if predict_only else "fit"
+    printed = print_config(subcommand, config, capsys)
+    assert "class_path: kslm.tasks." in printed and ("predict_file:" if predict_only else "backbone:") in printed
+    saved = tmp_path / config.name
+    saved.write_text(printed, encoding="utf-8")
+    assert print_config(subcommand, saved, capsys) == printed
 
 
 def test_help_explains_backbone_options(capsys):

@@ -5,8 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import REPO, read_jsonl, run_cli, scalars
-from test_ner_cli import CLUENER, ner_args, workdir  # noqa: F401 (fixture)
+from helpers import CLUENER, REPO, ner_args, read_jsonl, run_cli, scalars
 
 STATE = "state_dict"
 
@@ -24,7 +23,7 @@ def lm_pretrain(tmp, capsys):
     return tmp / "lm" / "last.ckpt"
 
 
-def test_pretrained_init_takes_weights_config_and_tokenizer(workdir, capsys):  # noqa: F811
+def test_pretrained_init_takes_weights_config_and_tokenizer(workdir, capsys):
     lm = lm_pretrain(workdir, capsys)
     lm_ckpt = torch.load(lm, weights_only=True)
     # lr 0: after one step the backbone is still exactly the pretrained one; the config's d_model 32 / 2 layers are
@@ -49,7 +48,7 @@ def test_pretrained_init_takes_weights_config_and_tokenizer(workdir, capsys):  #
     assert torch.load(workdir / "ckpt" / "last.ckpt", weights_only=True)["global_step"] == 2
 
 
-def test_pretrained_tokenizer_mismatch_is_a_one_line_error(workdir, capsys):  # noqa: F811
+def test_pretrained_tokenizer_mismatch_is_a_one_line_error(workdir, capsys):
     lm = lm_pretrain(workdir, capsys)
     from kslm.data.tokenizer import train_tokenizer
 
@@ -61,12 +60,12 @@ def test_pretrained_tokenizer_mismatch_is_a_one_line_error(workdir, capsys):  # 
     assert str(lm) in lines[0] and "tokenizer differs" in lines[0]
 
 
-def test_pretrained_missing_or_not_kslm_is_a_one_line_error(workdir, capsys):  # noqa: F811
+def test_pretrained_missing_or_not_kslm_is_a_one_line_error(workdir, capsys):
     code, err = run_cli(["fit", *ner_args(workdir, "--model.pretrained", str(workdir / "nope.ckpt"))], capsys)
     assert code == 2 and "nope.ckpt" in err and "not found" in err, err
 
 
-def test_reload_then_validate_equals_the_in_training_evaluation(workdir, tmp_path_factory, capsys, monkeypatch):  # noqa: F811
+def test_reload_then_validate_equals_the_in_training_evaluation(workdir, tmp_path_factory, capsys, monkeypatch):
     args = ner_args(workdir, "--model.optim.lr", "3e-3", steps=30)
     code, err = run_cli(["fit", *args], capsys)
     assert code == 0, err
@@ -119,7 +118,7 @@ def test_hf_tokenizer_from_vocab_txt_equals_tokenizer_json(tmp_path):
     assert special_ids(from_vocab) == (2, 3, 0)
 
 
-def test_hf_encoder_fits_and_predicts_without_its_directory(workdir, capsys):  # noqa: F811
+def test_hf_encoder_fits_and_predicts_without_its_directory(workdir, capsys):
     from kslm.hf import HFEncoder
 
     texts = [json.loads(line)["text"] for line in CLUENER.read_text(encoding="utf-8").splitlines()]
@@ -158,7 +157,7 @@ def test_hf_encoder_fits_and_predicts_without_its_directory(workdir, capsys):  #
     assert sum(len(r["entities"]) for r in recs) > 0
 
 
-def test_hf_path_without_config_json_is_a_one_line_error(workdir, capsys):  # noqa: F811
+def test_hf_path_without_config_json_is_a_one_line_error(workdir, capsys):
     pytest.importorskip("transformers")
     (workdir / "empty").mkdir()
     (workdir / "empty" / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n", encoding="utf-8")

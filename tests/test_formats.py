@@ -3,16 +3,13 @@ the shared formats.jsonl and kslm.errors). The readers' records and error messag
 
 import ast
 import json
-from pathlib import Path
 
 import pytest
-from test_imports import import_graph
+from helpers import REPO, SAMPLES, import_graph
 
 from kslm.data.formats import FORMATS, JSONL_FORMATS, format_names, read_any, read_records_with_lines, sniff_format
 from kslm.errors import DataError
 
-REPO = Path(__file__).resolve().parents[1]
-SAMPLES = REPO / "data" / "samples"
 FORMATS_DIR = REPO / "kslm" / "data" / "formats"
 
 

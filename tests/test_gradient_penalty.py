@@ -3,18 +3,13 @@
 
 import pytest
 import torch
+from helpers import tiny_backbone
 from torch.nn import functional as F
 
-from kslm.nn import Backbone, BackboneConfig
 from kslm.optim.gradient_penalty import double_backward_attention, input_gradient_penalty, parameter_penalty_gradients
 
-
-def tiny(block="transformer"):
-    """A float64 backbone; without RoPE, whose rotation runs in fp32 and would blur the finite differences."""
-    torch.manual_seed(0)
-    cfg = BackboneConfig(block=block, vocab_size=30, d_model=16, n_heads=2, qk_dim=8, n_layers=2, tie_embeddings=False,
-                         position="none")
-    return Backbone(cfg).double()
+# float64, in train mode; without RoPE, whose rotation runs in fp32 and would blur the finite differences
+NO_ROPE = {"vocab_size": 30, "tie_embeddings": False, "position": "none", "train": True}
 
 
 def lm_loss(m, ids):
@@ -24,7 +19,7 @@ def lm_loss(m, ids):
 
 @pytest.mark.parametrize("block", ["transformer", "gau"])
 def test_input_penalty_equals_naive_autograd(block):
-    m, ids = tiny(block), torch.randint(0, 30, (3, 9), generator=torch.Generator().manual_seed(1))
+    m, ids = tiny_backbone(block, **NO_ROPE), torch.randint(0, 30, (3, 9), generator=torch.Generator().manual_seed(1))
     captured = []
     h = m.embed.register_forward_hook(lambda mod, i, o: captured.append(o))
     with double_backward_attention():
@@ -62,7 +57,7 @@ def test_input_penalty_equals_naive_autograd(block):
 
 @pytest.mark.parametrize("block", ["transformer", "gau"])
 def test_parameter_penalty_finite_difference_matches_double_backward(block):
-    m, ids = tiny(block), torch.randint(0, 30, (3, 9), generator=torch.Generator().manual_seed(2))
+    m, ids = tiny_backbone(block, **NO_ROPE), torch.randint(0, 30, (3, 9), generator=torch.Generator().manual_seed(2))
     params = list(m.parameters())
     weight = 0.5
     loss = lm_loss(m, ids)

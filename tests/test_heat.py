@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import run_cli, scalars, tiny_args
+from helpers import run_cli, scalars, tiny_args
 
 from kslm.nn.heat import HeatPredictor, nearest_visible
 
@@ -65,12 +65,6 @@ def test_nearest_visible_distances_and_gradients():
     loss, _ = heat.loss(hidden, torch.randn(1, 6, 1), masked)
     loss.backward()  # the target is stop-gradient, the neighbours and A get gradients
     assert hidden.grad[0, 1].abs() > 0 and heat.A.grad is not None
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def test_fit_with_heat_objective_logs_aux_loss_and_resumes(small_corpus, workdir, capsys):

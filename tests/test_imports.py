@@ -4,47 +4,8 @@ data never reads the model through the Trainer and tasks never read the data mod
 
 import ast
 import re
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def modules(package_dir: Path) -> dict[str, Path]:
-    """Dotted module name → file, for every .py under `package_dir` (a package's __init__.py is the package)."""
-    out = {}
-    for p in sorted(package_dir.rglob("*.py")):
-        parts = p.relative_to(package_dir.parent).with_suffix("").parts
-        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
-    return out
-
-
-def import_graph(package_dir: Path) -> dict[str, set[str]]:
-    """Module → the package's modules it imports, at module level or inside functions / classes / conditionals
-    (every Import / ImportFrom node of its AST), absolute or relative. `from a.b import c` is an edge to the module
-    a.b.c if there is one, else to a.b; an import names the module it names, not the packages above it."""
-    mods = modules(package_dir)
-
-    def known(name):
-        while name and name not in mods:
-            name = name.rpartition(".")[0]
-        return name or None
-
-    graph = {}
-    for mod, path in mods.items():
-        package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
-        targets = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
-            if isinstance(node, ast.Import):
-                targets |= {known(a.name) for a in node.names}
-            elif isinstance(node, ast.ImportFrom):
-                if node.level:  # relative: level 1 is this module's package, 2 its parent, …
-                    base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] +
-                                    ([node.module] if node.module else []))
-                else:
-                    base = node.module
-                targets |= {f"{base}.{a.name}" if f"{base}.{a.name}" in mods else known(base) for a in node.names}
-        graph[mod] = targets - {None, mod}
-    return graph
+from helpers import REPO, import_graph, modules
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -170,4 +131,4 @@ def test_bench_and_experiments_do_not_import_tests():
         for node in ast.walk(tree):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            assert not any(n == "tests" or n.startswith(("tests.", "conftest")) for n in names), path
+            assert not any(n == "tests" or n.startswith(("tests.", "conftest", "helpers")) for n in names), path

@@ -5,13 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import read_jsonl, run_cli, scalars, tiny_args
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+from helpers import read_jsonl, run_cli, scalars, tiny_args
 
 
 def test_fit_writes_tensorboard_and_self_contained_checkpoint(small_corpus, workdir, capsys):

@@ -2,16 +2,16 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
 
 import pytest
 import torch
+from helpers import REPO
 
 from kslm.metrics import SpanF1, TripleF1
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def values(metric) -> dict:
@@ -114,14 +114,11 @@ DDP_PREDS = [[[(0, 2, "A"), (3, 5, "B")]], [[(1, 2, "A")], []], [[(0, 9, "C"), (
 DDP_GOLD = [[[(0, 2, "A")]], [[(1, 2, "A")], [(7, 8, "B")]], [[(2, 4, "C"), (9, 10, "C")]]]
 DDP_RANKS = [[0, 1], [2]]  # which update batches each rank runs
 
-DDP_SCRIPT = textwrap.dedent(
+DDP_WORKER = textwrap.dedent(
     """
-    import json, socket, sys
+    import json, sys
     import torch.distributed as dist
-    import torch.multiprocessing as mp
-
-    def tup(batch):
-        return [[tuple(x) for x in sample] for sample in batch]
+    from kslm.metrics import SpanF1
 
     def flat(d, prefix=""):
         out = {}
@@ -129,24 +126,13 @@ DDP_SCRIPT = textwrap.dedent(
             out.update(flat(v, f"{prefix}{k}/") if isinstance(v, dict) else {f"{prefix}{k}": float(v)})
         return out
 
-    def worker(rank, port, data, out):
-        from kslm.metrics import SpanF1  # only the ranks need torchmetrics
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-        m = SpanF1(labels=["A", "B", "C"], nested=True)
-        for i in data["ranks"][rank]:
-            m.update(tup(data["preds"][i]), tup(data["gold"][i]))
-        res = flat(m.compute())
-        with open(f"{out}.{rank}", "w") as f:
-            json.dump(res, f)
-        dist.destroy_process_group()
-
-    if __name__ == "__main__":
-        data, out = json.loads(sys.argv[1]), sys.argv[2]
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        mp.spawn(worker, args=(port, data, out), nprocs=2)
-        print(json.dumps([json.load(open(f"{out}.{r}")) for r in range(2)]))
+    rank, port, data = int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    m = SpanF1(labels=["A", "B", "C"], nested=True)
+    for i in data["ranks"][rank]:
+        m.update(*([[tuple(x) for x in sample] for sample in data[key][i]] for key in ("preds", "gold")))
+    print(json.dumps(flat(m.compute())))
+    dist.destroy_process_group()
     """
 )
 
@@ -169,14 +155,26 @@ def test_span_f1_ddp_sync_equals_single_process(tmp_path):
     assert float(res["per_label"]["C"]["f1"]) == pytest.approx(2 * 1 / (3 + 2))
     expected = flat(res)
     script = tmp_path / "ddp_span_f1.py"
-    script.write_text(DDP_SCRIPT)
+    script.write_text(DDP_WORKER)
     data = json.dumps({"preds": DDP_PREDS, "gold": DDP_GOLD, "ranks": DDP_RANKS})
-    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run(
-        [sys.executable, str(script), data, str(tmp_path / "result")], capture_output=True, text=True, timeout=120, env=env
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    per_rank = json.loads(proc.stdout.strip().splitlines()[-1])
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    # both ranks started here at once (no launcher process of their own to import torch first)
+    ranks = [subprocess.Popen([sys.executable, str(script), str(rank), port, data], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for rank in range(2)]
+    per_rank = []
+    try:
+        for proc in ranks:
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err[-3000:]
+            per_rank.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for proc in ranks:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     for res in per_rank:
         assert res == pytest.approx(expected, abs=1e-6)
 

@@ -6,14 +6,14 @@ import math
 
 import pytest
 import torch
-from conftest import REPO, read_jsonl, run_cli, tiny_args
-from nn.conftest import _single_thread  # noqa: F401  (autouse: one intra-op thread, as for the other small-model tests)
+from helpers import REPO, read_jsonl, run_cli, tiny_args, tiny_backbone
 
 from bench.nbce_reference import reference_loop
-from kslm.nn import Backbone, BackboneConfig
+from kslm.nn import Backbone
 from kslm.nn.nbce import BackboneLM, entropy, left_pad, nbce_generate, nbce_scores, top_p_filter
 
 NEG = float("-inf")
+pytestmark = pytest.mark.usefixtures("single_thread")  # one intra-op thread, as for the other small-model tests
 
 
 # ------------------------------------------------------------------------------------------------ the step
@@ -78,11 +78,7 @@ def test_top_p_matches_hugging_face():
 
 
 # ------------------------------------------------------------------------------------- kslm backbones
-def tiny_backbone(block="transformer", mask="causal", seed=0):
-    torch.manual_seed(seed)
-    cfg = BackboneConfig(block=block, mask=mask, vocab_size=50, d_model=32, n_layers=2, n_heads=2, qk_dim=16,
-                         max_length=128, tie_embeddings=False)
-    return Backbone(cfg).eval()
+LM = {"vocab_size": 50, "d_model": 32, "qk_dim": 16, "max_length": 128, "tie_embeddings": False, "double": False}
 
 
 def random_prompts(seed, lengths):
@@ -92,7 +88,7 @@ def random_prompts(seed, lengths):
 
 @pytest.mark.parametrize("block,mask", [("transformer", "causal"), ("gau", "causal"), ("transformer", "prefix")])
 def test_cached_loop_equals_naive_recompute_kslm(block, mask):
-    lm = BackboneLM(tiny_backbone(block, mask))
+    lm = BackboneLM(tiny_backbone(block, mask, **LM))
     picked = set()
     for seed, lengths in enumerate([(5, 17, 9, 30), (12, 3, 25), (8, 8, 8, 8, 8, 40)]):
         prompts = random_prompts(seed, lengths)
@@ -114,7 +110,7 @@ def greedy_alone(lm, prompt, n):
 
 
 def test_one_context_with_beta_zero_is_plain_greedy():
-    lm = BackboneLM(tiny_backbone())
+    lm = BackboneLM(tiny_backbone(**LM))
     for seed in range(3):
         empty, ctx = random_prompts(seed, (7, 21))
         tokens, chosen = nbce_generate(lm, [empty, ctx], [], 10, beta=0.0, temperature=0.0)
@@ -123,7 +119,7 @@ def test_one_context_with_beta_zero_is_plain_greedy():
 
 @pytest.mark.parametrize("block", ["transformer", "gau"])
 def test_left_padded_rows_match_rows_alone_through_the_cache(block):
-    lm = BackboneLM(tiny_backbone(block))
+    lm = BackboneLM(tiny_backbone(block, **LM))
     prompts = random_prompts(5, (4, 15, 9))
     ids, mask = left_pad(prompts)
     with torch.no_grad():

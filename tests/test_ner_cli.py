@@ -5,44 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import REPO, read_jsonl, run_cli, scalars
-
-CLUENER = REPO / "data" / "samples" / "cluener.jsonl"
-CMEEE = REPO / "data" / "samples" / "cmeee.json"
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch, capsys):
-    """The test's folder as working directory; Lightning's log handlers write to the captured stderr (set up after
-    capsys, so that an error's stderr holds only what this run printed)."""
-    import logging
-    import sys
-
-    names = [n for n in logging.Logger.manager.loggerDict if n.startswith("lightning")]
-    for name in names:
-        for h in logging.getLogger(name).handlers:
-            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
-                h.stream = sys.stderr  # not setStream: it flushes the old (maybe closed) stream
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-def ner_args(tmp, *extra, data=CLUENER, val=None, steps=2, head="egp", config="configs/ner/cluener-egp.yaml"):
-    return [
-        "--config", str(REPO / config),
-        # the shipped recipe's regularisers (dropout, token dropout, input gradient penalty) off: the tests overfit
-        # tiny samples in a few steps; tests that want them pass them in `extra`, which comes last and wins
-        "--model.backbone.dropout", "0.0", "--model.token_dropout", "0.0", "--model.penalty.kind", "none",
-        "--data.train_file", str(data), "--data.val_file", str(val or data), "--data.dev_split", "null",
-        "--data.batch_size", "4", "--data.max_length", "32",
-        "--model.head", head, "--model.head_size", "16",
-        "--model.backbone.d_model", "32", "--model.backbone.n_layers", "2", "--model.backbone.n_heads", "2",
-        "--model.optim.warmup_steps", "0",
-        "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps),
-        "--trainer.check_val_every_n_epoch", "null", "--trainer.log_every_n_steps", "1",
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-        "--checkpoint.dirpath", str(tmp / "ckpt"), *extra,
-    ]
+from helpers import CLUENER, CMEEE, REPO, ner_args, read_jsonl, run_cli, scalars
 
 
 @pytest.mark.parametrize("head", ["gp", "egp"])

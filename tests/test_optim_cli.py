@@ -4,14 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run_cli, tiny_args
-from test_ner_cli import ner_args
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+from helpers import REPO, ner_args, run_cli, tiny_args
 
 
 def series(logdir, tag):

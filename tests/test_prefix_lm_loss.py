@@ -9,9 +9,9 @@ legitimate target; `t < p − 2` counts a target the prefix attention lets the m
 
 import pytest
 import torch
+from helpers import tiny_config
 
 from kslm.data.tokenizer import SPECIAL_TOKENS, train_tokenizer
-from kslm.nn import BackboneConfig
 from kslm.tasks.lm import LanguageModel
 
 B, T = 6, 12  # ids [B, T + 1]: inputs ids[:, :T], targets ids[:, 1:]
@@ -28,8 +28,7 @@ def tokenizer():
 
 def tiny_prefix_lm(tokenizer, block):
     torch.manual_seed(0)
-    model = LanguageModel(backbone=BackboneConfig(block=block, d_model=32, n_layers=2, n_heads=2, qk_dim=16,
-                                                  mask="prefix", dropout=0.0))
+    model = LanguageModel(backbone=tiny_config(block, "prefix", vocab_size=None, d_model=32, qk_dim=16, dropout=0.0))
     model.build(tokenizer)
     return model.eval()
 

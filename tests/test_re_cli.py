@@ -5,51 +5,20 @@ predictions. Data errors stop before training."""
 
 import json
 import math
-import os
 
 import pytest
 import torch
-from conftest import REPO, read_jsonl, run_cli, scalars
+from helpers import CANONICAL, DUIE, RE_CONFIG, fit_in, re_args, read_jsonl, run_cli, scalars
 
-CANONICAL = REPO / "data" / "samples" / "re_canonical.jsonl"
-DUIE = REPO / "data" / "samples" / "re_duie.jsonl"
-CONFIG = REPO / "configs" / "re" / "duie-gplinker.yaml"
 STEPS = 60
-
-
-def re_args(tmp, *extra, data=CANONICAL, val=None, steps=2, fmt="auto"):
-    return [
-        "--config", str(CONFIG),
-        "--data.train_file", str(data), "--data.val_file", str(val or data), "--data.format", fmt,
-        "--data.skip_unlocatable", "false", "--data.batch_size", "8", "--data.max_length", "32",
-        "--model.head_size", "32", "--model.backbone.d_model", "64", "--model.backbone.n_layers", "2",
-        "--model.backbone.n_heads", "2", "--model.optim.warmup_steps", "0", "--model.optim.lr", "1e-2",
-        "--model.optim.schedule", "constant",
-        "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps),
-        "--trainer.check_val_every_n_epoch", "null", "--trainer.log_every_n_steps", "1",
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-        "--checkpoint.dirpath", str(tmp / "ckpt"), *extra,
-    ]
 
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     """60 steps on the 6 canonical sample records (one batch: train = val), in a folder of its own."""
     tmp = tmp_path_factory.mktemp("re-fit")
-    cwd = os.getcwd()
-    os.chdir(tmp)
-    try:
-        code, err = run_cli(["fit", *re_args(tmp, steps=STEPS)])
-    finally:
-        os.chdir(cwd)
-    assert code == 0, err
+    fit_in(tmp, re_args(tmp, steps=STEPS))
     return tmp
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def gold_records(path=CANONICAL):
@@ -91,7 +60,7 @@ def test_predict_from_checkpoint_writes_canonical_jsonl(fitted, workdir, capsys,
     """Only the checkpoint (no training data, a config with other head/backbone sizes): one output line per input
     line, in order, canonical triples whose spans cover their strings; on the training records, exactly the gold."""
     out = workdir / "pred.jsonl"
-    args = ["--config", str(CONFIG), "--data.train_file", "null", "--data.val_file", "null",
+    args = ["--config", str(RE_CONFIG), "--data.train_file", "null", "--data.val_file", "null",
             "--data.predict_file", str(source), "--data.max_length", "32",
             "--ckpt_path", str(fitted / "ckpt" / "last.ckpt"), "--predictions.path", str(out),
             "--trainer.enable_progress_bar", "false"]

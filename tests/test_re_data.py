@@ -5,15 +5,13 @@ import logging
 
 import pytest
 import torch
-from conftest import REPO
+from helpers import CANONICAL, DUIE, SAMPLES
 
 from kslm.data.re import REDataModule
 from kslm.errors import DataError
 from kslm.heads.gplinker import decode_triples
 
-CANONICAL = REPO / "data" / "samples" / "re_canonical.jsonl"
-DUIE = REPO / "data" / "samples" / "re_duie.jsonl"
-WEBNLG = REPO / "data" / "samples" / "webnlg.json"
+WEBNLG = SAMPLES / "webnlg.json"
 
 
 def gold(path=CANONICAL):

@@ -1,46 +1,93 @@
-"""Scale-out paths: 2-rank CPU DDP (gloo) in a subprocess running the real CLI, and bf16-mixed."""
+"""Scale-out paths: 2-rank CPU DDP (gloo) in subprocesses running the real CLI, and bf16-mixed.
+
+The DDP runs are the suite's most expensive tests: each starts `kslm fit --trainer.devices 2`, whose rank 1 Lightning
+launches only once rank 0 has imported and set everything up, so a run is mostly one process working while the other
+waits. The two runs that cover both gradient penalties and both EG / Amos optimisers are therefore started together
+(one module fixture, both cores busy) at the fewest steps that carry optimiser state from one update into the next,
+and every DDP check below reads their outputs."""
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
-from conftest import REPO, run_cli, tiny_args
+from helpers import REPO, run_cli, tiny_args
+
+DDP_STEPS = 2
+DDP_MODEL = ["--model.backbone.n_layers", "1"]  # tiny_args' 2 layers halved: still >1000 parameters to compare
+DDP_RUNS = {  # every run also gathers parameters and optimiser state of both ranks (tests/ddp_sync_check.py)
+    "parameter-penalty+eg": ["--model.penalty.kind", "parameter", "--model.penalty.weight", "0.5",
+                             "--model.optim.name", "eg_adamw"],
+    "input-penalty+amos": ["--model.penalty.kind", "input", "--model.optim.name", "amos"],
+}
 
 
-def test_ddp_two_cpu_ranks(small_corpus, tmp_path):
-    args = tiny_args(small_corpus, tmp_path, "--trainer.devices", "2", "--trainer.strategy", "ddp",
-                     "--trainer.accelerator", "cpu", steps=3)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, "-m", "kslm.cli", "fit", *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
-    assert ckpt["global_step"] == 3
+def free_ports(n):
+    """n distinct free TCP ports (held open together, so no two are the same)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(small_corpus, tmp_path_factory):
+    """Every DDP_RUNS entry as `python -m kslm.cli fit` with 2 CPU ranks (gloo), all started at once, each on its own
+    MASTER_PORT, in its own folder → {name: (folder, exit code, stderr)}."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))}
+    procs = {}
+    for (name, extra), port in zip(DDP_RUNS.items(), free_ports(len(DDP_RUNS)), strict=True):
+        tmp = tmp_path_factory.mktemp(name)
+        callbacks = json.dumps([{"class_path": "ddp_sync_check.RankSyncCheck",
+                                 "init_args": {"out": str(tmp / "sync.json")}}])
+        args = tiny_args(small_corpus, tmp, "--trainer.devices", "2", "--trainer.strategy", "ddp",
+                         "--trainer.accelerator", "cpu", "--trainer.callbacks", callbacks, *DDP_MODEL, *extra,
+                         steps=DDP_STEPS)
+        with open(tmp / "stderr.txt", "w") as err:
+            procs[name] = tmp, subprocess.Popen(
+                [sys.executable, "-m", "kslm.cli", "fit", *args], cwd=tmp, env={**env, "MASTER_PORT": str(port)},
+                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    deadline = time.monotonic() + 420
+    runs = {}
+    try:
+        for name, (tmp, proc) in procs.items():
+            code = proc.wait(timeout=max(deadline - time.monotonic(), 1))
+            runs[name] = tmp, code, (tmp / "stderr.txt").read_text(encoding="utf-8", errors="replace")
+    finally:
+        for _, proc in procs.values():  # after a timeout: the run and the rank it launched
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    return runs
+
+
+def test_ddp_two_cpu_ranks(ddp_runs):
+    tmp, code, stderr = ddp_runs["parameter-penalty+eg"]
+    assert code == 0, stderr[-3000:]
+    ckpt = torch.load(tmp / "ckpt" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == DDP_STEPS
     # Lightning announces both gloo ranks
-    assert "MEMBER: 2/2" in proc.stderr or "distributed_backend=gloo" in proc.stderr
+    assert "MEMBER: 2/2" in stderr or "distributed_backend=gloo" in stderr
 
 
-@pytest.mark.parametrize("extra", [
-    ["--model.penalty.kind", "parameter", "--model.penalty.weight", "0.5", "--model.optim.name", "eg_adamw"],
-    ["--model.penalty.kind", "input", "--model.optim.name", "amos"],
-], ids=["parameter-penalty+eg", "input-penalty+amos"])
-def test_ddp_ranks_stay_in_sync_with_penalties_and_optimisers(small_corpus, tmp_path, extra):
+@pytest.mark.parametrize("name", DDP_RUNS)
+def test_ddp_ranks_stay_in_sync_with_penalties_and_optimisers(ddp_runs, name):
     """Under 2-rank DDP the parameter penalty's surrogate backward (and the input penalty's double backward) must
     still all-reduce the gradients, and EG / Amos state must follow: after training every rank holds the same
     parameters and optimiser state (gathered by tests/ddp_sync_check.py)."""
-    out = tmp_path / "sync.json"
-    callbacks = json.dumps([{"class_path": "ddp_sync_check.RankSyncCheck", "init_args": {"out": str(out)}}])
-    args = tiny_args(small_corpus, tmp_path, "--trainer.devices", "2", "--trainer.strategy", "ddp",
-                     "--trainer.accelerator", "cpu", "--trainer.callbacks", callbacks, *extra, steps=3)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, "-m", "kslm.cli", "fit", *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    sync = json.loads(out.read_text(encoding="utf-8"))
+    tmp, code, stderr = ddp_runs[name]
+    assert code == 0, stderr[-3000:]
+    sync = json.loads((tmp / "sync.json").read_text(encoding="utf-8"))
     assert sync["world_size"] == 2 and sync["numel"] > 1000
     assert sync["max_abs_diff"] == {"params": 0.0, "optimizer_state": 0.0}, sync
 
@@ -53,5 +100,3 @@ def test_bf16_mixed_few_steps(small_corpus, tmp_path, capsys, monkeypatch):
         assert code == 0, err
         ckpt = torch.load(tmp_path / block / "ckpt" / "last.ckpt", weights_only=True)
         assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in ckpt["state_dict"].values())
-
-

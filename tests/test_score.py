@@ -5,16 +5,7 @@ the gold file) confirms. Malformed score inputs are one-line errors."""
 import json
 
 import pytest
-from conftest import REPO, read_jsonl, run_cli
-from test_checkpoint import ckpts  # noqa: F401  (the module-scoped fixture: one tiny checkpoint per task)
-from test_ner_cli import CLUENER
-from test_re_cli import CANONICAL
-
-
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+from helpers import CANONICAL, CLUENER, REPO, read_jsonl, run_cli
 
 
 def _validate_table(ckpt, gold, capsys, extra=()):
@@ -50,7 +41,7 @@ def _canonical(rec):
     return {"text": rec["text"], "entities": ents}
 
 
-def test_validate_table_equals_score_and_an_independent_scorer(ckpts, workdir, capsys):  # noqa: F811
+def test_validate_table_equals_score_and_an_independent_scorer(ckpts, workdir, capsys):
     table = _validate_table(ckpts["ner"], CLUENER, capsys)
     assert {"game", "name", "organization", "micro avg", "macro avg"} <= set(table)
     out = workdir / "pred.jsonl"
@@ -70,7 +61,7 @@ def test_validate_table_equals_score_and_an_independent_scorer(ckpts, workdir, c
     assert table["macro avg"] == pytest.approx([metrics[f"macro_{k}"] for k in ("precision", "recall", "f1")], abs=6e-5)
 
 
-def test_re_score_per_predicate(ckpts, workdir, capsys):  # noqa: F811
+def test_re_score_per_predicate(ckpts, workdir, capsys):
     out = workdir / "pred.jsonl"
     code, err = run_cli(["predict", "--ckpt_path", str(ckpts["re"]), "--data.predict_file", str(CANONICAL),
                          "--predictions.path", str(out), "--trainer.enable_progress_bar", "false"], capsys)

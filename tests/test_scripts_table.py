@@ -10,11 +10,10 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(p.relative_to(REPO).as_posix() for folder in ("bench", "experiments") for p in (REPO / folder).glob("*.py")
                  if 'if __name__ == "__main__":' in p.read_text(encoding="utf-8"))
 HEAVY = re.compile(r"\|\s+(torch|lightning|transformers)(\.|\s*$)")  # a -X importtime line importing one of them

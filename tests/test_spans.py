@@ -2,9 +2,9 @@
 
 import json
 import logging
-from pathlib import Path
 
 import pytest
+from helpers import SAMPLES, SHARED
 
 from kslm.data.formats import (
     ReadStats,
@@ -31,10 +31,6 @@ from kslm.data.spans import (
 )
 from kslm.data.tokenizer import train_tokenizer
 from kslm.errors import DataError
-
-REPO = Path(__file__).resolve().parents[1]
-SAMPLES = REPO / "data" / "samples"
-SHARED = REPO.parent / "shared" / "data"
 
 
 def ents(*triples):

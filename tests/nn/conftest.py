@@ -1,11 +1,7 @@
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These tests run thousands of tiny ops; intra-op threads only add sync overhead (≈2× slower on 2 cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _single_thread(single_thread):
+    """Every module here runs thousands of tiny ops: one intra-op thread (tests/conftest.py's single_thread)."""
     yield
-    torch.set_num_threads(n)

@@ -9,8 +9,8 @@ import math
 
 import pytest
 import torch
+from helpers import tiny_backbone
 
-from kslm.nn import Backbone, BackboneConfig
 from kslm.nn.attention import attend, build_attention_mask, entropy_invariant_scale
 
 # ---------------------------------------------------------------- naive references
@@ -219,23 +219,6 @@ def test_unknown_normaliser_rejected():
 # ---------------------------------------------------------------- whole-backbone mask behaviour
 
 
-def tiny(block, attention="softmax", mask="causal", norm="pre"):
-    torch.manual_seed(0)
-    cfg = BackboneConfig(
-        block=block,
-        vocab_size=40,
-        d_model=16,
-        n_layers=2,
-        n_heads=2,
-        qk_dim=8,
-        attention=attention,
-        mask=mask,
-        norm=norm,
-        train_length=8,
-    )
-    return Backbone(cfg).double().eval()
-
-
 def per_position_change(model, x, t, **kw):
     """max |Δ output| at each position when token t is replaced."""
     y = x.clone()
@@ -250,7 +233,7 @@ X = torch.tensor([[3, 14, 15, 9, 26, 5, 35, 8, 9, 7, 9, 32]])
 @pytest.mark.parametrize("block", ["transformer", "gau"])
 @pytest.mark.parametrize("attention", ["softmax", "softmax_plus", "relu2"])
 def test_causal_ignores_future(block, attention):
-    model = tiny(block, attention, "causal")
+    model = tiny_backbone(block, "causal", attention=attention, train_length=8)
     d = per_position_change(model, X, 7)
     assert d[:7].max().item() == 0.0
     assert (d[7:] > 1e-6).all()
@@ -259,7 +242,7 @@ def test_causal_ignores_future(block, attention):
 @pytest.mark.parametrize("block", ["transformer", "gau"])
 @pytest.mark.parametrize("attention", ["softmax_plus", "relu2"])
 def test_prefix_attends_both_ways_inside_prefix_only(block, attention):
-    model = tiny(block, attention, "prefix")
+    model = tiny_backbone(block, "prefix", attention=attention, train_length=8)
     P = torch.tensor([6])
     inside = per_position_change(model, X, 5, prefix_lengths=P)  # a later prefix token ...
     assert inside[:5].max() > 1e-4 and (inside[5:] > 1e-6).all()  # ... moves earlier prefix positions too
@@ -269,12 +252,12 @@ def test_prefix_attends_both_ways_inside_prefix_only(block, attention):
     assert after[:8].max().item() == 0.0  # ... moves neither the prefix nor earlier targets
     assert (after[8:] > 1e-6).all()
     # the same edit at 5 under a causal mask leaves positions 0..4 alone: the prefix mask is what differs
-    causal = per_position_change(tiny(block, attention, "causal"), X, 5)
+    causal = per_position_change(tiny_backbone(block, "causal", attention=attention, train_length=8), X, 5)
     assert causal[:5].max().item() == 0.0
 
 
 @pytest.mark.parametrize("block", ["transformer", "gau"])
 def test_bidirectional_sees_everything(block):
-    model = tiny(block, "softmax", "bidirectional")
+    model = tiny_backbone(block, "bidirectional", train_length=8)
     d = per_position_change(model, X, X.shape[1] - 1)
     assert (d > 1e-6).all()

@@ -4,30 +4,9 @@ import io
 
 import pytest
 import torch
+from helpers import ids, matmul_params, tiny_backbone
 
 from kslm.nn import Backbone, BackboneConfig
-
-VOCAB = 40
-
-
-def tiny(block="transformer", seed=0, **kw):
-    torch.manual_seed(seed)
-    base = {
-        "block": block,
-        "vocab_size": VOCAB,
-        "d_model": 16,
-        "n_layers": 2,
-        "n_heads": 2,
-        "qk_dim": 8,
-        "train_length": 8,
-    }
-    base.update(kw)
-    return Backbone(BackboneConfig(**base)).double().eval()
-
-
-def ids(B, T, seed=0):
-    return torch.randint(0, VOCAB, (B, T), generator=torch.Generator().manual_seed(seed))
-
 
 # fp32 RoPE / relu² internals (by design): float64 runs of different shapes agree to ~1e-7
 CLOSE = {"rtol": 1e-5, "atol": 1e-6}
@@ -42,12 +21,12 @@ CLOSE = {"rtol": 1e-5, "atol": 1e-6}
     ],
 )
 def test_state_dict_round_trip(kw):
-    src = tiny(seed=0, **kw)
+    src = tiny_backbone(seed=0, train_length=8, **kw)
     x = ids(2, 9)
     buf = io.BytesIO()
     torch.save(src.state_dict(), buf)
     buf.seek(0)
-    dst = tiny(seed=1, **kw)
+    dst = tiny_backbone(seed=1, train_length=8, **kw)
     with torch.no_grad():
         before = dst.logits(dst(x))
         assert not torch.allclose(before, src.logits(src(x)))
@@ -68,7 +47,7 @@ def naive_positions(mask_row):
 @pytest.mark.parametrize("mask", ["causal", "bidirectional"])
 @pytest.mark.parametrize("attention", ["softmax", "softmax_plus", "relu2"])
 def test_left_padding_invariance(block, mask, attention):
-    m = tiny(block, mask=mask, attention=attention)
+    m = tiny_backbone(block, mask, attention=attention, train_length=8)
     T, L = 12, 7
     x = ids(2, T, seed=3)
     am = torch.ones(2, T, dtype=torch.long)
@@ -96,7 +75,7 @@ def test_left_padding_invariance(block, mask, attention):
 @pytest.mark.parametrize("mask,first_chunk", [("causal", 1), ("causal", 5), ("prefix", 6)])
 def test_kv_cache_decoding_matches_full_forward(block, attention, mask, first_chunk):
     """Feed `first_chunk` tokens (the whole prefix for a prefix LM), then one token at a time, with cache={}."""
-    m = tiny(block, mask=mask, attention=attention, max_length=64)
+    m = tiny_backbone(block, mask, attention=attention, train_length=8, max_length=64)
     T = 20  # > 16: softmax_plus's log n varies along the decode
     x = ids(2, T, seed=4)
     kw = {"prefix_lengths": torch.tensor([first_chunk, first_chunk])} if mask == "prefix" else {}
@@ -113,22 +92,12 @@ def test_kv_cache_decoding_matches_full_forward(block, attention, mask, first_ch
 
 
 def test_cache_respects_max_length():
-    m = tiny(max_length=6)
+    m = tiny_backbone(train_length=8, max_length=6)
     cache = {}
     with torch.no_grad():
         m(ids(1, 6), cache=cache)
         with pytest.raises(ValueError):
             m(ids(1, 1), cache=cache)
-
-
-def matmul_params(m):
-    """Parameters that take part in a matmul per token: every 2-D weight of the residual sub-layers, the output
-    layer (d·V, tied or not) and the ortho projection. Norm gains, γ/β and the embedding lookup do not."""
-    n = sum(p.numel() for p in m.layers.parameters() if p.dim() == 2)
-    n += m.cfg.d_model * m.cfg.vocab_size
-    if m.head.ortho is not None:
-        n += m.head.ortho.weight.numel()
-    return n
 
 
 @pytest.mark.parametrize(

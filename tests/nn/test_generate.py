@@ -7,18 +7,14 @@ import math
 
 import pytest
 import torch
+from helpers import tiny_backbone
 
 from kslm.data.tokenizer import EOS_ID
-from kslm.nn import Backbone, BackboneConfig
 from kslm.nn.generate import decode, sample_next
 from kslm.nn.nbce import BackboneLM, left_pad, nbce_generate, nbce_scores
 
-
-def tiny(block="transformer", mask="causal", vocab=60, seed=0, max_length=96):
-    torch.manual_seed(seed)
-    cfg = BackboneConfig(block=block, mask=mask, vocab_size=vocab, d_model=32, n_layers=2, n_heads=2, qk_dim=16,
-                         max_length=max_length, tie_embeddings=False)
-    return Backbone(cfg).eval()
+# float32, untied; n_heads also for block rnn, whose tiny_config leaves the attention sizes at their defaults
+LM = {"d_model": 32, "n_heads": 2, "qk_dim": 16, "tie_embeddings": False, "double": False}
 
 
 def random_logits(B, V, seed, scale=3.0):
@@ -211,7 +207,7 @@ def test_decode_stops_at_eos_and_feeds_the_token_to_every_row():
 
 
 def test_greedy_decode_equals_argmax_loop():
-    model = tiny()
+    model = tiny_backbone(**LM, vocab_size=60, max_length=96)
     prompt = [5, 17, 9, 30, 2, 11]
     with torch.no_grad():
         want, seq = [], list(prompt)
@@ -230,7 +226,7 @@ def test_greedy_decode_equals_argmax_loop():
 @pytest.mark.parametrize("block", ["transformer", "gau", "rnn"])
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_kv_cached_decode_equals_full_recompute(block, temperature):
-    model = tiny(block, vocab=50, seed=1)
+    model = tiny_backbone(block, seed=1, **LM, vocab_size=50, max_length=96)
     first = torch.randint(4, 50, (2, 9), generator=gen(7))
     runs = {}
     with torch.no_grad():
@@ -258,7 +254,7 @@ def test_kv_cached_decode_equals_full_recompute(block, temperature):
 def test_language_model_generate_equals_the_earlier_loop(block, mask):
     from kslm.tasks.lm import LanguageModel
 
-    backbone = tiny(block, mask, vocab=300, seed=2, max_length=64)
+    backbone = tiny_backbone(block, mask, seed=2, **LM, vocab_size=300, max_length=64)
     lm = LanguageModel(backbone=backbone.cfg)
     lm.backbone = backbone.eval()
     n_sampled = 0
@@ -275,7 +271,7 @@ def test_language_model_generate_equals_the_earlier_loop(block, mask):
 
 @pytest.mark.parametrize("block,mask", [("transformer", "causal"), ("transformer", "prefix")])
 def test_nbce_generate_equals_the_earlier_loop(block, mask):
-    lm = BackboneLM(tiny(block, mask, vocab=50, seed=3))
+    lm = BackboneLM(tiny_backbone(block, mask, seed=3, **LM, vocab_size=50, max_length=96))
     for seed in range(2):
         g = gen(1000 + seed)
         prompts = [torch.randint(5, 50, (n,), generator=g).tolist() for n in (4 + seed, 11, 7, 20)]

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from helpers import TINY_VOCAB as VOCAB
+from helpers import ids, matmul_params, tiny_backbone
 
 from kslm.errors import ConfigError
 from kslm.nn import Backbone, BackboneConfig
-
-from .test_backbone import VOCAB, ids, matmul_params
 
 VARIANTS = [
     {},
@@ -17,17 +17,10 @@ VARIANTS = [
 ]
 
 
-def tiny(seed=0, **kw):
-    torch.manual_seed(seed)
-    cfg = {"block": "rnn", "vocab_size": VOCAB, "d_model": 16, "n_layers": 2, "d_ff": 32}
-    cfg.update(kw)
-    return Backbone(BackboneConfig(**cfg)).double().eval()
-
-
 @pytest.mark.parametrize("kw", VARIANTS)
 @pytest.mark.parametrize("first_chunk", [1, 6])
 def test_cached_decoding_matches_full_forward(kw, first_chunk):
-    m = tiny(**kw, max_length=32)
+    m = tiny_backbone("rnn", d_ff=32, max_length=32, **kw)
     T = 20
     x = ids(2, T, seed=4)
     with torch.no_grad():
@@ -44,7 +37,7 @@ def test_cached_decoding_matches_full_forward(kw, first_chunk):
 
 
 def test_the_rnn_is_causal():
-    m = tiny()
+    m = tiny_backbone("rnn", d_ff=32)
     x = ids(1, 12, seed=1)
     y = x.clone()
     y[0, 8:] = (y[0, 8:] + 1) % VOCAB
@@ -57,7 +50,7 @@ def test_the_rnn_is_causal():
 @pytest.mark.parametrize("mask", ["causal", "bidirectional"])
 def test_padding_changes_nothing(mask):
     """Left padding (row 1) and, for bidirectional, right padding (row 0): real tokens see only real tokens."""
-    m = tiny(mask=mask)
+    m = tiny_backbone("rnn", mask, d_ff=32)
     T = 12
     x = ids(2, T, seed=3)
     am = torch.ones(2, T, dtype=torch.long)
@@ -74,7 +67,7 @@ def test_padding_changes_nothing(mask):
 
 
 def test_bidirectional_sees_the_future_and_cannot_decode():
-    m = tiny(mask="bidirectional")
+    m = tiny_backbone("rnn", "bidirectional", d_ff=32)
     x = ids(1, 10, seed=2)
     y = x.clone()
     y[0, -1] = (y[0, -1] + 1) % VOCAB
@@ -99,7 +92,7 @@ def test_flops_per_token_rnn(kw):
 
 
 def test_trains_a_step_in_bf16_autocast():
-    m = tiny().float().train()
+    m = tiny_backbone("rnn", d_ff=32).float().train()
     x = ids(2, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = torch.nn.functional.cross_entropy(m.logits(m(x[:, :-1])).float().flatten(0, 1), x[:, 1:].flatten())
