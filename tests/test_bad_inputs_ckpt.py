@@ -14,7 +14,7 @@ import lightning
 import pytest
 import torch
 import yaml
-from conftest import REPO, read_jsonl, run_cli
+from helpers import REPO, read_jsonl, run_cli
 
 from kslm.checkpoint import Payload, check_restorable, read_checkpoint, read_payload, store
 from kslm.cli import KslmCLI, checkpoint_model_config, given_model_options
