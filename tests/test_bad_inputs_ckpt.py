@@ -52,6 +52,12 @@ def ckpts(tmp_path_factory):
             "re": craft(tmp / "re.ckpt", RelationExtraction, ["is", "job"])}
 
 
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):  # noqa: F811  (no capsys: these tests read the CLI line, not Lightning logs)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
 def cli_line(code, err):
     lines = [line for line in err.splitlines() if line.startswith("kslm: error:")]
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err

@@ -42,7 +42,8 @@ def test_pretrained_init_takes_weights_config_and_tokenizer(workdir, capsys):
 
     # resuming that run needs the pretrained file no more: its weights come from the run's own checkpoint
     lm.rename(lm.with_suffix(".moved"))
-    args = ner_args(workdir, "--model.pretrained", str(lm), "--ckpt_path", str(workdir / "ckpt" / "last.ckpt"), steps=2)
+    args = ner_args(workdir, "--model.pretrained", str(lm), "--ckpt_path", str(workdir / "ckpt" / "last.ckpt"),
+                    "--model.backbone.dropout", "0.1", steps=2)  # options that shape the run must match the checkpoint
     code, err = run_cli(["fit", *args], capsys)
     assert code == 0, err
     assert torch.load(workdir / "ckpt" / "last.ckpt", weights_only=True)["global_step"] == 2
