@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from kslm.data.base import KslmDataModule
 from kslm.data.formats import read_records_with_lines
-from kslm.data.tokenizer import special_ids, tokenizer_from_source, train_tokenizer
+from kslm.data.tokenizer import check_vocab_size, special_ids, tokenizer_from_source, train_tokenizer
 from kslm.errors import DataError
 from kslm.io import write_text
 
@@ -57,6 +57,10 @@ class ExtractionDataModule(KslmDataModule):
                 raise DataError("file not found", path=path, field=f"data.{name}")
         if max_length < 3:
             raise DataError(f"max_length must be at least 3 (<s>, a token, </s>), got {max_length}", field="data.max_length")
+        if tokenizer is None:
+            check_vocab_size(tokenizer_kind, vocab_size)
+        if min_frequency < 0:
+            raise DataError(f"min_frequency must be ≥ 0, got {min_frequency}", field="data.min_frequency")
         if stride is not None and not 0 <= stride < max_length - 2:
             raise DataError(f"stride must be in [0, max_length − 2), got {stride}", field="data.stride")
         self.train_file, self.val_file, self.predict_file, self.format = train_file, val_file, predict_file, format

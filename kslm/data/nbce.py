@@ -141,6 +141,8 @@ class NBCEDataModule(pl.LightningDataModule):
             raise DataError("input file not found", path=predict_file, field="data.predict_file")
         if window is not None and window <= 0:
             raise ConfigError(f"data.window must be positive, got {window}")
+        if max_batch_tokens < 1:
+            raise ConfigError(f"data.max_batch_tokens must be positive, got {max_batch_tokens}")
         self.predict_file, self.window, self.max_batch_tokens = predict_file, window, max_batch_tokens
         self.items: Optional[List[dict]] = None
         self.prompter = None

@@ -34,8 +34,12 @@ class ExtractionTask(KslmTask):
             raise ConfigError(f"model.token_dropout must be in [0, 1), got {token_dropout}")
         self.token_dropout = token_dropout
         if self.backbone_config.mask != "bidirectional":
-            raise ConfigError(f"{type(self).__name__} needs backbone.mask bidirectional, got {self.backbone_config.mask!r}")
+            raise ConfigError(f"{type(self).__name__} needs model.backbone.mask bidirectional, got {self.backbone_config.mask!r}")
+        head_size = self.hparams.get("head_size")
+        if head_size is not None and (head_size <= 0 or head_size % 2):
+            raise ConfigError(f"model.head_size must be positive and even (the head's RoPE rotates pairs), got {head_size}")
         labels = self.hparams.get(self.label_key)
+        check_labels(labels, f"model.{self.label_key}", self.label_name)
         self.labels: Optional[List[str]] = list(labels) if labels else None
         self.head_module = None
         self.threshold = 0.0
@@ -119,6 +123,17 @@ class ExtractionTask(KslmTask):
         self._log_f1("test")
 
 
+def check_labels(labels, option: str, name: str) -> None:
+    """Labels given on the command line: non-empty strings, each once."""
+    seen = set()
+    for i, label in enumerate(labels or []):
+        if not isinstance(label, str) or not label.strip():
+            raise ConfigError(f"{option}[{i}]: empty {name[:-1] if name.endswith('s') else name} name {label!r}")
+        if label in seen:
+            raise ConfigError(f"{option}[{i}]: {label!r} is listed twice")
+        seen.add(label)
+
+
 def windows_of_records(batch) -> List[List[int]]:
     """The window indices of each record of a record batch (batch["record"][w] is window w's record)."""
     out = [[] for _ in batch["text"]]
@@ -127,4 +142,4 @@ def windows_of_records(batch) -> List[List[int]]:
     return out
 
 
-__all__ = ["ExtractionTask", "windows_of_records"]
+__all__ = ["ExtractionTask", "check_labels", "windows_of_records"]
