@@ -178,21 +178,36 @@ class LanguageModel(KslmTask):
         return decode(step, ids, min(max_new_tokens, budget), [EOS_ID],
                       lambda logits: sample_next(logits, temperature, top_p, generator))
 
+    def prompt_ids(self, text: str):
+        """The prompt's token ids that fit the window, and how many of its characters were left out: a prompt
+        longer than the window keeps its last tokens (those next to the continuation). A very long prompt is
+        tokenized from a tail that surely holds them (room × the longest token's length × 4), not whole."""
+        room = self.prompt_room()
+        if getattr(self, "_token_chars", None) is None:
+            self._token_chars = max((len(t) for t in self.tokenizer.get_vocab()), default=1)
+        start = max(0, len(text) - (room * self._token_chars * 4 + 16))
+        enc = self.tokenizer.encode(text[start:])
+        if start and len(enc.ids) <= room:  # (a normaliser shrank the tail a lot): tokenize it all
+            start, enc = 0, self.tokenizer.encode(text)
+        ids, offsets = enc.ids, enc.offsets
+        if len(ids) <= room:
+            return ids, 0
+        k = len(ids) - room  # ≥ 1: a tail's first token, maybe part of a cut word, is always dropped
+        return ids[k:], start + offsets[k][0]
+
     def predict_step(self, batch, batch_idx):
         """One prompt → its record with "generation" and "token_ids". A prompt longer than the window keeps its last
-        tokens (those next to the continuation): the record says how many were dropped ("prompt_tokens_dropped")
-        and the run ends with a warning counting such prompts — nothing is skipped."""
+        tokens: the record says how many characters were left out ("prompt_chars_dropped") and the run ends with a
+        warning counting such prompts — nothing is skipped."""
         hp = self.hparams
-        ids = self.tokenizer.encode(batch["prompt"]).ids
-        room, dropped = self.prompt_room(), 0
-        if len(ids) > room:
-            dropped, ids = len(ids) - room, ids[len(ids) - room:]
+        ids, dropped = self.prompt_ids(batch["prompt"])
+        if dropped:
             self._cut_prompts.append((batch.get("line"), dropped))
         g = torch.Generator(device=self.device).manual_seed(stable_seed(hp.seed, "predict", batch_idx))
         new = self.generate(ids, self.max_new_tokens, self.temperature, self.top_p, g)
         out = {**batch, "generation": self.tokenizer.decode(new), "token_ids": new}
         if dropped:
-            out["prompt_tokens_dropped"] = dropped
+            out["prompt_chars_dropped"] = dropped
         return out
 
     def on_predict_end(self):
@@ -200,8 +215,8 @@ class LanguageModel(KslmTask):
         if cut:
             lines = ", ".join(str(line) for line, _ in cut[:10]) + (", …" if len(cut) > 10 else "")
             log.warning("kslm: %d prompt(s) longer than the window (%d tokens beside </s> and model.max_new_tokens %d) "
-                        "kept their last tokens: %d tokens dropped in all (lines %s; each record's "
-                        "'prompt_tokens_dropped' says how many)", len(cut), self.prompt_room(), self.max_new_tokens,
+                        "kept their last tokens; %d characters left out in all (lines %s; each record's "
+                        "'prompt_chars_dropped' says how many)", len(cut), self.prompt_room(), self.max_new_tokens,
                         sum(n for _, n in cut), lines)
 
 
