@@ -2,10 +2,12 @@
 
 import json
 import logging
+import os
 import re
 import signal
 import sys
 import threading
+import traceback
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +22,7 @@ from kslm.callbacks import JsonlPredictionWriter, KslmCheckpoint, TokenThroughpu
 from kslm.checkpoint import read_payload, task_name
 from kslm.connect import connect
 from kslm.errors import CheckpointError, ConfigError, KslmError
-from kslm.options import check_fit, check_output_path, check_subcommand, check_trainer, lightning_option_error
+from kslm.options import check_fit, check_output_path, check_seed, named_option, check_subcommand, check_trainer, lightning_option_error
 
 LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")  # ckpt_path values Lightning resolves itself
 _RUN: dict = {}  # the running command's subcommand and config (for the SIGTERM handler and error messages)
@@ -66,6 +68,8 @@ class KslmCLI(LightningCLI):
             self.config = parser.parse_args(checkpoint_config_args(list(sys.argv[1:] if args is None else args)))
         sub = self.config.get("subcommand")
         cfg = self.config[sub] if sub else None
+        if cfg is not None:
+            check_seed(cfg.get("seed_everything"))  # LightningCLI seeds right after parsing
         ckpt = self._ckpt_file(cfg) if cfg is not None else None
         if ckpt is None:
             return
@@ -123,8 +127,8 @@ class KslmCLI(LightningCLI):
             raise ConfigError(f"ckpt_path last: there is no {Path(cfg.checkpoint.get('dirpath') or Path('checkpoints') / self._config_name(cfg)) / 'last.ckpt'} to predict with")
         check_subcommand(sub, cfg, bool(ckpt))
         check_trainer(cfg.trainer, sub)
-        if sub == "fit" and not ckpt:
-            check_fit(cfg)
+        if sub == "fit":
+            check_fit(cfg, fresh=not ckpt)
         if sub == "predict":
             check_output_path((cfg.get("predictions") or {}).get("path"))
 
@@ -224,11 +228,18 @@ def _rank_failure_line(exc: BaseException) -> Optional[str]:
             f"too ({_one_line(detail)[:200]})")
 
 
-def _lightning_cause(exc: BaseException):
+def _lightning_cause(exc: BaseException, cfg):
+    """Lightning's refusal of an option value behind `exc`: a MisconfigurationException, or a ValueError /
+    TypeError raised inside Lightning whose message names a trainer / checkpoint option (e.g. val_check_interval
+    above the number of training batches, found only once training starts)."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, MisconfigurationException):
             return exc
+        if isinstance(exc, (ValueError, TypeError)) and exc.__traceback__ is not None:
+            frames = traceback.extract_tb(exc.__traceback__)
+            if frames and f"{os.sep}lightning{os.sep}" in frames[-1].filename and named_option(str(exc), cfg):
+                return exc
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
@@ -264,9 +275,10 @@ def main(args=None):
             print(f"kslm: error: {_one_line(str(cause))}", file=sys.stderr)
         elif isinstance(exc, ArgumentError):
             print(f"kslm: error: {_parse_error_line(str(exc))}", file=sys.stderr)
-        elif _lightning_cause(exc) is not None:
+        elif _lightning_cause(exc, _RUN.get("config")) is not None:
             cfg = _RUN.get("config")
-            print(f"kslm: error: {_one_line(str(lightning_option_error(_lightning_cause(exc), cfg)))}", file=sys.stderr)
+            print(f"kslm: error: {_one_line(str(lightning_option_error(_lightning_cause(exc, cfg), cfg)))}",
+                  file=sys.stderr)
         else:
             raise
         sys.exit(2)

@@ -149,11 +149,27 @@ def check_subcommand(subcommand: str, cfg, ckpt_given: bool) -> None:
                           f"without it {name} would predict from its random initial weights (field 'ckpt_path')")
 
 
-def check_fit(cfg) -> None:
-    """Combinations that only matter for a fresh `kslm fit` (a checkpoint's recorded settings are not re-judged)."""
-    optim = ((cfg.get("model") or {}).get("init_args") or {}).get("optim") or {}
+def check_seed(seed) -> None:
+    if seed is None or isinstance(seed, bool):
+        return
+    if not (isinstance(seed, int) and 0 <= seed < 2**32):
+        raise ConfigError(f"seed_everything must be a whole number in [0, 2^32) (or true / false), got {seed!r}")
+
+
+def check_fit(cfg, fresh: bool) -> None:
+    """Combinations that matter for `kslm fit`: a monitored metric the task logs; for a fresh run (not a resumed
+    one: a checkpoint's recorded settings are not re-judged) a schedule that reaches its peak."""
+    trainer = cfg.get("trainer") or {}
+    if trainer.get("limit_train_batches") in (0, 0.0):
+        raise ConfigError("trainer.limit_train_batches 0: kslm fit would train nothing")
+    model = cfg.get("model") or {}
+    monitor = (cfg.get("checkpoint") or {}).get("monitor")
+    metrics = getattr(model_class(model.get("class_path")), "logged_metrics", None)
+    if monitor and metrics and monitor not in metrics and not str(monitor).startswith("lr-"):
+        raise ConfigError(f"checkpoint.monitor {monitor!r} is not a metric this task logs (one of: {', '.join(metrics)})")
+    optim = (model.get("init_args") or {}).get("optim") or {}
     warmup, total = optim.get("warmup_steps"), optim.get("total_steps")
-    if isinstance(warmup, int) and isinstance(total, int) and total > 0 and warmup > total:
+    if fresh and isinstance(warmup, int) and isinstance(total, int) and total > 0 and warmup > total:
         raise ConfigError(f"model.optim.warmup_steps {warmup} exceeds model.optim.total_steps {total}: the learning "
                           "rate would never reach its peak")
 
@@ -177,18 +193,24 @@ def check_output_path(path, option: str = "predictions.path") -> None:
         raise ConfigError(f"{option} {path}: cannot write in {parent} (permission denied)")
 
 
-def lightning_option_error(exc: BaseException, cfg) -> ConfigError:
-    """An error Lightning raised for an option value → one line under the option's name (the first trainer.* or
-    checkpoint.* key its message mentions)."""
-    message = re.sub(r"\s+", " ", str(exc)).strip()
+def named_option(message: str, cfg) -> Optional[str]:
+    """The first trainer.* / checkpoint.* / predictions.* option a message mentions (by its key), if any."""
     words = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", message)
     for section in ("trainer", "checkpoint", "predictions"):
         keys = set((cfg.get(section) or {}).keys()) if cfg is not None else set()
         for w in words:
             if w in keys:
-                return ConfigError(f"{section}.{w}: {message}")
-    return ConfigError(f"trainer options: {message}")
+                return f"{section}.{w}"
+    return None
 
 
-__all__ = ["check_fit", "check_trainer", "check_accelerator", "check_subcommand", "check_output_path", "lightning_option_error",
+def lightning_option_error(exc: BaseException, cfg) -> ConfigError:
+    """An error Lightning raised for an option value → one line under the option's name (the first trainer.* or
+    checkpoint.* key its message mentions)."""
+    message = re.sub(r"\s+", " ", str(exc)).strip()
+    option = named_option(message, cfg)
+    return ConfigError(f"{option or 'trainer options'}: {message}")
+
+
+__all__ = ["check_fit", "check_seed", "check_trainer", "named_option", "check_accelerator", "check_subcommand", "check_output_path", "lightning_option_error",
            "model_class"]

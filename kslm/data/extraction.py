@@ -175,6 +175,9 @@ class ExtractionDataModule(KslmDataModule):
     def setup(self, stage: Optional[str] = None):
         if stage == "predict":
             if self.predict_file:
+                if is_blank(self.predict_file):  # no records: an empty output (the CLI writes it and says so)
+                    self.predict_set = []
+                    return
                 records = self._read_file(self.predict_file)
                 self.check_sizes(records, self.predict_file)
                 self.predict_set = self.encode(records, self.predict_file, False)
@@ -227,4 +230,13 @@ class ExtractionDataModule(KslmDataModule):
                           collate_fn=lambda recs: self.collate_records(recs, labels=False))
 
 
-__all__ = ["ExtractionDataModule"]
+def is_blank(path, block: int = 1 << 20) -> bool:
+    """Whether a file holds nothing but whitespace (read block by block: a big file answers at its first text)."""
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            if chunk.strip(b" \t\r\n\f\v\xef\xbb\xbf"):  # (a UTF-8 byte-order mark alone is no record either)
+                return False
+    return True
+
+
+__all__ = ["ExtractionDataModule", "is_blank"]

@@ -27,6 +27,8 @@ class ExtractionTask(KslmTask):
     label_key = "labels"
     label_name = "labels"  # in messages
     head_options: Tuple[str, ...] = ("head_size",)
+    logged_metrics = (*KslmTask.logged_metrics, "val/precision", "val/recall", "val/f1", "test/precision",
+                      "test/recall", "test/f1")
 
     def __init__(self, *args, token_dropout: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)

@@ -45,6 +45,7 @@ class LanguageModel(KslmTask):
     """
 
     runtime_options = ("max_new_tokens", "temperature", "top_p")
+    logged_metrics = (*KslmTask.logged_metrics, "val/ppl", "test/ppl", "train/aux_loss", "train/mlm_loss")
     predicts_from_pretrained = True  # `kslm predict --model.pretrained X` generates with X's weights
 
     def __init__(self, *args, mlm_probability: float = 0.15, seed: int = 0, max_new_tokens: int = 64,
