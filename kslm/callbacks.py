@@ -10,6 +10,7 @@ from lightning.fabric.utilities.throughput import Throughput, get_available_flop
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
 
 from kslm.io import write_jsonl
+from kslm.options import check_output_path
 
 
 class KslmCheckpoint(ModelCheckpoint):
@@ -32,11 +33,20 @@ class JsonlPredictionWriter(BasePredictionWriter):
 
     Args:
         path: output file (written atomically); empty = print the JSONL to standard output.
+
+    The path is checked before anything is predicted (not a directory, its folder writable). An input without
+    records gives an empty file (and a line saying so), not a missing one.
     """
 
     def __init__(self, path: Optional[str] = None):
         super().__init__(write_interval="epoch")
         self.path = path
+        self.written = False
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "predict":
+            check_output_path(self.path)
+            self.written = False
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices):
         records = [r for batch in predictions for r in (batch if isinstance(batch, list) else [batch])]
@@ -53,12 +63,25 @@ class JsonlPredictionWriter(BasePredictionWriter):
                     seen.add(r["line"])
                     unique.append(r)
             records = unique
+        self.write(records)
+
+    def write(self, records, note: str = "") -> None:
+        """Write (or print) the records; `note` explains an empty result."""
+        self.written = True
         if self.path:
             write_jsonl(self.path, records)
-            print(f"kslm: wrote {len(records)} predictions to {self.path}", file=sys.stderr)
+            print(f"kslm: wrote {len(records)} predictions to {self.path}{note}", file=sys.stderr)
         else:
             for r in records:
                 print(json.dumps(r, ensure_ascii=False))
+            if note:
+                print(f"kslm: 0 predictions{note}", file=sys.stderr)
+
+    def finish(self, trainer) -> None:
+        """After `trainer.predict`: Lightning runs no epoch over an input without records, so nothing was written;
+        write the empty result now (rank 0)."""
+        if not self.written and trainer.global_rank == 0:
+            self.write([], " (the input holds no records)")
 
 
 class TokenThroughput(Callback):

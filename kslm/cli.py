@@ -3,20 +3,35 @@
 import copy
 import json
 import logging
+import os
 import re
+import signal
 import sys
+import threading
+import traceback
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 from jsonargparse import ArgumentError, Namespace
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from kslm.callbacks import JsonlPredictionWriter, KslmCheckpoint, TokenThroughput
 from kslm.checkpoint import check_restorable, payload_of, read_checkpoint, read_payload, task_name
 from kslm.connect import connect
-from kslm.errors import CheckpointError, KslmError
+from kslm.errors import CheckpointError, ConfigError, KslmError
+from kslm.options import (
+    check_fit,
+    check_output_path,
+    check_seed,
+    check_subcommand,
+    check_trainer,
+    lightning_option_error,
+    named_option,
+)
 
 LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")  # ckpt_path values Lightning resolves itself
 # model options a checkpoint fixes: they shape the weights it holds (--ckpt_path with a different value is refused)
@@ -26,6 +41,7 @@ RESTORED_ON_RESUME = ("optim",)  # fit --ckpt_path restores the optimiser and it
 _MISSING = object()
 CONFIG_OPTIONS = ("-c", "--config", "--model", "--data", "--trainer", "--checkpoint", "--predictions", "--optimizer",
                   "--lr_scheduler")  # options that take a config file
+_RUN: dict = {}  # the running command's subcommand and config (for the SIGTERM handler and error messages)
 
 
 def _option(argv, *names) -> Optional[str]:
@@ -168,6 +184,8 @@ class KslmCLI(LightningCLI):
             self.config = parser.parse_args(checkpoint_config_args(argv))
         sub = self.config.get("subcommand")
         cfg = self.config[sub] if sub else None
+        if cfg is not None:
+            check_seed(cfg.get("seed_everything"))  # LightningCLI seeds right after parsing
         ckpt = self._ckpt_file(cfg) if cfg is not None else None
         if ckpt is None:
             return
@@ -220,6 +238,8 @@ class KslmCLI(LightningCLI):
     def before_instantiate_classes(self):
         sub = self.subcommand
         cfg = self.config[sub] if sub else self.config
+        _RUN.update(subcommand=sub, config=cfg)
+        self._check_options(sub, cfg)
         name = self._config_name(cfg)
         if not cfg.checkpoint.dirpath:
             cfg.checkpoint.dirpath = str(Path("checkpoints") / name)
@@ -233,12 +253,37 @@ class KslmCLI(LightningCLI):
                     callbacks.append({"class_path": f"{cls.__module__}.{cls.__name__}", "init_args": args})
         cfg.trainer.callbacks = callbacks
 
+    def _check_options(self, sub, cfg):
+        """Option values and combinations, before any class is built or any data read (kslm.options)."""
+        ckpt = cfg.get("ckpt_path")
+        if sub == "predict" and ckpt == "last" and self._ckpt_file(cfg) is None:
+            last = Path(cfg.checkpoint.get("dirpath") or Path("checkpoints") / self._config_name(cfg)) / "last.ckpt"
+            raise ConfigError(f"ckpt_path last: there is no {last} to predict with")
+        check_subcommand(sub, cfg, bool(ckpt))
+        check_trainer(cfg.trainer, sub)
+        if sub == "fit":
+            check_fit(cfg, fresh=not ckpt)
+        if sub == "predict":
+            check_output_path((cfg.get("predictions") or {}).get("path"))
+
+    def instantiate_trainer(self, **kwargs):
+        """Lightning's Trainer; a value it refuses (one kslm.options does not check) becomes one line naming it."""
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except (MisconfigurationException, ValueError, TypeError) as exc:
+            raise lightning_option_error(exc, self.config[self.subcommand]) from None
+
     def _connect(self):
         """Resolve tokenizer, labels and window once, and hand them to model and data (kslm.connect)."""
         cfg = self.config[self.subcommand]
         connect(self.model, self.datamodule, self._ckpt_file(cfg), self.subcommand)
 
     before_fit = before_validate = before_test = before_predict = _connect
+
+    def after_predict(self):
+        for cb in self.trainer.callbacks:
+            if isinstance(cb, JsonlPredictionWriter):
+                cb.finish(self.trainer)
 
 
 def _one_line(message: str) -> str:
@@ -271,28 +316,108 @@ def _parse_error_line(message: str) -> str:
     return f"{'.'.join(keys)}: {detail}"
 
 
+class Terminated(SystemExit):
+    """SIGTERM, as an exception: `finally` blocks and kslm.io's writers clean up (no temporary file is left)."""
+
+
+def _on_sigterm(signum, frame):
+    """SIGTERM stops kslm at once (the writers remove their temporary files on the way out), except inside `fit`'s
+    training loop: there Lightning's own handler (which calls this one too) stops at the next batch boundary, so
+    a checkpoint being written is never cut. SIGKILL cannot be caught: kslm.io removes what it leaves (the
+    temporary file of a dead process) the next time the same file is written."""
+    if _RUN.get("subcommand") == "fit" and signal.getsignal(signal.SIGTERM) is not _on_sigterm:
+        return
+    raise Terminated(128 + signum)
+
+
+@contextmanager
+def _sigterm_raises():
+    """Install _on_sigterm for the run (main thread only; a handler someone else installed is kept)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _rank_failure_line(exc: BaseException) -> Optional[str]:
+    """A collective that failed because another DDP rank died (gloo / NCCL: connection closed, reset, timed out) →
+    one line naming this rank and the lost one; None for any other error."""
+    import torch.distributed as dist
+
+    if not (isinstance(exc, RuntimeError) and dist.is_available() and dist.is_initialized()):
+        return None
+    text = str(exc)
+    if not (isinstance(exc, getattr(dist, "DistError", ())) or
+            re.search(r"gloo|nccl|connection (closed|reset)|closed by peer|broken pipe|timed out", text, re.I)):
+        return None
+    rank, world = dist.get_rank(), dist.get_world_size()
+    lost = f"rank {1 - rank}" if world == 2 else "another rank"
+    detail = re.sub(r"^\[[^\]]*\]\s*", "", text.strip().splitlines()[0] if text.strip() else type(exc).__name__)
+    detail = detail.split(". This is typically")[0]
+    return (f"DDP rank {rank} of {world}: {lost} stopped (killed or failed: see its own output), so this rank stops "
+            f"too ({_one_line(detail)[:200]})")
+
+
+def _lightning_cause(exc: BaseException, cfg):
+    """Lightning's refusal of an option value behind `exc`: a MisconfigurationException, or a ValueError /
+    TypeError raised inside Lightning whose message names a trainer / checkpoint option (e.g. val_check_interval
+    above the number of training batches, found only once training starts)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, MisconfigurationException):
+            return exc
+        if isinstance(exc, (ValueError, TypeError)) and exc.__traceback__ is not None:
+            frames = traceback.extract_tb(exc.__traceback__)
+            if frames and f"{os.sep}lightning{os.sep}" in frames[-1].filename and named_option(str(exc), cfg):
+                return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def main(args=None):
+    """`kslm …`: a user mistake is one line `kslm: error: …` and exit code 2; a DDP rank that loses another rank
+    says so in one line and exits 1; SIGTERM / Ctrl-C stop with exit 143 / 130 and leave no temporary file."""
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)  # "Seed set to …" is noise
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # lightning's own deprecation noise on torch 2.13
+    _RUN.clear()
     argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else None
     try:
         if argv and argv[0] == "score":  # kslm's own verb: no Trainer
             from kslm.score import main as score_main
 
             return score_main(argv[1:])
-        KslmCLI(
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            save_config_kwargs={"overwrite": True},
-            parser_kwargs={"exit_on_error": False},
-            args=args,
-        )
+        with _sigterm_raises():
+            KslmCLI(
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                save_config_kwargs={"overwrite": True},
+                parser_kwargs={"exit_on_error": False},
+                args=args,
+            )
+    except SIGTERMException:  # Lightning stopped fit at a batch boundary after a SIGTERM
+        print("kslm: stopped by SIGTERM", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
+    except KeyboardInterrupt:
+        print("kslm: interrupted", file=sys.stderr)
+        sys.exit(130)
     except Exception as exc:
-        cause = _kslm_cause(exc)
+        cause, line = _kslm_cause(exc), _rank_failure_line(exc)
+        if line is not None:
+            print(f"kslm: error: {line}", file=sys.stderr)
+            sys.exit(1)
         if cause is not None:
             print(f"kslm: error: {_one_line(str(cause))}", file=sys.stderr)
         elif isinstance(exc, ArgumentError):
             print(f"kslm: error: {_parse_error_line(str(exc))}", file=sys.stderr)
+        elif _lightning_cause(exc, _RUN.get("config")) is not None:
+            cfg = _RUN.get("config")
+            print(f"kslm: error: {_one_line(str(lightning_option_error(_lightning_cause(exc, cfg), cfg)))}",
+                  file=sys.stderr)
         else:
             raise
         sys.exit(2)

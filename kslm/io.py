@@ -4,8 +4,14 @@ A file is written to a temporary file in the target's folder and renamed over th
 POSIX), so a reader — or a run killed half-way — never sees a half-written file. The temporary file is removed on
 any failure, and the result gets the mode a plain `open(path, "w")` would give (0666 less the umask), not
 `mkstemp`'s 0600. `atomic_dir` does the same for a whole directory (written beside it, then renamed into place).
+
+Temporary files are named `.NAME.PID.XXXXXXXX.tmp` (PID: the writing process). An exception, Ctrl-C
+(KeyboardInterrupt) or SIGTERM (the kslm CLI turns it into an exception) removes the file on the way out. SIGKILL
+cannot be caught: its temporary file stays, and is removed by the next write to the same target, which deletes
+every `.NAME.PID.*.tmp` whose process no longer exists.
 """
 
+import glob
 import json
 import os
 import shutil
@@ -23,6 +29,33 @@ def _umask() -> int:
     return mask
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temps(path: PathLike) -> int:
+    """Delete the temporary files a killed writer of `path` left beside it (those whose process is gone) → count."""
+    path = Path(path)
+    removed = 0
+    if not path.parent.is_dir():
+        return 0
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 @contextmanager
 def atomic_open(path: PathLike, mode: str = "w", encoding: str = "utf-8") -> Iterator:
     """`with atomic_open(path) as f: f.write(…)`: the target appears, complete, only when the block ends without
@@ -31,7 +64,8 @@ def atomic_open(path: PathLike, mode: str = "w", encoding: str = "utf-8") -> Ite
         raise ValueError(f"atomic_open writes only ('w' or 'wb'), got {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": encoding})) as f:
             yield f
@@ -78,7 +112,8 @@ def atomic_dir(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise FileExistsError(f"{path} exists and is not empty")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    remove_stale_temps(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp"))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())
@@ -94,4 +129,4 @@ def atomic_dir(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
         raise
 
 
-__all__ = ["atomic_open", "write_text", "write_bytes", "write_json", "write_jsonl", "atomic_dir"]
+__all__ = ["atomic_open", "remove_stale_temps", "write_text", "write_bytes", "write_json", "write_jsonl", "atomic_dir"]

@@ -26,3 +26,17 @@ class RankSyncCheck(Callback):
             diff = {name: (g - g[0]).abs().max().item() for name, g in zip(("params", "optimizer_state"), gathered, strict=True)}
             Path(self.out).write_text(json.dumps({"world_size": int(gathered[0].shape[0]), "numel": params.numel(),
                                                   "max_abs_diff": diff}), encoding="utf-8")
+
+
+class MarkWhenTraining(Callback):
+    """Writes `{path}.{rank}` (holding the process id) once the rank has trained a batch: the DDP group is up."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        marker = Path(f"{self.path}.{trainer.global_rank}")
+        if not marker.exists():
+            import os
+
+            marker.write_text(str(os.getpid()), encoding="utf-8")

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -90,6 +91,34 @@ def test_ddp_ranks_stay_in_sync_with_penalties_and_optimisers(ddp_runs, name):
     sync = json.loads((tmp / "sync.json").read_text(encoding="utf-8"))
     assert sync["world_size"] == 2 and sync["numel"] > 1000
     assert sync["max_abs_diff"] == {"params": 0.0, "optimizer_state": 0.0}, sync
+
+
+def test_surviving_rank_reports_the_lost_rank_in_one_line(small_corpus, tmp_path):
+    """Rank 0 killed (SIGKILL) mid-training: rank 1's next collective fails in gloo; it says so in one line naming
+    both ranks — no traceback — and ends within seconds."""
+    marker = tmp_path / "training"
+    callbacks = json.dumps([{"class_path": "ddp_sync_check.MarkWhenTraining", "init_args": {"path": str(marker)}}])
+    args = tiny_args(small_corpus, tmp_path, "--trainer.devices", "2", "--trainer.strategy", "ddp",
+                     "--trainer.accelerator", "cpu", "--trainer.callbacks", callbacks, "--trainer.limit_val_batches", "0",
+                     steps=100_000)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-m", "kslm.cli", "fit", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not all(Path(f"{marker}.{r}").exists() for r in (0, 1)) and proc.poll() is None:
+        assert time.monotonic() < deadline, "the ranks did not start training"
+        time.sleep(0.5)
+    survivor = int(Path(f"{marker}.1").read_text())
+    proc.kill()  # rank 0, the launcher
+    t0 = time.monotonic()
+    _, err = proc.communicate(timeout=120)  # returns once rank 1, which shares the pipe, has ended
+    assert time.monotonic() - t0 < 60
+    lines = [line for line in err.splitlines() if line.startswith("kslm: error")]
+    assert len(lines) == 1 and "DDP rank 1 of 2: rank 0 stopped" in lines[0], err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    stat = Path(f"/proc/{survivor}/stat")
+    assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"  # ended (a zombie, if unreaped)
 
 
 def test_bf16_mixed_few_steps(small_corpus, tmp_path, capsys, monkeypatch):

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from kslm.data.base import KslmDataModule
 from kslm.data.formats import FORMATS, format_names, read_records_with_lines, read_texts_with_lines, sniff_format
-from kslm.data.tokenizer import special_ids, tokenizer_from_source, train_tokenizer
+from kslm.data.tokenizer import check_vocab_size, special_ids, tokenizer_from_source, train_tokenizer
 from kslm.errors import DataError
 from kslm.io import write_text
 
@@ -43,6 +43,9 @@ class ExtractionDataModule(KslmDataModule):
         num_workers: DataLoader worker processes.
         seed: seed of the shuffling.
         cache_dir: where trained tokenizers are kept (default $KSLM_CACHE or ~/.cache/kslm).
+        max_text_chars: the longest text a record may have (train, val and predict alike); a longer one is an error
+            naming its file and line, raised before anything is tokenized (a 10 MB record would take minutes to
+            tokenize and window; split such texts, or raise the limit).
     """
 
     kind = "extraction"  # names the cached tokenizer
@@ -53,13 +56,20 @@ class ExtractionDataModule(KslmDataModule):
                  tokenizer_kind: Literal["char", "bpe"] = "char", vocab_size: int = 6000, min_frequency: int = 1,
                  max_length: int = 128, unlabelled_val: bool = False,
                  stride: Optional[int] = None, batch_size: int = 16, num_workers: int = 0, seed: int = 1234,
-                 cache_dir: Optional[str] = None):
+                 cache_dir: Optional[str] = None, max_text_chars: int = 100_000):
         super().__init__(cache_dir, batch_size, num_workers, seed)
         for name, path in (("train_file", train_file), ("val_file", val_file), ("predict_file", predict_file)):
             if path and not Path(path).is_file():
                 raise DataError("file not found", path=path, field=f"data.{name}")
         if max_length < 3:
             raise DataError(f"max_length must be at least 3 (<s>, a token, </s>), got {max_length}", field="data.max_length")
+        if tokenizer is None:
+            check_vocab_size(tokenizer_kind, vocab_size)
+        if max_text_chars < 1:
+            raise DataError(f"max_text_chars must be positive, got {max_text_chars}", field="data.max_text_chars")
+        self.max_text_chars = max_text_chars
+        if min_frequency < 0:
+            raise DataError(f"min_frequency must be ≥ 0, got {min_frequency}", field="data.min_frequency")
         if stride is not None and not 0 <= stride < max_length - 2:
             raise DataError(f"stride must be in [0, max_length − 2), got {stride}", field="data.stride")
         self.train_file, self.val_file, self.predict_file, self.format = train_file, val_file, predict_file, format
@@ -129,6 +139,8 @@ class ExtractionDataModule(KslmDataModule):
             train, val = self._read_split()
             if not train:
                 raise DataError("no records", path=self.train_file, field="data.train_file")
+            self.check_sizes(train, self.train_file)
+            self.check_sizes(val, self.val_file or self.train_file)
             labels = self._labels_of(train, val)
             self._check_val(val)
             self._records = (train, val, labels)
@@ -153,6 +165,15 @@ class ExtractionDataModule(KslmDataModule):
             raise DataError(f"the training data's {self.label_key} {labels} differ from the model's {list(self.labels)} "
                             f"(from --ckpt_path or --model.{self.label_key})", path=self.train_file, field="data.train_file")
         return train, val
+
+    def check_sizes(self, records: List[dict], path) -> None:
+        """No record's text is longer than data.max_text_chars (checked before tokenizing: cheap)."""
+        for r in records:
+            n = len(r["text"])
+            if n > self.max_text_chars:
+                raise DataError(f"text of {n:,} characters exceeds data.max_text_chars {self.max_text_chars:,}; split "
+                                "it into shorter records, or raise --data.max_text_chars", path=path, line=r.get("line"),
+                                field="text")
 
     def label_set(self) -> List[str]:
         """The sorted labels of the training records."""
@@ -194,7 +215,12 @@ class ExtractionDataModule(KslmDataModule):
     def setup(self, stage: Optional[str] = None):
         if stage == "predict":
             if self.predict_file:
-                self.predict_set = self.encode(self._read_file(self.predict_file), self.predict_file, False)
+                if is_blank(self.predict_file):  # no records: an empty output (the CLI writes it and says so)
+                    self.predict_set = []
+                    return
+                records = self._read_file(self.predict_file)
+                self.check_sizes(records, self.predict_file)
+                self.predict_set = self.encode(records, self.predict_file, False)
             return
         if self.train_set is not None:
             return
@@ -244,4 +270,13 @@ class ExtractionDataModule(KslmDataModule):
                           collate_fn=lambda recs: self.collate_records(recs, labels=False))
 
 
-__all__ = ["ExtractionDataModule"]
+def is_blank(path, block: int = 1 << 20) -> bool:
+    """Whether a file holds nothing but whitespace (read block by block: a big file answers at its first text)."""
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            if chunk.strip(b" \t\r\n\f\v\xef\xbb\xbf"):  # (a UTF-8 byte-order mark alone is no record either)
+                return False
+    return True
+
+
+__all__ = ["ExtractionDataModule", "is_blank"]

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from kslm.data.base import KslmDataModule, default_cache_dir
 from kslm.data.corpus import embedded_corpus_path
 from kslm.data.formats.jsonl import check_utf8_file, iter_jsonl, iter_lines
-from kslm.data.tokenizer import EOS_ID, cached_tokenizer, fingerprint, tokenizer_from_source
+from kslm.data.tokenizer import EOS_ID, cached_tokenizer, check_vocab_size, fingerprint, tokenizer_from_source
 from kslm.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,8 @@ class LMDataModule(KslmDataModule):
         num_workers: DataLoader worker processes.
         seed: seed of the train/val split and of the shuffling.
         cache_dir: where trained tokenizers and the embedded corpus are kept (default $KSLM_CACHE or ~/.cache/kslm).
-        predict_file: prompts for `kslm predict`: a .txt (one per line) or .jsonl with a "prompt" field.
+        predict_file: prompts for `kslm predict`: a .txt (one per line), a .jsonl with a "prompt" field per line or a
+            .json array of such records (see read_prompts).
     """
 
     def __init__(self, data_files: Optional[Union[str, List[str]]] = None, dataset: Optional[str] = None,
@@ -78,6 +79,7 @@ class LMDataModule(KslmDataModule):
             raise DataError(f"val_fraction must be in (0, 1), got {val_fraction}", field="data.val_fraction")
         if seq_len < 1:
             raise DataError(f"seq_len must be positive, got {seq_len}", field="data.seq_len")
+        check_vocab_size(tokenizer_kind, vocab_size)
         self.files = resolve_files(data_files) if data_files else ([] if dataset else None)
         if predict_file and not Path(predict_file).is_file():
             raise DataError("prompt file not found", path=predict_file, field="data.predict_file")
@@ -186,6 +188,10 @@ class LMDataModule(KslmDataModule):
         blocks = self._blocks()
         n_val = max(1, round(len(blocks) * self.val_fraction))
         split = blocks.train_test_split(test_size=n_val, seed=self.seed, shuffle=True)
+        if len(split["train"]) < self.batch_size:  # drop_last: not one training batch, nothing would be trained
+            raise DataError(f"{len(split['train'])} training blocks of {block_len(self)} tokens do not fill one batch of "
+                            f"data.batch_size {self.batch_size}; lower data.batch_size or data.seq_len, or add text",
+                            path=(self.files or [self.dataset_name or "the embedded corpus"])[0], field="data.batch_size")
         self.train_set = split["train"].with_format("torch")
         self.val_set = split["test"].with_format("torch")
         log.info("LM data: %d train / %d val blocks of %d tokens", len(self.train_set), len(self.val_set), self.seq_len)
@@ -210,16 +216,51 @@ class LMDataModule(KslmDataModule):
 
 
 def read_prompts(path) -> List[dict]:
-    """Prompts for `kslm predict`: a .jsonl with a string "prompt" per record, or any text file, one per line."""
+    """Prompts for `kslm predict`, each {"line", "prompt", …}:
+
+        .jsonl   one JSON object per line with a string "prompt" (other fields are kept in the output); "line" is
+                 the line number
+        .json    a JSON array of such objects (or of strings); "line" is the record's 1-based position
+        other    plain text, one prompt per line (blank lines are not prompts); "line" is the line number
+    """
     p = Path(path)
-    if p.suffix == ".jsonl":
+    if p.suffix.lower() == ".jsonl":
         prompts = []
         for line, rec in iter_jsonl(p):
-            if not isinstance(rec.get("prompt"), str):
-                raise DataError("record needs a string 'prompt'", path=p, line=line, field="prompt")
-            prompts.append({"line": line, **rec})
+            prompts.append(_prompt_record(rec, p, line, line))
         return prompts
-    return [{"line": n, "prompt": t} for n, t in ((n, line.rstrip("\n")) for n, line in iter_lines(p)) if t]
+    if p.suffix.lower() == ".json":
+        return _json_prompts(p)
+    return [{"line": n, "prompt": t} for n, t in ((n, line.rstrip("\r\n")) for n, line in iter_lines(p)) if t.strip()]
+
+
+def _json_prompts(p: Path) -> List[dict]:
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"invalid JSON ({exc.msg} at column {exc.colno})", path=p, line=exc.lineno) from None
+    if not isinstance(data, list):
+        raise DataError(f"a .json prompt file holds a JSON array of records {{\"prompt\": …}} (or of strings), got "
+                        f"{type(data).__name__}", path=p)
+    prompts = []
+    for i, rec in enumerate(data):
+        prompts.append(_prompt_record({"prompt": rec} if isinstance(rec, str) else rec, p, f"record {i}", i + 1))
+    return prompts
+
+
+def _prompt_record(rec, p: Path, where, line: int) -> dict:
+    if not isinstance(rec, dict):
+        raise DataError(f"expected a JSON object with a string 'prompt', got {type(rec).__name__}", path=p, line=where)
+    if not isinstance(rec.get("prompt"), str):
+        raise DataError("record needs a string 'prompt'", path=p, line=where, field="prompt")
+    if "line" in rec:  # the output's "line" is the input position: a field of that name would be lost
+        raise DataError("'line' is the field kslm writes (the record's position); rename it", path=p, line=where,
+                        field="line")
+    return {"line": line, **rec}
+
+
+def block_len(data) -> int:
+    return data.seq_len + 1
 
 
 def stage_needs_blocks(trainer) -> bool:

@@ -2,12 +2,15 @@
 
 A list context is taken as the chunks. A string is split into chunks that fit the window beside the template, the
 question and the answer: on paragraph boundaries first, then lines, sentences, words, and characters only for a
-run of text with no boundary at all. Each record becomes [no-context prompt] + [one prompt per chunk] (token ids,
-built by the model: its tokenizer and template). A record whose batch would exceed `max_batch_tokens`
-(rows × (longest prompt + new tokens), the KV cache's size) is an error naming its line, never a crash.
+run of text with no boundary at all (linear in the text: see split_context). Each record becomes [no-context
+prompt] + [one prompt per chunk] (token ids, built by the model: its tokenizer and template). A record whose batch
+would exceed `max_batch_tokens` (rows × (longest prompt + new tokens), the KV cache's size) is an error naming its
+line, never a crash; a context, chunk or question that cannot fit is refused before it is wholly tokenized.
 """
 
 import re
+from collections import deque
+from itertools import accumulate
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -21,43 +24,90 @@ from kslm.errors import ConfigError, DataError
 BOUNDARIES = [r"(?<=\n\n)", r"(?<=\n)", r"(?<=[.!?;。！？；])", r"(?<= )"]
 
 
-def _longest_prefix(text: str, budget: int, count: Callable[[str], int]) -> int:
-    """Length of the longest prefix of `text` with at most `budget` tokens (at least one character)."""
-    lo, hi = 1, len(text)
-    while lo < hi:
+def _longest_prefix(text: str, start: int, budget: int, count: Callable[[str], int]) -> int:
+    """End of the longest run text[start:end] with at most `budget` tokens (at least one character). Galloping, then
+    bisection: the counts cost O(length of the answer · log), not O(length of the text), per call."""
+    n = len(text) - start
+    lo, hi = 1, max(1, min(budget, n))
+    while hi < n and count(text[start:start + hi]) <= budget:  # grow until over budget (or the end)
+        lo, hi = hi, min(2 * hi, n)
+    if hi == n and count(text[start:]) <= budget:
+        return len(text)
+    while lo < hi:  # count(text[start:start+lo]) <= budget < count(text[start:start+hi]) (lo = 1: at least a char)
         mid = (lo + hi + 1) // 2
-        if count(text[:mid]) <= budget:
+        if mid == hi:
+            break
+        if count(text[start:start + mid]) <= budget:
             lo = mid
         else:
-            hi = mid - 1
-    return lo
+            hi = mid
+    return start + lo
 
 
-def split_context(text: str, budget: int, count: Callable[[str], int], level: int = 0) -> List[str]:
+def split_context(text: str, budget: int, count: Callable[[str], int], level: int = 0,
+                  known: Optional[int] = None) -> List[str]:
     """Greedy packing of `text` into chunks of at most `budget` tokens (by `count`), cutting at the coarsest
-    boundary that works. Whitespace at the chunks' ends is dropped; empty chunks are never returned."""
+    boundary that works. Whitespace at the chunks' ends is dropped; empty chunks are never returned.
+
+    Each chunk is the longest run of pieces (at this level's boundary) that fits, found by galloping and bisection
+    over the number of pieces: O(log k) counts of chunk-sized strings per chunk of k pieces, not one count per piece
+    of an ever longer string. A piece too long for its level is split at the next one (`known`: count(text), when
+    the caller has it); a run with no boundary at all is cut by characters the same way."""
     if budget < 1:
         raise ValueError("no room for any context")
-    if count(text) <= budget:
+    total = count(text) if known is None else known
+    if total <= budget:
         return [text.strip()] if text.strip() else []
     if level == len(BOUNDARIES):  # no boundary left: cut by characters
-        n = _longest_prefix(text, budget, count)
-        return split_context(text[:n], budget, count, level) + split_context(text[n:], budget, count, level)
-    chunks, current = [], ""
-    for piece in re.split(BOUNDARIES[level], text):
-        if not piece:
+        chunks, start = [], 0
+        while start < len(text):
+            end = _longest_prefix(text, start, budget, count)
+            chunks.append(text[start:end])
+            start = end
+        return [c.strip() for c in chunks if c.strip()]
+    pieces = [piece for piece in re.split(BOUNDARIES[level], text) if piece]
+    if len(pieces) == 1:
+        return split_context(text, budget, count, level + 1, known=total)
+    ends = list(accumulate(len(piece) for piece in pieces))  # pieces concatenate to text
+
+    def fits(i, j):  # pieces i..j (inclusive) together
+        return count(text[ends[i] - len(pieces[i]):ends[j]]) <= budget
+
+    chunks, i = [], 0
+    while i < len(pieces):
+        n = count(pieces[i])
+        if n > budget:
+            chunks.extend(split_context(pieces[i], budget, count, level + 1, known=n))
+            i += 1
             continue
-        if count(current + piece) <= budget:
-            current += piece
-            continue
-        chunks.append(current)
-        if count(piece) <= budget:
-            current = piece
-        else:
-            chunks.extend(split_context(piece, budget, count, level + 1))
-            current = ""
-    chunks.append(current)
+        lo, hi, step = i, len(pieces), 1  # pieces i..lo fit; i..hi do not (hi = len: not known)
+        while lo + step < len(pieces):
+            if not fits(i, lo + step):
+                hi = lo + step
+                break
+            lo, step = lo + step, 2 * step
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if fits(i, mid):
+                lo = mid
+            else:
+                hi = mid
+        chunks.append(text[ends[i] - len(pieces[i]):ends[lo]])
+        i = lo + 1
     return [c.strip() for c in chunks if c.strip()]
+
+
+def exceeds(text: str, limit: int, count: Callable[[str], int], slice_chars: int = 1 << 15) -> bool:
+    """Whether `text` surely has more than `limit` tokens, counting slice by slice and stopping as soon as it is
+    sure (a 10 MB context is refused after counting about `limit` tokens' worth of it, not all of it). A cut can
+    merge or split a token at each seam, so each seam is allowed 2 tokens of slack."""
+    total, seams = 0, -1
+    for a in range(0, len(text), slice_chars):
+        total += count(text[a:a + slice_chars])
+        seams += 1
+        if total - 2 * seams > limit:
+            return True
+    return False
 
 
 def read_nbce(path) -> List[dict]:
@@ -84,28 +134,38 @@ def build_prompts(rec: dict, prompter, window: int, max_new_tokens: int, max_bat
     """A record → {"line", "id", "chunks", "prompts"}: prompts[0] has the empty context, prompts[k] chunk k − 1.
     `prompter` gives encode_prompt(context, question) → ids and count_tokens(text) → int."""
     q, line = rec["question"], rec["line"]
-    empty = prompter.encode_prompt("", q)
     room = window - max_new_tokens  # every prompt + the answer must fit the window
 
     def too_long(where, n):
         return DataError(f"{where} needs {n} + {max_new_tokens} new tokens > window {window}", path=path, line=line,
                          field=where)
 
+    if exceeds(q, room + 2, prompter.count_tokens):  # (2: tokens a seam with the template may merge)
+        raise too_long("question", f"more than {room}")
+    empty = prompter.encode_prompt("", q)
     if len(empty) > room:
         raise too_long("question", len(empty))
     if isinstance(rec["context"], list):
-        chunks = rec["context"]
-        prompts = [prompter.encode_prompt(c, q) for c in chunks]
-        for i, p in enumerate(prompts):
-            if len(p) > room:
-                raise too_long(f"context[{i}]", len(p))
+        chunks, prompts = rec["context"], []
+        for i, c in enumerate(chunks):
+            if exceeds(c, room + 2, prompter.count_tokens):
+                raise too_long(f"context[{i}]", f"more than {room}")
+            prompts.append(prompter.encode_prompt(c, q))
+            if len(prompts[-1]) > room:
+                raise too_long(f"context[{i}]", len(prompts[-1]))
     else:
+        # every context token is in some row (whitespace runs apart: chunk ends are stripped): a context with more
+        # tokens than max_batch_tokens can never fit, and is refused before it is split (or even wholly tokenized)
+        if exceeds(re.sub(r"\s+", " ", rec["context"]), max_batch_tokens, prompter.count_tokens):
+            raise DataError(f"the context has more than data.max_batch_tokens {max_batch_tokens} tokens (every one is "
+                            "in some row of the batch); shorten the context or raise the limit", path=path, line=line,
+                            field="context")
         chunks, prompts = [], []
         # the chunk's own token count is a close estimate of what it adds to the prompt; a chunk whose prompt still
         # overflows (tokens merging across the template's seams) is split again with a smaller budget
-        todo = split_context(rec["context"], room - len(empty), prompter.count_tokens)
+        todo = deque(split_context(rec["context"], room - len(empty), prompter.count_tokens))
         while todo:
-            chunk = todo.pop(0)
+            chunk = todo.popleft()
             p = prompter.encode_prompt(chunk, q)
             if len(p) <= room:
                 chunks.append(chunk)
@@ -114,7 +174,7 @@ def build_prompts(rec: dict, prompter, window: int, max_new_tokens: int, max_bat
             budget = prompter.count_tokens(chunk) - (len(p) - room)
             if budget < 1:
                 raise too_long("context", len(p))
-            todo[:0] = split_context(chunk, budget, prompter.count_tokens)
+            todo.extendleft(reversed(split_context(chunk, budget, prompter.count_tokens)))
     longest = max(len(p) for p in [empty, *prompts])
     cost = (len(prompts) + 1) * (longest + max_new_tokens)
     if cost > max_batch_tokens:
@@ -141,6 +201,8 @@ class NBCEDataModule(pl.LightningDataModule):
             raise DataError("input file not found", path=predict_file, field="data.predict_file")
         if window is not None and window <= 0:
             raise ConfigError(f"data.window must be positive, got {window}")
+        if max_batch_tokens < 1:
+            raise ConfigError(f"data.max_batch_tokens must be positive, got {max_batch_tokens}")
         self.predict_file, self.window, self.max_batch_tokens = predict_file, window, max_batch_tokens
         self.items: Optional[List[dict]] = None
         self.prompter = None
@@ -171,4 +233,4 @@ class NBCEDataModule(pl.LightningDataModule):
         return DataLoader(self.items, batch_size=1, collate_fn=lambda b: b[0])
 
 
-__all__ = ["NBCEDataModule", "split_context", "read_nbce", "build_prompts"]
+__all__ = ["NBCEDataModule", "split_context", "exceeds", "read_nbce", "build_prompts"]

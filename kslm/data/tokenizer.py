@@ -24,6 +24,20 @@ PAD_ID, UNK_ID, BOS_ID, EOS_ID, MASK_ID = range(5)
 CJK = r"[\u2e80-\u2fdf\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef]"
 
 
+def min_vocab_size(kind: str) -> int:
+    """The smallest vocabulary a trained tokenizer of `kind` has: the special tokens and one character (char), or
+    the special tokens and the 256 bytes of byte-level BPE (a smaller vocab_size would be silently exceeded)."""
+    return len(SPECIAL_TOKENS) + (256 if kind == "bpe" else 1)
+
+
+def check_vocab_size(kind: str, vocab_size: int, option: str = "data.vocab_size") -> None:
+    least = min_vocab_size(kind)
+    if vocab_size < least:
+        what = "5 special tokens + 256 bytes" if kind == "bpe" else "5 special tokens + 1 character"
+        raise DataError(f"vocab_size {vocab_size} is below the smallest {kind} vocabulary, {least} ({what})",
+                        field=option)
+
+
 def train_tokenizer(texts: Iterable[str], kind: str = "bpe", vocab_size: int = 8000, min_frequency: int = 2) -> Tokenizer:
     if kind == "bpe":
         tok = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -130,5 +144,6 @@ def cached_tokenizer(cache_path: Path, texts_fn, kind: str, vocab_size: int) -> 
     return tok
 
 
-__all__ = ["train_tokenizer", "load_tokenizer", "cached_tokenizer", "check_tokenizer", "tokenizer_from_source",
-           "fingerprint", "special_ids", "SPECIAL_TOKENS", "PAD_ID", "UNK_ID", "BOS_ID", "EOS_ID", "MASK_ID"]
+__all__ = ["train_tokenizer", "check_vocab_size", "min_vocab_size", "load_tokenizer", "cached_tokenizer", "check_tokenizer",
+           "tokenizer_from_source", "fingerprint", "special_ids", "SPECIAL_TOKENS", "PAD_ID", "UNK_ID", "BOS_ID", "EOS_ID",
+           "MASK_ID"]

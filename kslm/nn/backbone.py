@@ -20,6 +20,8 @@ from kslm.nn.rnn_block import rnn_sublayers
 from kslm.nn.rope import RotaryEmbedding
 from kslm.nn.transformer import transformer_sublayers
 
+MIN_VOCAB = 6  # kslm's five special tokens (kslm.data.tokenizer.SPECIAL_TOKENS) and at least one more
+
 
 @dataclass
 class BackboneConfig:
@@ -81,25 +83,35 @@ class BackboneConfig:
     def __post_init__(self):
         from kslm.errors import ConfigError
 
+        def fail(message):
+            raise ConfigError(f"model.backbone.{message}")
+
         for name in ("d_model", "n_layers", "n_heads", "expansion", "qk_dim", "train_length", "max_length"):
             if getattr(self, name) <= 0:
-                raise ConfigError(f"backbone.{name} must be positive, got {getattr(self, name)}")
+                fail(f"{name} must be positive, got {getattr(self, name)}")
+        if self.d_ff is not None and self.d_ff <= 0:
+            fail(f"d_ff must be positive (or empty: 4·d_model), got {self.d_ff}")
+        if self.vocab_size is not None and self.vocab_size < MIN_VOCAB:
+            fail(f"vocab_size must be at least {MIN_VOCAB} (kslm's 5 special tokens and one more), got {self.vocab_size}")
         if self.block == "transformer" and self.d_model % self.n_heads:
-            raise ConfigError(f"backbone.d_model {self.d_model} is not divisible by backbone.n_heads {self.n_heads}")
-        head = self.d_model // self.n_heads if self.block == "transformer" else self.qk_dim
-        if self.position == "rope" and head % 2:
-            raise ConfigError(f"RoPE needs an even head size, got {head}")
+            fail(f"d_model {self.d_model} is not divisible by model.backbone.n_heads {self.n_heads}")
+        if self.position == "rope":
+            if self.block == "transformer" and (self.d_model // self.n_heads) % 2:
+                fail(f"d_model / n_heads = {self.d_model // self.n_heads} is the head size, and RoPE needs an even "
+                     "one (or model.backbone.position none)")
+            if self.block == "gau" and self.qk_dim % 2:
+                fail(f"qk_dim {self.qk_dim}: RoPE needs an even head size (or model.backbone.position none)")
         if self.tied_init == "swap" and self.d_model % 2:
-            raise ConfigError("backbone.tied_init swap needs an even d_model")
+            fail(f"tied_init swap needs an even model.backbone.d_model, got {self.d_model}")
         if not (self.squareplus_b >= 0 and math.isfinite(self.squareplus_b)):
-            raise ConfigError(f"backbone.squareplus_b must be a finite number ≥ 0, got {self.squareplus_b}")
+            fail(f"squareplus_b must be a finite number ≥ 0, got {self.squareplus_b}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"backbone.dropout must be in [0, 1), got {self.dropout}")
+            fail(f"dropout must be in [0, 1), got {self.dropout}")
         if self.block == "rnn" and self.mask == "prefix":
-            raise ConfigError("backbone.block rnn supports mask causal or bidirectional, not prefix (a recurrence "
-                              "cannot see a whole prefix and stay causal after it)")
+            fail("block rnn supports mask causal or bidirectional, not prefix (a recurrence cannot see a whole prefix "
+                 "and stay causal after it)")
         if self.rnn_iterations is not None and self.rnn_iterations < 1:
-            raise ConfigError(f"backbone.rnn_iterations must be ≥ 1 or empty, got {self.rnn_iterations}")
+            fail(f"rnn_iterations must be ≥ 1 or empty, got {self.rnn_iterations}")
 
     def to_dict(self) -> dict:
         return asdict(self)

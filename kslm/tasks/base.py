@@ -46,6 +46,9 @@ class KslmTask(pl.LightningModule):
     """
 
     runtime_options: Tuple[str, ...] = ()
+    # what the task logs (checkpoint.monitor must be one of them, or lr-*)
+    logged_metrics: Tuple[str, ...] = ("train/loss", "train/penalty", "val/loss", "test/loss", "train/tokens_per_sec",
+                                       "train/flops_per_sec", "train/mfu")
 
     def __init__(self, backbone: BackboneConfig = BackboneConfig(), optim: OptimConfig = OptimConfig(),
                  penalty: PenaltyConfig = PenaltyConfig(), pretrained: Optional[str] = None,

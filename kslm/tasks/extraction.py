@@ -29,6 +29,8 @@ class ExtractionTask(KslmTask):
     label_key = "labels"
     label_name = "labels"  # in messages
     head_options: Tuple[str, ...] = ("head_size",)
+    logged_metrics = (*KslmTask.logged_metrics, "val/precision", "val/recall", "val/f1", "test/precision",
+                      "test/recall", "test/f1")
 
     def __init__(self, *args, token_dropout: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
@@ -36,8 +38,12 @@ class ExtractionTask(KslmTask):
             raise ConfigError(f"model.token_dropout must be in [0, 1), got {token_dropout}")
         self.token_dropout = token_dropout
         if self.backbone_config.mask != "bidirectional":
-            raise ConfigError(f"{type(self).__name__} needs backbone.mask bidirectional, got {self.backbone_config.mask!r}")
+            raise ConfigError(f"{type(self).__name__} needs model.backbone.mask bidirectional, got {self.backbone_config.mask!r}")
+        head_size = self.hparams.get("head_size")
+        if head_size is not None and (head_size <= 0 or head_size % 2):
+            raise ConfigError(f"model.head_size must be positive and even (the head's RoPE rotates pairs), got {head_size}")
         labels = self.hparams.get(self.label_key)
+        check_labels(labels, f"model.{self.label_key}", self.label_name)
         self.labels: Optional[List[str]] = list(labels) if labels else None
         self.head_module = None
         self.threshold = 0.0
@@ -81,6 +87,13 @@ class ExtractionTask(KslmTask):
                 self.labels = list(payload.labels)
                 self.hparams.update(payload.head)
         super().on_load_checkpoint(checkpoint)
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        """Only the batch's tensors move; its per-record lists (offsets, gold labels, texts) stay as they are —
+        Lightning would otherwise walk every offset pair of every window in Python (minutes for a long record)."""
+        if isinstance(batch, dict):
+            return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     # ------------------------------------------------------------ training
     def training_step(self, batch, batch_idx):
@@ -138,6 +151,17 @@ class ExtractionTask(KslmTask):
         self._log_f1("test")
 
 
+def check_labels(labels, option: str, name: str) -> None:
+    """Labels given on the command line: non-empty strings, each once."""
+    seen = set()
+    for i, label in enumerate(labels or []):
+        if not isinstance(label, str) or not label.strip():
+            raise ConfigError(f"{option}[{i}]: empty {name[:-1] if name.endswith('s') else name} name {label!r}")
+        if label in seen:
+            raise ConfigError(f"{option}[{i}]: {label!r} is listed twice")
+        seen.add(label)
+
+
 def windows_of_records(batch) -> List[List[int]]:
     """The window indices of each record of a record batch (batch["record"][w] is window w's record)."""
     out = [[] for _ in batch["text"]]
@@ -146,4 +170,4 @@ def windows_of_records(batch) -> List[List[int]]:
     return out
 
 
-__all__ = ["ExtractionTask", "windows_of_records"]
+__all__ = ["ExtractionTask", "check_labels", "windows_of_records"]

@@ -11,6 +11,7 @@ val/loss stays the MLM loss. Randomness (prefix lengths, MLM masks) comes from a
 (seed, step, rank), so a resumed run draws the same.
 """
 
+import logging
 import math
 from typing import Literal, Optional
 
@@ -23,6 +24,8 @@ from kslm.errors import ConfigError
 from kslm.nn.generate import decode, sample_next
 from kslm.nn.heat import HeatPredictor
 from kslm.tasks.base import KslmTask, stable_seed
+
+log = logging.getLogger(__name__)
 
 
 class LanguageModel(KslmTask):
@@ -42,6 +45,8 @@ class LanguageModel(KslmTask):
     """
 
     runtime_options = ("max_new_tokens", "temperature", "top_p")
+    logged_metrics = (*KslmTask.logged_metrics, "val/ppl", "test/ppl", "train/aux_loss", "train/mlm_loss")
+    predicts_from_pretrained = True  # `kslm predict --model.pretrained X` generates with X's weights
 
     def __init__(self, *args, mlm_probability: float = 0.15, seed: int = 0, max_new_tokens: int = 64,
                  temperature: float = 0.0, top_p: float = 0.95, aux_objective: Literal["none", "heat"] = "none",
@@ -50,8 +55,16 @@ class LanguageModel(KslmTask):
         if aux_objective == "heat" and self.backbone_config.mask != "bidirectional":
             raise ConfigError(f"model.aux_objective heat needs model.backbone.mask bidirectional (masked LM), "
                               f"got {self.backbone_config.mask}")
-        if not (aux_weight >= 0 and math.isfinite(aux_weight)):
-            raise ConfigError(f"model.aux_weight must be a finite number ≥ 0, got {aux_weight}")
+        checks = [
+            ("aux_weight", aux_weight, aux_weight >= 0 and math.isfinite(aux_weight), "a finite number ≥ 0"),
+            ("mlm_probability", mlm_probability, 0 < mlm_probability < 1, "in (0, 1)"),
+            ("max_new_tokens", max_new_tokens, max_new_tokens >= 1, "≥ 1"),
+            ("temperature", temperature, temperature >= 0 and math.isfinite(temperature), "a finite number ≥ 0 (0 = greedy)"),
+            ("top_p", top_p, 0 < top_p <= 1, "in (0, 1]"),
+        ]
+        for key, value, ok, what in checks:
+            if not ok:
+                raise ConfigError(f"model.{key} must be {what}, got {value!r}")
         self.heat: Optional[HeatPredictor] = None
         if self.hparams.hf_path:
             raise ConfigError("model.hf_path is for the extraction tasks; LanguageModel trains kslm backbones "
@@ -134,6 +147,19 @@ class LanguageModel(KslmTask):
         return self.backbone.flops_per_token(T) * T * B
 
     # ------------------------------------------------------------ generation
+    def prompt_room(self) -> int:
+        """Prompt tokens that fit the window beside </s> (which starts a document) and max_new_tokens."""
+        return self.backbone_config.max_length - 1 - self.max_new_tokens
+
+    def on_predict_start(self):
+        """Checked before the first prompt: a backbone that can generate, and a window with room for a prompt."""
+        if self.backbone_config.mask == "bidirectional":
+            raise ConfigError("a bidirectional (masked-LM) backbone cannot generate; use mask causal or prefix")
+        if self.prompt_room() < 1:
+            raise ConfigError(f"model.max_new_tokens {self.max_new_tokens} leaves no room for a prompt under the "
+                              f"backbone's max_length {self.backbone_config.max_length}; lower model.max_new_tokens")
+        self._cut_prompts = []
+
     @torch.no_grad()
     def generate(self, prompt_ids, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
                  generator: Optional[torch.Generator] = None):
@@ -153,12 +179,46 @@ class LanguageModel(KslmTask):
         return decode(step, ids, min(max_new_tokens, budget), [EOS_ID],
                       lambda logits: sample_next(logits, temperature, top_p, generator))
 
+    def prompt_ids(self, text: str):
+        """The prompt's token ids that fit the window, and how many of its characters were left out: a prompt
+        longer than the window keeps its last tokens (those next to the continuation). A very long prompt is
+        tokenized from a tail that surely holds them (room × the longest token's length × 4), not whole."""
+        room = self.prompt_room()
+        if getattr(self, "_token_chars", None) is None:
+            self._token_chars = max((len(t) for t in self.tokenizer.get_vocab()), default=1)
+        start = max(0, len(text) - (room * self._token_chars * 4 + 16))
+        enc = self.tokenizer.encode(text[start:])
+        if start and len(enc.ids) <= room:  # (a normaliser shrank the tail a lot): tokenize it all
+            start, enc = 0, self.tokenizer.encode(text)
+        ids, offsets = enc.ids, enc.offsets
+        if len(ids) <= room:
+            return ids, 0
+        k = len(ids) - room  # ≥ 1: a tail's first token, maybe part of a cut word, is always dropped
+        return ids[k:], start + offsets[k][0]
+
     def predict_step(self, batch, batch_idx):
+        """One prompt → its record with "generation" and "token_ids". A prompt longer than the window keeps its last
+        tokens: the record says how many characters were left out ("prompt_chars_dropped") and the run ends with a
+        warning counting such prompts — nothing is skipped."""
         hp = self.hparams
-        enc = self.tokenizer.encode(batch["prompt"])
+        ids, dropped = self.prompt_ids(batch["prompt"])
+        if dropped:
+            self._cut_prompts.append((batch.get("line"), dropped))
         g = torch.Generator(device=self.device).manual_seed(stable_seed(hp.seed, "predict", batch_idx))
-        new = self.generate(enc.ids, self.max_new_tokens, self.temperature, self.top_p, g)
-        return {**batch, "generation": self.tokenizer.decode(new), "token_ids": new}
+        new = self.generate(ids, self.max_new_tokens, self.temperature, self.top_p, g)
+        out = {**batch, "generation": self.tokenizer.decode(new), "token_ids": new}
+        if dropped:
+            out["prompt_chars_dropped"] = dropped
+        return out
+
+    def on_predict_end(self):
+        cut = getattr(self, "_cut_prompts", [])
+        if cut:
+            lines = ", ".join(str(line) for line, _ in cut[:10]) + (", …" if len(cut) > 10 else "")
+            log.warning("kslm: %d prompt(s) longer than the window (%d tokens beside </s> and model.max_new_tokens %d) "
+                        "kept their last tokens; %d characters left out in all (lines %s; each record's "
+                        "'prompt_chars_dropped' says how many)", len(cut), self.prompt_room(), self.max_new_tokens,
+                        sum(n for _, n in cut), lines)
 
 
 __all__ = ["LanguageModel"]

@@ -37,6 +37,8 @@ class NBCE(pl.LightningModule):
         dtype: weights of a Hugging Face model: float32, bfloat16 or float16 (NBCE's scores are fp32 regardless).
     """
 
+    predict_only = True  # no training or evaluation step: kslm.options refuses fit / validate / test
+
     def __init__(self, checkpoint: Optional[str] = None, hf_path: Optional[str] = None, beta: float = 0.25,
                  eta: float = 0.1, top_p: float = 0.95, temperature: float = 0.01, max_new_tokens: int = 64,
                  template: str = TEMPLATE, pooling: Literal["min_entropy", "mean"] = "min_entropy", seed: int = 0,

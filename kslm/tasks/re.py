@@ -18,6 +18,7 @@ from typing import List, Literal, Optional
 import torch
 
 from kslm.data.spans import merge_window_triples
+from kslm.errors import ConfigError
 from kslm.heads.gplinker import GPLinker, decode_triples, gplinker_loss
 from kslm.metrics import TripleF1
 from kslm.tasks.extraction import ExtractionTask, windows_of_records
@@ -57,6 +58,8 @@ class RelationExtraction(ExtractionTask):
     def __init__(self, *args, head_size: int = 64, loss: Literal["sparse", "dense"] = "sparse",
                  predicates: Optional[List[str]] = None, max_entities: int = 32, **kwargs):
         super().__init__(*args, **kwargs)
+        if max_entities < 1:
+            raise ConfigError(f"model.max_entities must be ≥ 1, got {max_entities}")
         self.max_entities = max_entities
         self.val_f1 = TripleF1()  # until the predicates are known (build)
         self._capped = 0
