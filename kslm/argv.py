@@ -1,0 +1,152 @@
+"""The raw command line meets a checkpoint: the model / data sections a checkpoint supplies when no --config is
+given, the model options the user typed (to refuse those a checkpoint fixes), and config files read as UTF-8 before
+jsonargparse sees them. Used by kslm.cli before the classes are built."""
+
+import copy
+import json
+from pathlib import Path
+from typing import Optional
+
+from jsonargparse import Namespace
+
+from kslm.checkpoint import read_payload
+from kslm.errors import CheckpointError
+
+LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")  # ckpt_path values Lightning resolves itself
+# model options a checkpoint fixes: they shape the weights it holds (--ckpt_path with a different value is refused)
+ARCHITECTURE_OPTIONS = ("backbone", "head", "head_size", "types", "predicates", "labels", "hf_path", "pretrained",
+                        "aux_objective", "heat_mode")
+RESTORED_ON_RESUME = ("optim",)  # fit --ckpt_path restores the optimiser and its schedule exactly
+_MISSING = object()
+CONFIG_OPTIONS = ("-c", "--config", "--model", "--data", "--trainer", "--checkpoint", "--predictions", "--optimizer",
+                  "--lr_scheduler")  # options that take a config file
+
+
+def _option(argv, *names) -> Optional[str]:
+    """The value of `--name VALUE` or `--name=VALUE` in argv (the last one given), else None."""
+    value = None
+    for i, a in enumerate(argv):
+        for n in names:
+            if a == n and i + 1 < len(argv):
+                value = argv[i + 1]
+            elif a.startswith(n + "="):
+                value = a[len(n) + 1:]
+    return value
+
+
+def checkpoint_config_args(argv: list) -> list:
+    """`kslm predict|validate|test --ckpt_path X` without --config or --model: the checkpoint knows its task, its
+    settings and its data settings; they become the --model / --data sections (later options still override)."""
+    if not argv or argv[0] not in ("validate", "test", "predict"):
+        return argv
+    rest = argv[1:]
+    if any(a in ("-c", "--config", "--model") or a.startswith(("--config=", "--model=")) for a in rest):
+        return argv
+    ckpt = _option(rest, "--ckpt_path")
+    if not ckpt or ckpt in LIGHTNING_CKPT_NAMES:
+        return argv
+    model, data = read_payload(ckpt, "ckpt_path").predict_config()
+    given_data = any(a == "--data" or a.startswith("--data=") for a in rest)
+    injected = ["--model", json.dumps(model)] + ([] if given_data else ["--data", json.dumps(data)])
+    return [argv[0], *injected, *rest]
+
+
+def check_config_files(argv) -> None:
+    """Config files named on the command line (`--config F`, `--model F`, …) must be UTF-8: a one-line error naming
+    the file, line and column of the first bad byte (jsonargparse would end in a UnicodeDecodeError)."""
+    from kslm.data.formats.jsonl import check_utf8_file
+
+    for i, a in enumerate(argv):
+        if a.startswith("--") and "=" in a:
+            name, value = a.split("=", 1)
+        elif i + 1 < len(argv) and a.startswith("-"):
+            name, value = a, argv[i + 1]
+        else:
+            continue
+        config = name in CONFIG_OPTIONS or Path(value).suffix in (".yaml", ".yml")
+        if config and Path(value).is_file():
+            check_utf8_file(value)
+
+
+def given_model_options(argv) -> list:
+    """The model options (dotted, under init_args) set on the command line: `--model.optim.lr 0.5` → optim.lr;
+    `--model.backbone '{"d_model": 64}'` → backbone.d_model."""
+    import yaml
+
+    keys = []
+    for i, a in enumerate(argv):
+        if not a.startswith("--model."):
+            continue
+        if "=" in a:
+            name, value = a.split("=", 1)
+        else:
+            name, value = a, argv[i + 1] if i + 1 < len(argv) else None
+        key = name[len("--model."):]
+        key = key[len("init_args."):] if key.startswith("init_args.") else key
+        if key in ("class_path", "help"):
+            continue
+        try:
+            parsed = yaml.safe_load(value) if value is not None else None
+        except yaml.YAMLError:
+            parsed = None
+        keys.extend(_leaves(parsed, key + ".") if isinstance(parsed, dict) and parsed else [key])
+    return list(dict.fromkeys(keys))
+
+
+def _leaves(d: dict, prefix: str = "") -> list:
+    """Dotted keys of the leaves of a nested dict."""
+    out = []
+    for k, v in d.items():
+        out.extend(_leaves(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [f"{prefix}{k}"])
+    return out
+
+
+def _lookup(tree, key: str):
+    for part in key.split("."):
+        if isinstance(tree, Namespace):
+            tree = tree.as_dict()
+        if not isinstance(tree, dict) or part not in tree:
+            return _MISSING
+        tree = tree[part]
+    return tree.as_dict() if isinstance(tree, Namespace) else tree
+
+
+def _assign(tree: dict, key: str, value) -> None:
+    *parents, last = key.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+    tree[last] = value
+
+
+def _plain(value):
+    """A value as JSON would hold it (tuples as lists), for comparing a parsed option with a checkpoint's setting."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def checkpoint_model_config(payload, given: list, configured, sub: str, ckpt) -> dict:
+    """The model section for a run from `ckpt`: the checkpoint's settings, with the command-line options `given`
+    (their parsed values in `configured`, the model's init_args) applied where they can be. An option that shapes
+    the weights (ARCHITECTURE_OPTIONS) — or, for fit, the optimiser and schedule the resume restores — with a value
+    other than the checkpoint's is refused: one line lists them all."""
+    model, _ = payload.predict_config()
+    settings = model["init_args"] = copy.deepcopy(model["init_args"])  # applied options must not edit the payload
+    refused, restored = [], False
+    for key in given:
+        new, old = _lookup(configured, key), _lookup(settings, key)
+        if new is _MISSING or old is _MISSING or _plain(new) == _plain(old):
+            continue  # not recorded in the checkpoint (a run-time option): the command line stands as it is
+        top = key.split(".")[0]
+        if top in ARCHITECTURE_OPTIONS or (sub == "fit" and top in RESTORED_ON_RESUME):
+            refused.append(f"model.{key} (checkpoint {_plain(old)!r}, given {_plain(new)!r})")
+            restored = restored or top in RESTORED_ON_RESUME
+        else:
+            _assign(settings, key, new)
+    if refused:
+        what = "the weights and, resuming, the optimiser and its schedule" if restored else "the weights"
+        raise CheckpointError(f"{ckpt}: these options cannot change with --ckpt_path, which fixes {what}: "
+                              f"{'; '.join(refused)} (drop them, or train a new model) (field 'ckpt_path')")
+    return model
+
+
+__all__ = ["LIGHTNING_CKPT_NAMES", "checkpoint_config_args", "check_config_files", "given_model_options",
+           "checkpoint_model_config"]
