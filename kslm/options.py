@@ -212,5 +212,6 @@ def lightning_option_error(exc: BaseException, cfg) -> ConfigError:
     return ConfigError(f"{option or 'trainer options'}: {message}")
 
 
-__all__ = ["check_fit", "check_seed", "check_trainer", "named_option", "check_accelerator", "check_subcommand", "check_output_path", "lightning_option_error",
+__all__ = ["check_fit", "check_seed", "check_trainer", "named_option",
+            "check_accelerator", "check_subcommand", "check_output_path", "lightning_option_error",
            "model_class"]

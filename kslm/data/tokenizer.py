@@ -142,5 +142,6 @@ def cached_tokenizer(cache_path: Path, texts_fn, kind: str, vocab_size: int) -> 
     return tok
 
 
-__all__ = ["train_tokenizer", "check_vocab_size", "min_vocab_size", "load_tokenizer", "cached_tokenizer", "check_tokenizer", "tokenizer_from_source",
+__all__ = ["train_tokenizer", "check_vocab_size", "min_vocab_size",
+            "load_tokenizer", "cached_tokenizer", "check_tokenizer", "tokenizer_from_source",
            "fingerprint", "special_ids", "SPECIAL_TOKENS", "PAD_ID", "UNK_ID", "BOS_ID", "EOS_ID", "MASK_ID"]

@@ -20,7 +20,6 @@ from kslm.nn.rnn_block import rnn_sublayers
 from kslm.nn.rope import RotaryEmbedding
 from kslm.nn.transformer import transformer_sublayers
 
-
 MIN_VOCAB = 6  # kslm's five special tokens (kslm.data.tokenizer.SPECIAL_TOKENS) and at least one more
 
 
