@@ -5,10 +5,8 @@ import os
 import re
 import signal
 import sys
-import threading
 import traceback
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -28,6 +26,7 @@ from kslm.callbacks import JsonlPredictionWriter, KslmCheckpoint, TokenThroughpu
 from kslm.checkpoint import check_restorable, payload_of, read_checkpoint, task_name
 from kslm.connect import connect
 from kslm.errors import CheckpointError, ConfigError, KslmError
+from kslm.io import Terminated, sigterm_raises
 from kslm.options import (
     check_fit,
     check_output_path,
@@ -57,6 +56,8 @@ class KslmCLI(LightningCLI):
         cfg = self.config[sub] if sub else None
         if cfg is not None:
             check_seed(cfg.get("seed_everything"))  # LightningCLI seeds right after parsing
+            if sub == "predict":  # before the checkpoint is read
+                check_output_path((cfg.get("predictions") or {}).get("path"))
         ckpt = self._ckpt_file(cfg) if cfg is not None else None
         if ckpt is None:
             return
@@ -123,6 +124,8 @@ class KslmCLI(LightningCLI):
                 if not any(str(getattr(c, "class_path", "")).endswith(cls.__name__) for c in callbacks):
                     callbacks.append({"class_path": f"{cls.__module__}.{cls.__name__}", "init_args": args})
         cfg.trainer.callbacks = callbacks
+        if sub == "predict" and not (cfg.get("predictions") or {}).get("path"):
+            cfg.trainer.enable_progress_bar = False  # the JSONL goes to standard output: the bar would be mixed in
 
     def _check_options(self, sub, cfg):
         """Option values and combinations, before any class is built or any data read (kslm.options)."""
@@ -187,33 +190,6 @@ def _parse_error_line(message: str) -> str:
     return f"{'.'.join(keys)}: {detail}"
 
 
-class Terminated(SystemExit):
-    """SIGTERM, as an exception: `finally` blocks and kslm.io's writers clean up (no temporary file is left)."""
-
-
-def _on_sigterm(signum, frame):
-    """SIGTERM stops kslm at once (the writers remove their temporary files on the way out), except inside `fit`'s
-    training loop: there Lightning's own handler (which calls this one too) stops at the next batch boundary, so
-    a checkpoint being written is never cut. SIGKILL cannot be caught: kslm.io removes what it leaves (the
-    temporary file of a dead process) the next time the same file is written."""
-    if _RUN.get("subcommand") == "fit" and signal.getsignal(signal.SIGTERM) is not _on_sigterm:
-        return
-    raise Terminated(128 + signum)
-
-
-@contextmanager
-def _sigterm_raises():
-    """Install _on_sigterm for the run (main thread only; a handler someone else installed is kept)."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
-        yield
-        return
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
 def _rank_failure_line(exc: BaseException) -> Optional[str]:
     """A collective that failed because another DDP rank died (gloo / NCCL: connection closed, reset, timed out) →
     one line naming this rank and the lost one; None for any other error."""
@@ -262,7 +238,9 @@ def main(args=None):
             from kslm.score import main as score_main
 
             return score_main(argv[1:])
-        with _sigterm_raises():
+        # SIGTERM stops kslm at once (writers clean up), except inside fit's training loop: Lightning's own handler
+        # (which calls this one too) stops there at the next batch boundary, so a checkpoint write is never cut
+        with sigterm_raises(defer_when_wrapped=lambda: _RUN.get("subcommand") == "fit"):
             KslmCLI(
                 subclass_mode_model=True,
                 subclass_mode_data=True,
@@ -270,7 +248,7 @@ def main(args=None):
                 parser_kwargs={"exit_on_error": False},
                 args=args,
             )
-    except SIGTERMException:  # Lightning stopped fit at a batch boundary after a SIGTERM
+    except (SIGTERMException, Terminated):  # (SIGTERMException: Lightning stopped fit at a batch boundary)
         print("kslm: stopped by SIGTERM", file=sys.stderr)
         sys.exit(128 + signal.SIGTERM)
     except KeyboardInterrupt:

@@ -6,19 +6,21 @@ any failure, and the result gets the mode a plain `open(path, "w")` would give (
 `mkstemp`'s 0600. `atomic_dir` does the same for a whole directory (written beside it, then renamed into place).
 
 Temporary files are named `.NAME.PID.XXXXXXXX.tmp` (PID: the writing process). An exception, Ctrl-C
-(KeyboardInterrupt) or SIGTERM (the kslm CLI turns it into an exception) removes the file on the way out. SIGKILL
-cannot be caught: its temporary file stays, and is removed by the next write to the same target, which deletes
-every `.NAME.PID.*.tmp` whose process no longer exists.
+(KeyboardInterrupt) or SIGTERM (inside `sigterm_raises`, which the kslm CLI uses, SIGTERM is an exception)
+removes the file on the way out. SIGKILL cannot be caught: its temporary file stays, and is removed by the next
+write to the same target, which deletes every `.NAME.PID.*.tmp` whose process no longer exists.
 """
 
 import glob
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Union
+from typing import Any, Callable, Iterable, Iterator, Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -27,6 +29,37 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+class Terminated(SystemExit):
+    """SIGTERM, as an exception (exit code 143): `finally` blocks and the writers' cleanup run on the way out."""
+
+
+_DEFER: list = [lambda: False]
+
+
+def _on_sigterm(signum, frame):
+    # called directly by Python, or by another handler that wraps it (Lightning's, during a Trainer run): the caller
+    # may defer to that one (it stops at a safe point of its own)
+    if signal.getsignal(signal.SIGTERM) is not _on_sigterm and _DEFER[0]():
+        return
+    raise Terminated(128 + signum)
+
+
+@contextmanager
+def sigterm_raises(defer_when_wrapped: Callable[[], bool] = lambda: False) -> Iterator[None]:
+    """Within the block SIGTERM raises `Terminated` (main thread only; a handler someone else installed is kept).
+    defer_when_wrapped() → True: when another handler wraps this one, leave the stop to it."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+    _DEFER[0] = defer_when_wrapped
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _DEFER[0] = lambda: False
 
 
 def _alive(pid: int) -> bool:
@@ -129,4 +162,5 @@ def atomic_dir(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
         raise
 
 
-__all__ = ["atomic_open", "remove_stale_temps", "write_text", "write_bytes", "write_json", "write_jsonl", "atomic_dir"]
+__all__ = ["atomic_open", "remove_stale_temps", "sigterm_raises", "Terminated",
+           "write_text", "write_bytes", "write_json", "write_jsonl", "atomic_dir"]

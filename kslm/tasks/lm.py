@@ -11,8 +11,8 @@ val/loss stays the MLM loss. Randomness (prefix lengths, MLM masks) comes from a
 (seed, step, rank), so a resumed run draws the same.
 """
 
-import logging
 import math
+import sys
 from typing import Literal, Optional
 
 import torch
@@ -24,8 +24,6 @@ from kslm.errors import ConfigError
 from kslm.nn.generate import decode, sample_next
 from kslm.nn.heat import HeatPredictor
 from kslm.tasks.base import KslmTask, stable_seed
-
-log = logging.getLogger(__name__)
 
 
 class LanguageModel(KslmTask):
@@ -215,10 +213,10 @@ class LanguageModel(KslmTask):
         cut = getattr(self, "_cut_prompts", [])
         if cut:
             lines = ", ".join(str(line) for line, _ in cut[:10]) + (", …" if len(cut) > 10 else "")
-            log.warning("kslm: %d prompt(s) longer than the window (%d tokens beside </s> and model.max_new_tokens %d) "
-                        "kept their last tokens; %d characters left out in all (lines %s; each record's "
-                        "'prompt_chars_dropped' says how many)", len(cut), self.prompt_room(), self.max_new_tokens,
-                        sum(n for _, n in cut), lines)
+            print(f"kslm: warning: {len(cut)} prompt(s) longer than the window ({self.prompt_room()} tokens beside "
+                  f"</s> and model.max_new_tokens {self.max_new_tokens}) kept their last tokens; "
+                  f"{sum(n for _, n in cut)} characters left out in all (lines {lines}; each record's "
+                  "'prompt_chars_dropped' says how many)", file=sys.stderr)
 
 
 __all__ = ["LanguageModel"]
