@@ -4,7 +4,7 @@ pointed at this test's stderr, and the one-line check of the error contract."""
 import logging
 import sys
 
-from conftest import run_cli
+from helpers import run_cli
 
 
 def cli(args, capsys, stdout: bool = False):

@@ -4,7 +4,7 @@ one line naming the option, exit code 2, before anything is read or loaded."""
 
 import pytest
 from bad_inputs import cli, ids, one_error_line
-from conftest import REPO, tiny_args
+from helpers import REPO, tiny_args
 
 CLUENER = REPO / "data" / "samples" / "cluener.jsonl"
 RE_CANONICAL = REPO / "data" / "samples" / "re_canonical.jsonl"

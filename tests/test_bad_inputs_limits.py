@@ -12,7 +12,7 @@ import time
 
 import pytest
 from bad_inputs import cli, one_error_line
-from conftest import REPO, read_jsonl, run_cli, tiny_args
+from helpers import REPO, read_jsonl, run_cli, tiny_args
 
 CLUENER = REPO / "data" / "samples" / "cluener.jsonl"
 RE_CANONICAL = REPO / "data" / "samples" / "re_canonical.jsonl"

@@ -5,7 +5,7 @@ test_bad_inputs_combos.py; predict: _predict.py; size and leftovers: _limits.py.
 
 import pytest
 from bad_inputs import cli, ids, one_error_line
-from conftest import REPO, tiny_args
+from helpers import REPO, tiny_args
 
 # (options, what the line must name) for `kslm fit` of the LM config on the small corpus
 LM_FIT = [

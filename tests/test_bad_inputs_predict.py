@@ -7,7 +7,7 @@ import os
 
 import pytest
 from bad_inputs import cli, one_error_line
-from conftest import read_jsonl, run_cli, tiny_args
+from helpers import read_jsonl, run_cli, tiny_args
 
 WINDOW = 64  # the fitted model's max_length: prompt + </s> + new tokens
 
