@@ -3,12 +3,13 @@ quiet timing windows from contended ones on a shared machine), device sync, a ma
 JSON, and `--table`: the tables of stored results, printed again. Result files are written with kslm.io.write_json
 (atomic). Nothing here imports torch at import time, so `bench/*.py --table` starts in well under a second."""
 
-import json
 import os
 import platform
 import resource
 import time
 from pathlib import Path
+
+from kslm.io import print_tables, table_flag  # noqa: F401  (the scripts' --table helpers, re-exported)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -81,26 +82,6 @@ def machine_info(args) -> dict:
     if args.device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
-
-
-def table_flag(parser, stored) -> None:
-    """The benchmarks' common `--table [JSON ...]` option."""
-    parser.add_argument("--table", nargs="*", metavar="JSON",
-                        help="print the table of these result files and exit, computing nothing (default: the stored "
-                        f"{', '.join(Path(p).name for p in stored)})")
-
-
-def print_tables(files, stored, render) -> None:
-    """`--table`: render(payload) of every result file named (none named: each of `stored` that exists), headed by
-    its name when there are several."""
-    paths = [Path(f) for f in files] if files else [Path(p) for p in stored if Path(p).is_file()]
-    if not paths:
-        print(f"no stored results ({', '.join(str(p) for p in stored) or 'this script keeps none'})")
-        return
-    for i, path in enumerate(paths):
-        if len(paths) > 1:
-            print(("\n" if i else "") + f"{path.name}:\n")
-        print(render(json.loads(path.read_text(encoding="utf-8"))))
 
 
 __all__ = ["vm_rss_kib", "cpu_busy_s", "own_cpu_s", "wait_for_quiet", "sync", "machine_info", "RESULTS", "table_flag",

@@ -15,7 +15,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from kslm.io import write_text
+from kslm.io import print_tables, table_flag, write_text  # noqa: F401  (--table helpers, re-exported)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -49,26 +49,6 @@ def no_grad(fn):
             return fn(*args, **kwargs)
 
     return wrapper
-
-
-def table_flag(parser, stored) -> None:
-    """The experiments' common `--table [JSON ...]` option."""
-    parser.add_argument("--table", nargs="*", metavar="JSON",
-                        help="print the table of these result files and exit, computing nothing (default: the stored "
-                        f"{', '.join(Path(p).name for p in stored)})")
-
-
-def print_tables(files, stored, render) -> None:
-    """`--table`: render(payload) of every result file named (none named: each of `stored` that exists), headed by
-    its name when there are several."""
-    paths = [Path(f) for f in files] if files else [Path(p) for p in stored if Path(p).is_file()]
-    if not paths:
-        print(f"no stored results ({', '.join(str(p) for p in stored) or 'this script keeps none'})")
-        return
-    for i, path in enumerate(paths):
-        if len(paths) > 1:
-            print(("\n" if i else "") + f"{path.name}:\n")
-        print(render(json.loads(path.read_text(encoding="utf-8"))))
 
 
 def kslm_main(args, rundir) -> None:

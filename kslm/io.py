@@ -162,5 +162,28 @@ def atomic_dir(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
         raise
 
 
+# ------------------------------------------------------- reading stored results back (bench/, experiments/)
+
+
+def table_flag(parser, stored) -> None:
+    """The bench/ and experiments/ scripts' common `--table [JSON ...]` option."""
+    parser.add_argument("--table", nargs="*", metavar="JSON",
+                        help="print the table of these result files and exit, computing nothing (default: the stored "
+                        f"{', '.join(Path(p).name for p in stored)})")
+
+
+def print_tables(files, stored, render) -> None:
+    """`--table`: render(payload) of every result file named (none named: each of `stored` that exists), headed by
+    its name when there are several."""
+    paths = [Path(f) for f in files] if files else [Path(p) for p in stored if Path(p).is_file()]
+    if not paths:
+        print(f"no stored results ({', '.join(str(p) for p in stored) or 'this script keeps none'})")
+        return
+    for i, path in enumerate(paths):
+        if len(paths) > 1:
+            print(("\n" if i else "") + f"{path.name}:\n")
+        print(render(json.loads(path.read_text(encoding="utf-8"))))
+
+
 __all__ = ["atomic_open", "remove_stale_temps", "sigterm_raises", "Terminated",
-           "write_text", "write_bytes", "write_json", "write_jsonl", "atomic_dir"]
+           "write_text", "write_bytes", "write_json", "write_jsonl", "atomic_dir", "table_flag", "print_tables"]
