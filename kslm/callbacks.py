@@ -1,13 +1,15 @@
-"""Callbacks: the atomic JSONL prediction writer and the throughput/MFU monitor."""
+"""Callbacks: kslm's checkpointing, the atomic JSONL prediction writer, the throughput/MFU monitor and the
+learning-rate monitor."""
 
 import json
 import sys
 import time
+import warnings
 from typing import Optional
 
 import torch
 from lightning.fabric.utilities.throughput import Throughput, get_available_flops
-from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, LearningRateMonitor, ModelCheckpoint
 
 from kslm.io import write_jsonl
 from kslm.options import check_output_path
@@ -16,7 +18,27 @@ from kslm.options import check_output_path
 class KslmCheckpoint(ModelCheckpoint):
     """ModelCheckpoint that also writes last.ckpt after the run's final training batch (max_steps or max_epochs
     reached between two validation checks), so `last.ckpt` is always the end of the run. Saving at batch end
-    is the state Lightning restores most exactly (mid-epoch and at an epoch's last batch alike)."""
+    is the state Lightning restores most exactly (mid-epoch and at an epoch's last batch alike).
+
+    When a validation follows that final batch, it still takes part in the top-k (Lightning would skip it as a
+    step already saved), and last.ckpt is written again after it, with the final top-k in its state: a run
+    whose last validation is its best keeps that checkpoint.
+
+    Args:
+        latest_link: a path that is made, after every write of last.ckpt, a link to it (kslm.runs.point_link; the
+            CLI sets `checkpoints/<config>/last.ckpt` when it picks the run's folder). Rank 0 only.
+    """
+
+    def __init__(self, *args, latest_link: Optional[str] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.latest_link = latest_link
+        self._final_step = None  # the step whose last.ckpt was written at its final training batch
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        with warnings.catch_warnings():
+            if self.latest_link:  # a run folder of its own: not empty only when this run is resumed in it
+                warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+            super().setup(trainer, pl_module, stage)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
@@ -26,6 +48,42 @@ class KslmCheckpoint(ModelCheckpoint):
             and trainer.current_epoch + 1 >= loop.max_epochs)
         if self.save_last and final and trainer.global_step != self._last_global_step_saved:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            self._final_step = trainer.global_step
+
+    def on_validation_end(self, trainer, pl_module):
+        self._with_final_step(trainer, lambda: super(KslmCheckpoint, self).on_validation_end(trainer, pl_module))
+
+    def on_train_epoch_end(self, trainer, pl_module):  # the top-k of a run without validation saves here
+        self._with_final_step(trainer, lambda: super(KslmCheckpoint, self).on_train_epoch_end(trainer, pl_module))
+
+    def _with_final_step(self, trainer, hook) -> None:
+        """Run Lightning's save hook so that the final batch's last.ckpt does not hide this step from the top-k
+        (Lightning skips a step already saved); when the top-k saves it, Lightning writes last.ckpt after it."""
+        final = self._final_step == trainer.global_step and not trainer.sanity_checking
+        if final:
+            self._last_global_step_saved = -1
+        hook()
+        if final:
+            if self._last_global_step_saved == trainer.global_step:
+                self._final_step = None
+            else:  # not saved here: last.ckpt of the final batch stands
+                self._last_global_step_saved = trainer.global_step
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        if self.latest_link and trainer.is_global_zero and filepath == self.last_model_path:
+            from kslm.runs import point_link
+
+            _, moved = point_link(self.latest_link, filepath)
+            if moved is not None:
+                print(f"kslm: {self.latest_link} was a checkpoint file (from before run folders): kept as {moved}",
+                      file=sys.stderr)
+
+    def load_state_dict(self, state_dict) -> None:
+        """The top-k of the folder the checkpoint was written to, only when this run writes to that folder too (a fit
+        resumed in its own run folder); a new run, or validate / test / predict, starts its own quietly."""
+        if state_dict.get("dirpath") == self.dirpath:
+            super().load_state_dict(state_dict)
 
 
 class JsonlPredictionWriter(BasePredictionWriter):
@@ -134,3 +192,19 @@ class TokenThroughput(Callback):
         peak = get_available_flops(trainer.strategy.root_device, trainer.precision)
         mfu = f"MFU {flops_s / peak:.1%}" if peak and flops_s else "MFU n/a"
         print(f"kslm: {tokens_s:,.0f} tokens/s per device, {flops_s / 1e9:,.1f} GFLOP/s, {mfu}", file=sys.stderr)
+
+
+class SharedLearningRate(LearningRateMonitor):
+    """Lightning's LearningRateMonitor, with one tag per optimiser (`lr-AdamW`) when all its parameter groups share
+    the learning rate (kslm's schedules scale every group alike; AdamW's two groups differ only in weight decay),
+    instead of identical `lr-AdamW/pg1`, `lr-AdamW/pg2`, … (one per tensor for amos_adamw). Groups whose rates differ
+    keep Lightning's per-group tags."""
+
+    def _get_optimizer_stats(self, optimizer, names):  # Lightning's per-optimizer step (2.5, 2.6)
+        stats = super()._get_optimizer_stats(optimizer, names)
+        rates = {stats[n] for n in names if n in stats}
+        if len(names) > 1 and len(rates) == 1 and all(n in stats for n in names):
+            for n in names:
+                del stats[n]
+            stats[names[0].rsplit("/", 1)[0]] = rates.pop()
+        return stats

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from jsonargparse import ArgumentError, Namespace
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
@@ -22,7 +22,7 @@ from kslm.argv import (
     checkpoint_model_config,
     given_model_options,
 )
-from kslm.callbacks import JsonlPredictionWriter, KslmCheckpoint, TokenThroughput
+from kslm.callbacks import JsonlPredictionWriter, KslmCheckpoint, SharedLearningRate, TokenThroughput
 from kslm.checkpoint import check_restorable, payload_of, read_checkpoint, task_name
 from kslm.connect import connect
 from kslm.errors import CheckpointError, ConfigError, KslmError
@@ -36,6 +36,8 @@ from kslm.options import (
     lightning_option_error,
     named_option,
 )
+from kslm.progress import hide_adverts, progress_bar
+from kslm.runs import next_version, resumed_version
 
 _RUN: dict = {}  # the running command's subcommand and config (for the SIGTERM handler and error messages)
 
@@ -80,14 +82,14 @@ class KslmCLI(LightningCLI):
         if not str(ckpt).strip():
             raise CheckpointError("--ckpt_path is empty: give a checkpoint file, or leave the option out "
                                   "(field 'ckpt_path')")
-        if ckpt == "last":
-            dirpath = cfg.checkpoint.get("dirpath") or str(Path("checkpoints") / self._config_name(cfg))
-            last = Path(dirpath) / "last.ckpt"
+        if ckpt == "last":  # the latest run's last checkpoint: the link kslm.runs keeps, or an explicit dirpath's file
+            last = Path(cfg.checkpoint.get("latest_link") or Path(cfg.checkpoint.get("dirpath") or
+                                                                     Path("checkpoints") / self._config_name(cfg)) / "last.ckpt")
             if last.is_file():
                 return str(last)
             if self.config.get("subcommand") != "fit":  # fit starts afresh; the others would use untrained weights
                 raise CheckpointError(f"{last}: checkpoint not found (--ckpt_path last: no last.ckpt in "
-                                      f"{dirpath}; give the checkpoint file) (field 'ckpt_path')")
+                                      f"{last.parent}; give the checkpoint file) (field 'ckpt_path')")
             return None
         if ckpt == "best":  # Lightning knows the best checkpoint only within the process that trained
             raise CheckpointError("--ckpt_path best names the best checkpoint of a fit in the same process; give the "
@@ -99,8 +101,11 @@ class KslmCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser):
         parser.add_lightning_class_args(KslmCheckpoint, "checkpoint")
+        # dirpath null: the run's own folder checkpoints/<config>/version_N (before_instantiate_classes)
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.dirpath": None,
-                             "checkpoint.enable_version_counter": False})  # re-runs overwrite last.ckpt
+                             "checkpoint.enable_version_counter": False})
+        if "PL_GLOBAL_SEED" not in os.environ:  # a config without seed_everything (predict from a checkpoint): seed 0,
+            parser.set_defaults({"seed_everything": 0})  # as Lightning's `true` gives, without its "No seed found"
         parser.add_lightning_class_args(JsonlPredictionWriter, "predictions")
 
     def _config_name(self, cfg) -> str:
@@ -112,20 +117,48 @@ class KslmCLI(LightningCLI):
         cfg = self.config[sub] if sub else self.config
         _RUN.update(subcommand=sub, config=cfg)
         self._check_options(sub, cfg)
+        hide_adverts()
         name = self._config_name(cfg)
-        if not cfg.checkpoint.dirpath:
-            cfg.checkpoint.dirpath = str(Path("checkpoints") / name)
-        if cfg.trainer.get("logger") in (None, True):
-            cfg.trainer.logger = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                                  "init_args": {"save_dir": "logs", "name": name}}
+        version = self._run_folder(sub, cfg, name)
+        if cfg.trainer.get("logger") in (None, True):  # predict logs nothing: no empty TensorBoard version
+            cfg.trainer.logger = False if sub == "predict" else {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": "logs", "name": name, "version": version, "default_hp_metric": False}}
         callbacks = list(cfg.trainer.get("callbacks") or [])
         if sub == "fit":  # learning rate and tokens/s in TensorBoard, unless the config lists its own
-            for cls, args in ((LearningRateMonitor, {"logging_interval": "step"}), (TokenThroughput, {})):
-                if not any(str(getattr(c, "class_path", "")).endswith(cls.__name__) for c in callbacks):
+            for kinds, cls, args in ((("LearningRateMonitor", "LearningRate"), SharedLearningRate, {"logging_interval": "step"}),
+                                     (("TokenThroughput",), TokenThroughput, {})):
+                if not any(str(getattr(c, "class_path", "")).endswith(kinds) for c in callbacks):
                     callbacks.append({"class_path": f"{cls.__module__}.{cls.__name__}", "init_args": args})
+            if cfg.trainer.get("enable_model_summary") is not False and not _listed(callbacks, ModelSummary):
+                callbacks.append({"class_path": "kslm.progress.ParameterSummary"})  # one line, no "Total FLOPs: 0"
+                cfg.trainer.enable_model_summary = False  # (else Lightning adds its table too)
         cfg.trainer.callbacks = callbacks
         if sub == "predict" and not (cfg.get("predictions") or {}).get("path"):
             cfg.trainer.enable_progress_bar = False  # the JSONL goes to standard output: the bar would be mixed in
+        if cfg.trainer.get("enable_progress_bar") is not False and not _listed(callbacks, ProgressBar):
+            # chosen per run (a bar on a terminal, lines in a log), so kept out of the saved config.yaml
+            self.trainer_defaults["callbacks"] = [progress_bar()]
+
+    def _run_folder(self, sub, cfg, name) -> Optional[int]:
+        """`kslm fit` without --checkpoint.dirpath: the run's checkpoints go to checkpoints/<config>/version_N beside
+        logs/<config>/version_N (kslm.runs), and checkpoints/<config>/last.ckpt links to its last.ckpt. N is new, or
+        the resumed run's own when --ckpt_path is a run's last.ckpt. Returns N (None: TensorBoard picks the version).
+        --ckpt_path last becomes the file it names, so that Lightning does not look for it in the new folder."""
+        if sub == "fit" and cfg.get("ckpt_path") == "last":
+            cfg.ckpt_path = self._ckpt_file(cfg)
+        if cfg.checkpoint.dirpath:
+            return None
+        base = Path("checkpoints") / name
+        if sub != "fit":
+            cfg.checkpoint.dirpath = str(base)
+            return None
+        version = resumed_version(cfg.get("ckpt_path"), base)
+        if version is None:
+            version = next_version(Path("logs") / name, base)
+        cfg.checkpoint.dirpath = str(base / f"version_{version}")
+        cfg.checkpoint.latest_link = str(base / "last.ckpt")
+        return version
 
     def _check_options(self, sub, cfg):
         """Option values and combinations, before any class is built or any data read (kslm.options)."""
@@ -158,6 +191,22 @@ class KslmCLI(LightningCLI):
         for cb in self.trainer.callbacks:
             if isinstance(cb, JsonlPredictionWriter):
                 cb.finish(self.trainer)
+
+
+def _listed(callbacks, base) -> bool:
+    """Whether the configured callbacks (class_path entries or instances) hold a subclass of `base`."""
+    import importlib
+
+    for c in callbacks:
+        if isinstance(c, base):
+            return True
+        module, _, cls = str(getattr(c, "class_path", "") or "").rpartition(".")
+        try:
+            if module and issubclass(getattr(importlib.import_module(module), cls), base):
+                return True
+        except (ImportError, AttributeError, TypeError):
+            continue
+    return False
 
 
 def _one_line(message: str) -> str:

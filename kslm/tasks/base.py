@@ -84,6 +84,14 @@ class KslmTask(pl.LightningModule):
         dicts; the backbone with its vocabulary size resolved once built)."""
         return {k: v for k, v in self.hparams.items() if not k.startswith("_") and k not in self.runtime_options}
 
+    @property
+    def hparams_initial(self):
+        """What Lightning logs as the run's hyper-parameters (TensorBoard's hparams.yaml): the task's settings as the
+        checkpoint records them, backbone, optim and penalty included (save_hyperparameters' copy lacks them)."""
+        from lightning.fabric.utilities.data import AttributeDict
+
+        return AttributeDict(self.settings())
+
     @classmethod
     def init_args(cls, settings: Dict[str, Any]) -> Dict[str, Any]:
         """Constructor arguments from recorded settings (the typed configs rebuilt from their dicts)."""
