@@ -22,8 +22,10 @@ from helpers import REPO, run_cli, tiny_args
 DDP_STEPS = 2
 DDP_MODEL = ["--model.backbone.n_layers", "1"]  # tiny_args' 2 layers halved: still >1000 parameters to compare
 DDP_RUNS = {  # every run also gathers parameters and optimiser state of both ranks (tests/ddp_sync_check.py)
+    # this one in the CLI's own run folders, with progress lines (checkpoints/transformer/version_0, one printer)
     "parameter-penalty+eg": ["--model.penalty.kind", "parameter", "--model.penalty.weight", "0.5",
-                             "--model.optim.name", "eg_adamw"],
+                             "--model.optim.name", "eg_adamw", "--checkpoint.dirpath", "null",
+                             "--trainer.enable_progress_bar", "true"],
     "input-penalty+amos": ["--model.penalty.kind", "input", "--model.optim.name", "amos"],
 }
 
@@ -75,8 +77,14 @@ def ddp_runs(small_corpus, tmp_path_factory):
 def test_ddp_two_cpu_ranks(ddp_runs):
     tmp, code, stderr = ddp_runs["parameter-penalty+eg"]
     assert code == 0, stderr[-3000:]
-    ckpt = torch.load(tmp / "ckpt" / "last.ckpt", weights_only=True)
+    # both ranks agree on the run's folder; rank 0 alone writes, links and prints progress
+    runs = tmp / "checkpoints" / "transformer"
+    assert sorted(p.name for p in runs.iterdir()) == ["last.ckpt", "version_0"]
+    assert os.readlink(runs / "last.ckpt") == os.path.join("version_0", "last.ckpt")
+    assert sorted(p.name for p in (tmp / "logs" / "transformer").iterdir()) == ["version_0"]
+    ckpt = torch.load(runs / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == DDP_STEPS
+    assert stderr.count(f"step {DDP_STEPS}/{DDP_STEPS} | loss ") == 1, stderr[-3000:]
     # Lightning announces both gloo ranks
     assert "MEMBER: 2/2" in stderr or "distributed_backend=gloo" in stderr
 

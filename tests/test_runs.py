@@ -1,0 +1,185 @@
+"""What a run leaves and prints: its own checkpoint folder beside its TensorBoard version (no run overwrites another's),
+the `last.ckpt` link to the latest run, the final validation in the top-k, progress lines in a log file, and none of
+Lightning's noise (issue 14).
+
+One subprocess (standard output and error into one file, as `kslm fit … > log 2>&1`) runs four commands in a fresh
+folder with the CLI's default folders: fit A (12 steps, validations at 6 and 12, monitor val/loss, top-1), fit B (a
+6-step re-run), fit C (`--ckpt_path last`: B resumed to step 9) and predict D (from the link, no config)."""
+
+import json
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+from helpers import REPO, scalars, tiny_args
+
+DRIVER = """
+import sys, json
+from kslm.cli import main
+for name, args in json.loads(open(sys.argv[1]).read()):
+    print(f"=== {name}", flush=True)
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    print(f"=== end {name} {code}", flush=True)
+"""
+
+NOISE = ["💡", "litlogger", "FLOPs", "No seed found", "not resumable", "dirpath has changed", "exists and is not empty",
+         "site-packages", "hp_metric", "Traceback"]
+
+
+def _default_folders(args):
+    """tiny_args without its --checkpoint.dirpath (the CLI's per-run folders) and with its progress bar allowed."""
+    i = args.index("--checkpoint.dirpath")
+    args = args[:i] + args[i + 2:]
+    i = args.index("--trainer.enable_progress_bar")
+    return args[:i] + args[i + 2:]
+
+
+@pytest.fixture(scope="module")
+def runs(small_corpus, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("runs")
+    (tmp / "prompts.txt").write_text("The class\n", encoding="utf-8")
+    base = _default_folders(tiny_args(small_corpus, tmp))
+    commands = [
+        ("A", ["fit", *base, "--trainer.max_steps", "12", "--trainer.val_check_interval", "6",
+               "--trainer.log_every_n_steps", "3", "--checkpoint.monitor", "val/loss", "--checkpoint.save_top_k", "1",
+               "--trainer.enable_model_summary", "true"]),
+        ("B", ["fit", *base, "--trainer.max_steps", "6", "--trainer.val_check_interval", "6"]),
+        ("C", ["fit", *base, "--trainer.max_steps", "9", "--trainer.val_check_interval", "6",
+               "--trainer.log_every_n_steps", "1", "--ckpt_path", "last"]),
+        ("D", ["predict", "--ckpt_path", "checkpoints/transformer/last.ckpt", "--data.predict_file", "prompts.txt",
+               "--model.max_new_tokens", "2", "--predictions.path", "out.jsonl"]),
+    ]
+    (tmp / "commands.json").write_text(json.dumps(commands), encoding="utf-8")
+    (tmp / "driver.py").write_text(DRIVER, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    with open(tmp / "log", "w") as log:
+        proc = subprocess.run([sys.executable, "-u", "driver.py", "commands.json"], cwd=tmp, env=env, stdout=log,
+                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=600)
+    text = (tmp / "log").read_text(encoding="utf-8", errors="replace")
+    assert proc.returncode == 0, text[-3000:]
+    outputs = {}
+    for name, _ in commands:
+        start, end = text.index(f"=== {name}\n"), text.index(f"=== end {name} ")
+        outputs[name] = text[start:end]
+        assert text[end:].startswith(f"=== end {name} 0"), text[start:][:3000]
+    return SimpleNamespace(tmp=tmp, out=outputs, log=text, ckpt=tmp / "checkpoints" / "transformer",
+                           logs=tmp / "logs" / "transformer")
+
+
+def _step(path):
+    return torch.load(path, weights_only=True)["global_step"]
+
+
+def test_each_run_has_its_own_folder_and_last_links_the_latest(runs):
+    assert sorted(p.name for p in runs.ckpt.iterdir()) == ["last.ckpt", "version_0", "version_1"]
+    assert sorted(p.name for p in runs.logs.iterdir()) == ["version_0", "version_1"]  # the same N as the checkpoints
+    link = runs.ckpt / "last.ckpt"
+    assert link.is_symlink() and os.readlink(link) == os.path.join("version_1", "last.ckpt")  # relative
+    # A is untouched by B and C: its final checkpoint and its best stay, next to no one else's
+    assert sorted(p.name for p in (runs.ckpt / "version_0").iterdir()) == ["epoch=0-step=12.ckpt", "last.ckpt"]
+    assert _step(runs.ckpt / "version_0" / "last.ckpt") == 12
+    # C resumed B in B's folders (version_1): its last.ckpt is C's end, no version_2 anywhere
+    assert _step(link) == 9 and _step(runs.ckpt / "version_1" / "last.ckpt") == 9
+    assert len(list((runs.logs / "version_1").glob("events.out.tfevents.*"))) == 2  # B's and C's events
+    assert "Restoring states from the checkpoint path at checkpoints/transformer/last.ckpt" in runs.out["C"]
+
+
+def test_the_final_validation_is_in_the_top_k(runs):
+    """A's validations at steps 6 and 12: its loss fell, so the kept top-1 is step 12's (it was step 6's)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = (runs.logs / "version_0").glob("events.out.tfevents.*")
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    val = {e.step: e.value for e in acc.Scalars("val/loss")}
+    assert sorted(val) == [5, 11] and val[11] < val[5], val  # (Lightning's logging step is global_step - 1)
+    best = [p for p in (runs.ckpt / "version_0").iterdir() if p.name != "last.ckpt"]
+    assert [p.name for p in best] == ["epoch=0-step=12.ckpt"]
+    assert _step(best[0]) == 12
+
+
+def test_progress_lines_in_a_log_file(runs):
+    lines = [line for line in runs.out["A"].splitlines() if line.startswith("step ")]
+    assert [line.split(" | ")[0] for line in lines] == ["step 3/12", "step 6/12", "step 9/12", "step 12/12"]
+    for line in lines:
+        fields = line.split(" | ")
+        assert fields[1].startswith("loss ") and float(fields[1].split()[1]) > 0
+        assert fields[2].startswith("lr ") and fields[-1].startswith("ETA ") and "tok/s" in fields[3], line
+    vals = [line for line in runs.out["A"].splitlines() if line.startswith("validation ")]
+    assert [v.split(":")[0] for v in vals] == ["validation step 6", "validation step 12"]
+    assert all("val/loss " in v and "val/ppl " in v for v in vals), vals
+    # the resumed run counts from its resumed step toward its own max_steps
+    steps = [line.split(" | ")[0] for line in runs.out["C"].splitlines() if line.startswith("step ")]
+    assert steps == ["step 7/9", "step 8/9", "step 9/9"]
+    assert "━" not in runs.log and "it/s" not in runs.log  # no bar frames in a file
+
+
+def test_no_noise_and_the_intended_tensorboard_tags(runs):
+    for noise in NOISE:
+        assert noise not in runs.log, (noise, runs.log[-4000:])
+    assert "parameters" in runs.out["A"] and "modules: " in runs.out["A"]  # the summary, in one line
+    assert not (runs.tmp / "logs" / "default").exists()  # predict logs nothing
+    assert sorted(p.name for p in (runs.tmp / "logs").iterdir()) == ["transformer"]
+    tags = set(scalars(runs.logs / "version_0"))
+    assert tags == {"lr-AdamW", "train/loss", "train/tokens_per_sec", "train/flops_per_sec", "val/loss", "val/ppl",
+                    "epoch"}, tags
+    hparams = (runs.logs / "version_0" / "hparams.yaml").read_text(encoding="utf-8")
+    for key in ("backbone:", "  d_model: 32", "optim:", "penalty:"):
+        assert f"\n{key}" in hparams, hparams
+    assert "_instantiator" not in hparams
+
+
+# --------------------------------------------------------------------------------------------- kslm.runs
+def test_next_and_resumed_version(tmp_path):
+    from kslm.runs import next_version, resumed_version
+
+    logs, ckpts = tmp_path / "logs", tmp_path / "ckpts"
+    assert next_version(logs, ckpts) == 0
+    (logs / "version_3").mkdir(parents=True)
+    (ckpts / "version_5").mkdir(parents=True)
+    (ckpts / "version_9.txt").write_text("")  # not a folder
+    assert next_version(logs, ckpts) == 6
+    (ckpts / "version_5" / "last.ckpt").write_bytes(b"x")
+    (ckpts / "version_5" / "epoch=0-step=1.ckpt").write_bytes(b"x")
+    (ckpts / "last.ckpt").symlink_to("version_5/last.ckpt")
+    assert resumed_version(ckpts / "last.ckpt", ckpts) == 5
+    assert resumed_version(ckpts / "version_5" / "last.ckpt", ckpts) == 5
+    assert resumed_version(ckpts / "version_5" / "epoch=0-step=1.ckpt", ckpts) is None  # an earlier state: a new run
+    assert resumed_version(tmp_path / "elsewhere" / "last.ckpt", ckpts) is None
+    assert resumed_version(None, ckpts) is None
+
+
+def test_point_link_replaces_atomically_and_keeps_an_old_file(tmp_path):
+    from kslm.runs import point_link
+
+    for n in (0, 1):
+        (tmp_path / f"version_{n}").mkdir()
+        (tmp_path / f"version_{n}" / "last.ckpt").write_bytes(b"run %d" % n)
+    link = tmp_path / "last.ckpt"
+    link.write_bytes(b"old kslm")  # a last.ckpt file written before run folders
+    assert point_link(link, tmp_path / "version_0" / "last.ckpt") == (True, tmp_path / "last-unversioned.ckpt")
+    assert (tmp_path / "last-unversioned.ckpt").read_bytes() == b"old kslm"
+    assert link.read_bytes() == b"run 0" and os.readlink(link) == os.path.join("version_0", "last.ckpt")
+    assert point_link(link, tmp_path / "version_1" / "last.ckpt") == (True, None)
+    assert link.read_bytes() == b"run 1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last-unversioned.ckpt", "last.ckpt", "version_0", "version_1"]
+
+
+def test_step_bar_counts_the_run_from_the_resumed_step():
+    from kslm.progress import LogProgress, StepProgressBar, progress_bar
+
+    bar = StepProgressBar()
+    trainer = SimpleNamespace(global_step=32, estimated_stepping_batches=300, current_epoch=2)
+    bar.on_train_start(trainer, None)
+    tq = bar.train_progress_bar
+    assert (tq.n, tq.total, tq.initial) == (32, 300, 32) and tq.desc.startswith("Epoch 2")
+    tq.close()
+    assert isinstance(progress_bar(SimpleNamespace(isatty=lambda: True)), StepProgressBar)
+    assert isinstance(progress_bar(SimpleNamespace(isatty=lambda: False)), LogProgress)
