@@ -68,7 +68,7 @@ class LogProgress(ProgressBar):
         self.every_n_steps = every_n_steps
         self.stream = stream
         self._enabled = True
-        self._val_started = 0.0
+        self._val_started, self._total = 0.0, None
         self._reset(0, 0.0)
 
     def _reset(self, step, now):
@@ -91,6 +91,7 @@ class LogProgress(ProgressBar):
 
     def on_train_start(self, trainer, pl_module):
         self._reset(trainer.global_step, time.monotonic())
+        self._total = convert_inf(trainer.estimated_stepping_batches)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if not self.is_enabled:
@@ -100,7 +101,7 @@ class LogProgress(ProgressBar):
             self._loss_sum, self._losses = self._loss_sum + loss.detach(), self._losses + 1
         if isinstance(batch, dict) and hasattr(batch.get("input_ids"), "numel"):
             self._tokens += batch["input_ids"].numel() * trainer.world_size
-        step, total = trainer.global_step, convert_inf(trainer.estimated_stepping_batches)
+        step, total = trainer.global_step, self._total
         every = self.every_n_steps or trainer.log_every_n_steps or 50
         if step == self._printed or not (step % every == 0 or step == total):
             return

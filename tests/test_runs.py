@@ -2,9 +2,10 @@
 the `last.ckpt` link to the latest run, the final validation in the top-k, progress lines in a log file, and none of
 Lightning's noise (issue 14).
 
-One subprocess (standard output and error into one file, as `kslm fit … > log 2>&1`) runs four commands in a fresh
+One subprocess (standard output and error into one file, as `kslm fit … > log 2>&1`) runs five commands in a fresh
 folder with the CLI's default folders: fit A (12 steps, validations at 6 and 12, monitor val/loss, top-1), fit B (a
-6-step re-run), fit C (`--ckpt_path last`: B resumed to step 9) and predict D (from the link, no config)."""
+6-step re-run), fit C (`--ckpt_path last`: B resumed to step 9), predict D (from the link, no config) and a 2-step
+NER fit E."""
 
 import json
 import os
@@ -14,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import REPO, scalars, tiny_args
+from helpers import REPO, ner_args, scalars, tiny_args
 
 DRIVER = """
 import sys, json
@@ -55,6 +56,7 @@ def runs(small_corpus, tmp_path_factory):
                "--trainer.log_every_n_steps", "1", "--ckpt_path", "last"]),
         ("D", ["predict", "--ckpt_path", "checkpoints/transformer/last.ckpt", "--data.predict_file", "prompts.txt",
                "--model.max_new_tokens", "2", "--predictions.path", "out.jsonl"]),
+        ("E", ["fit", *_default_folders(ner_args(tmp, steps=2))]),  # an extraction task: its own metrics, no noise
     ]
     (tmp / "commands.json").write_text(json.dumps(commands), encoding="utf-8")
     (tmp / "driver.py").write_text(DRIVER, encoding="utf-8")
@@ -119,14 +121,16 @@ def test_progress_lines_in_a_log_file(runs):
     steps = [line.split(" | ")[0] for line in runs.out["C"].splitlines() if line.startswith("step ")]
     assert steps == ["step 7/9", "step 8/9", "step 9/9"]
     assert "━" not in runs.log and "it/s" not in runs.log  # no bar frames in a file
+    (val,) = [line for line in runs.out["E"].splitlines() if line.startswith("validation ")]
+    assert val.startswith("validation step 2: val/loss ") and " | val/f1 " in val, val
 
 
 def test_no_noise_and_the_intended_tensorboard_tags(runs):
     for noise in NOISE:
         assert noise not in runs.log, (noise, runs.log[-4000:])
     assert "parameters" in runs.out["A"] and "modules: " in runs.out["A"]  # the summary, in one line
-    assert not (runs.tmp / "logs" / "default").exists()  # predict logs nothing
-    assert sorted(p.name for p in (runs.tmp / "logs").iterdir()) == ["transformer"]
+    # predict D logs nothing (it would make logs/default/version_0)
+    assert sorted(p.name for p in (runs.tmp / "logs").iterdir()) == ["cluener-egp", "transformer"]
     tags = set(scalars(runs.logs / "version_0"))
     assert tags == {"lr-AdamW", "train/loss", "train/tokens_per_sec", "train/flops_per_sec", "val/loss", "val/ppl",
                     "epoch"}, tags

@@ -254,6 +254,14 @@ class ExtractionDataModule(KslmDataModule):
             batch[key] = [r[key] for r in records]
         return batch
 
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        """Only the batch's tensors move; its per-record lists (offsets, gold labels, texts) stay as they are —
+        Lightning would otherwise walk every offset pair of every window in Python (minutes for a long record).
+        (A data-module hook: the same hook on the task made Lightning warn on every run that it overrides this one.)"""
+        if isinstance(batch, dict):
+            return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def train_dataloader(self):
         return self.resumable_loader(self.train_set, self.collate_windows)
 

@@ -88,13 +88,6 @@ class ExtractionTask(KslmTask):
                 self.hparams.update(payload.head)
         super().on_load_checkpoint(checkpoint)
 
-    def transfer_batch_to_device(self, batch, device, dataloader_idx):
-        """Only the batch's tensors move; its per-record lists (offsets, gold labels, texts) stay as they are —
-        Lightning would otherwise walk every offset pair of every window in Python (minutes for a long record)."""
-        if isinstance(batch, dict):
-            return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
-
     # ------------------------------------------------------------ training
     def training_step(self, batch, batch_idx):
         if self.token_dropout:
