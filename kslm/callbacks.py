@@ -69,12 +69,12 @@ class KslmCheckpoint(ModelCheckpoint):
             else:  # not saved here: last.ckpt of the final batch stands
                 self._last_global_step_saved = trainer.global_step
 
-    def _save_checkpoint(self, trainer, filepath: str) -> None:
-        super()._save_checkpoint(trainer, filepath)
-        if self.latest_link and trainer.is_global_zero and filepath == self.last_model_path:
+    def _save_last_checkpoint(self, trainer, monitor_candidates) -> None:  # every write of last.ckpt (or its link)
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        if self.latest_link and self.save_last and self.last_model_path and trainer.is_global_zero:
             from kslm.runs import point_link
 
-            _, moved = point_link(self.latest_link, filepath)
+            _, moved = point_link(self.latest_link, self.last_model_path)
             if moved is not None:
                 print(f"kslm: {self.latest_link} was a checkpoint file (from before run folders): kept as {moved}",
                       file=sys.stderr)
