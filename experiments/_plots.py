@@ -75,6 +75,15 @@ def log_xticks(ax, values) -> None:
     ax.xaxis.set_minor_locator(NullLocator())
 
 
+def plain_log_y(ax) -> None:
+    """A log y axis whose tick labels read 2, 3, 6 rather than 2×10⁰ (for ranges within a decade or two)."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if str(round(v, 6))[0] in "1235" else ""))
+
+
 def after_step(curve):
     """(step + 1, value) of a TensorBoard series: Lightning logs at the step index, the text counts steps done."""
     return [s + 1 for s, _ in curve], [v for _, v in curve]

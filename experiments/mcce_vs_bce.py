@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from _common import RESULTS, kslm_main, print_tables, save, series, table_flag, workdir
-from _plots import after_step, figure, figures_after_run, plot_flag, plot_stored
+from _plots import after_step, figure, figures_after_run, plain_log_y, plot_flag, plot_stored
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO.parent / "shared" / "data" / "cluener2020" / "train.json"
@@ -83,7 +83,8 @@ def figures(payload):
         for ax, r in zip(axes, curves, strict=True):
             ax.plot(*after_step(r["train_loss"]), color=LOSS_COLOURS.get(r["loss"]), alpha=0.5, linewidth=1, label="train")
             ax.plot(*after_step(r["val_loss"]), "o-", color=LOSS_COLOURS.get(r["loss"]), label="val")
-            ax.set(yscale="log", xlabel="step", ylabel=f"{r['loss']} loss", title=f"{r['loss']} loss (not comparable across losses)")
+            plain_log_y(ax)
+            ax.set(xlabel="step", ylabel=f"{r['loss']} loss", title=f"{r['loss']} loss (not comparable across losses)")
             ax.legend()
         yield "loss", fig
 
