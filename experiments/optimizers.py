@@ -90,7 +90,8 @@ def run_one(task, name, extra, steps, workdir):
     curve = series(rundir / "logs", spec["metric"])
     also = series(rundir / "logs", spec["also"])[-1][1] if "also" in spec else None
     return {"task": task, "run": name, "args": extra, "steps": steps, "curve": curve, "final": curve[-1][1], "also": also,
-            "state_bytes": tensor_bytes(ckpt["optimizer_states"][0]), "params": n_params, "seconds": time.time() - t0}
+            "state_bytes": tensor_bytes(ckpt["optimizer_states"][0]), "params": n_params, "seconds": time.time() - t0,
+            "train_curve": series(rundir / "logs", "train/loss")}
 
 
 def summarise(results):
@@ -152,6 +153,8 @@ def figures(payload):
         for r in rs:
             style = _style(r["run"], n_adamw)
             n_adamw += r["run"].startswith("adamw")
+            if r.get("train_curve"):  # runs made after 2026-11-28
+                ax.plot(*after_step(r["train_curve"]), alpha=0.3, linewidth=1, **style)
             ax.plot(*after_step(r["curve"]), marker="o", label=r["run"], **style)
             ax2.scatter([r["state_bytes"] / 1024], [r["final"]], color=style["color"], s=30)
             ax2.annotate(r["run"], (r["state_bytes"] / 1024, r["final"]), fontsize=7, xytext=(4, 2), textcoords="offset points")
