@@ -7,9 +7,9 @@ in experiments/results/, and beside the JSON for any other result file, unless `
 nor lightning. Without matplotlib, `--plot` prints one line naming the extra and exits 2, while an experiment run
 still finishes and only skips its figures, with one line.
 
-The bytes are reproducible: matplotlib's Agg backend through `Figure` (no pyplot and no GUI state), a fixed style,
-fixed DPI, a 256-colour palette, and no metadata (no "Software" version tag) in the PNG. Re-plotting the same JSON with the same matplotlib and FreeType
-gives the same file.
+The bytes are reproducible: matplotlib's Agg renderer through `Figure` (no pyplot, no GUI state), a fixed style
+and DPI, a 256-colour palette, and no metadata (no version tag) in the PNG. Re-plotting the same JSON with the same
+matplotlib, FreeType and Pillow gives the same file.
 
 Nothing here imports matplotlib at import time; `figure()` does, on first use.
 """
@@ -55,12 +55,14 @@ def figure(ncols: int = 1, nrows: int = 1, width: float = 4.6, height: float = 3
 
 def png(fig) -> bytes:
     """The figure as a 256-colour PNG (a third of the RGBA file's size, and looks the same: a plot has few colours),
-    without metadata such as the matplotlib version tag (so another version can write the same file)."""
-    from PIL import Image  # a dependency of matplotlib
+    without metadata such as matplotlib's version tag (so another version can write the same file)."""
+    import numpy as np  # numpy and Pillow are dependencies of matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
-    rgb = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    canvas = FigureCanvasAgg(fig)  # the pixels straight from Agg: no PNG written and read back before quantizing
+    canvas.draw()
+    rgb = Image.fromarray(np.asarray(canvas.buffer_rgba())).convert("RGB")
     out = io.BytesIO()
     rgb.quantize(256, method=Image.Quantize.MEDIANCUT).save(out, format="PNG", optimize=True)
     return out.getvalue()

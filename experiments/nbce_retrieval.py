@@ -180,8 +180,9 @@ METHODS = [("nbce", "NBCE (min-entropy)", "C0"), ("nbce_mean_pooling", "NBCE, me
 
 def _label(r: dict) -> str:
     path = Path(r["checkpoint"])
+    tail = path.parts[-3 if path.parent.name == "ckpt" else -2:]  # /tmp/nbce-exp/ckpt/last.ckpt → nbce-exp/ckpt/last.ckpt
     model = f"d {r['d_model']}, {r['layers']} layers" if "d_model" in r else (
-        r["checkpoint"].split(" ")[0] if not path.is_absolute() else "/".join(path.parts[-3 if path.parent.name == "ckpt" else -2:]))
+        "/".join(tail) if path.is_absolute() else r["checkpoint"].split(" ")[0])
     return f"{r.get('tokenizer', '?')}, p {r.get('p_repeat', '?')}, {model}\n{r.get('steps', '?')} steps, {r['records']} records"
 
 

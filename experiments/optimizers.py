@@ -160,7 +160,8 @@ def figures(payload):
             ax2.annotate(r["run"], (r["state_bytes"] / 1024, r["final"]), fontsize=7, xytext=(4, 2), textcoords="offset points")
         ax.set(xlabel="step", ylabel="val loss", title=f"{task}: val loss ({TASKS[task]['config']})")
         ax.legend(fontsize=7)
-        ax2.set(xscale="log", xlabel="optimiser state (KiB, log)", ylabel="final val loss", title=f"{task}: loss vs optimiser memory")
+        ax2.set(xscale="log", xlabel="optimiser state (KiB, log)", ylabel="final val loss",
+                title=f"{task}: loss vs optimiser memory")
         ax2.margins(x=0.3, y=0.1)
     yield "curves", fig
 
