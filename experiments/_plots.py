@@ -120,20 +120,29 @@ def plot_flag(parser, stored) -> None:
 
 def plot_stored(files, stored, render, folder=None) -> None:
     """`--plot`: the figures of every result file named (none named: each of `stored` that exists), one path a line.
-    Without matplotlib: one line on stderr and exit 2."""
+    Without matplotlib, or for a file that is missing, not JSON or another script's result: one line and exit 2."""
     paths = [Path(f) for f in files] if files else [Path(p) for p in stored if Path(p).is_file()]
     if not paths:
         print(f"no stored results ({', '.join(str(p) for p in stored) or 'this script keeps none'})")
         return
     import json
 
-    try:
-        for path in paths:
-            for out in write_figures(json.loads(path.read_text(encoding="utf-8")), path, render, folder):
+    def fail(message: str):
+        print(f"{Path(sys.argv[0]).name}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+    for path in paths:
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            fail(f"{path}: not a readable JSON result file ({exc.__class__.__name__}: {exc})")
+        try:
+            for out in write_figures(payload, path, render, folder):
                 print(out)
-    except MissingMatplotlib as exc:
-        print(f"{Path(sys.argv[0]).name}: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        except MissingMatplotlib as exc:
+            fail(str(exc))
+        except (KeyError, TypeError, IndexError) as exc:
+            fail(f"{path}: not a result file of this script ({exc.__class__.__name__}: {exc})")
 
 
 def figures_after_run(payload: dict, json_path, render, folder=None) -> list:

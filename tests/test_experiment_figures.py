@@ -7,7 +7,7 @@ stale) and experiments/README.md shows each one; each file is a PNG that Pillow 
 size, under 100 KB and not blank; drawing is deterministic (a copy of a stored JSON outside experiments/results/ gets
 its figures beside it, byte-identical to the stored JSON's); neither torch nor lightning is imported.
 Without matplotlib (its import blocked), `--plot` prints one line naming the extra and exits 2, and the end of an
-experiment run skips its figures with one line.
+experiment run skips its figures with one line; a missing, broken or foreign result file is one line and exit 2.
 """
 
 import json
@@ -133,3 +133,22 @@ def test_a_run_without_matplotlib_skips_its_figures_with_one_line(tmp_path, monk
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("figures skipped: ") and "'.[plots]'" in err[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_plot_of_a_bad_file_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(EXPERIMENTS))
+    import _plots
+
+    def render(payload):
+        yield "x", payload["runs"][0]["final_val"]
+
+    (tmp_path / "other.json").write_text('{"runs": [{"norm": "pre"}]}')
+    (tmp_path / "broken.json").write_text('{"runs": [')
+    for name, says in (("missing.json", "FileNotFoundError"), ("broken.json", "JSONDecodeError"),
+                       ("other.json", "not a result file of this script (KeyError: 'final_val')")):
+        with pytest.raises(SystemExit) as exc:
+            _plots.plot_stored([tmp_path / name], [], render, tmp_path / "figures")
+        assert exc.value.code == 2
+        out, err = capsys.readouterr()
+        assert out == "" and len(err.strip().splitlines()) == 1 and name in err and says in err, err
+    assert not (tmp_path / "figures").exists()
