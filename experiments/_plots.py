@@ -146,11 +146,16 @@ def plot_stored(files, stored, render, folder=None) -> None:
 
 
 def figures_after_run(payload: dict, json_path, render, folder=None) -> list:
-    """At the end of an experiment run: its figures, or one line saying they were skipped (no matplotlib)."""
+    """At the end of an experiment run: its figures, or one line saying why there are none (no matplotlib, or a
+    failure while drawing: the run's results are saved before this, and its table is still printed after)."""
     try:
         paths = write_figures(payload, json_path, render, folder)
     except MissingMatplotlib as exc:
         print(f"figures skipped: {exc}", file=sys.stderr)
+        return []
+    except Exception as exc:  # the results are saved already: a drawing bug must not end the run here
+        print(f"figures failed ({exc.__class__.__name__}: {exc}); the results are saved, `--plot {json_path}` draws them again",
+              file=sys.stderr)
         return []
     print("figures: " + ", ".join(str(p) for p in paths), file=sys.stderr)
     return paths
