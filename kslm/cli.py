@@ -46,7 +46,7 @@ from kslm.options import (
     lightning_option_error,
     named_option,
 )
-from kslm.suggest import explain
+from kslm.suggest import explain_parse_error
 
 _RUN: dict = {}  # the running command's subcommand and config (for the SIGTERM handler and error messages)
 
@@ -65,8 +65,7 @@ class KslmCLI(LightningCLI):
             try:
                 self.config = parser.parse_args(checkpoint_config_args(argv))
             except ArgumentError as exc:  # a misspelt option, value or class: one line with the closest spelling
-                sub = argv[0] if argv and argv[0] in self._subcommand_parsers else None
-                line = explain(str(exc), self._subcommand_parsers.get(sub, parser), argv, sub)
+                line = explain_parse_error(exc, parser, getattr(self, "_subcommand_parsers", {}), argv)
                 if line is None:
                     raise
                 raise ConfigError(line) from None

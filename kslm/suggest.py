@@ -256,6 +256,16 @@ def explain(message: str, parser, argv: List[str], subcommand: Optional[str]) ->
     return None
 
 
+def explain_parse_error(exc: BaseException, parser, subcommand_parsers: dict, argv: List[str]) -> Optional[str]:
+    """`explain` for a parse error of the CLI (`parser`: the main parser; `subcommand_parsers`: fit's, …); None,
+    never an exception of its own, when it cannot say more than jsonargparse's message."""
+    sub = argv[0] if argv and argv[0] in subcommand_parsers else None
+    try:
+        return explain(str(exc), subcommand_parsers.get(sub, parser), argv, sub)
+    except Exception:  # the message's form changed (a jsonargparse update): keep its own text
+        return None
+
+
 def _literal_error(text: str, parser, argv: List[str], section: Optional[str]) -> Optional[str]:
     chain = re.findall(r'Parser key "([^"]+)"', text)
     given = re.findall(r"(?:Got value|Given value): (.*?)(?: - |$)", text)
@@ -286,4 +296,4 @@ def _literal_error(text: str, parser, argv: List[str], section: Optional[str]) -
     return bad_choice(key, value, choices, argv) if choices else None
 
 
-__all__ = ["explain", "option_keys", "correct_key", "choices_of", "known_classes"]
+__all__ = ["explain", "explain_parse_error", "option_keys", "correct_key", "choices_of", "known_classes"]
