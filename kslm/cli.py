@@ -15,6 +15,16 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
+# kslm's tasks and data modules, imported so that jsonargparse knows them as subclasses of LightningModule /
+# LightningDataModule: short names work (`--model LanguageModel`, `--data.help NERDataModule`) and `--help` lists them
+import kslm.data.lm  # noqa: F401
+import kslm.data.nbce  # noqa: F401
+import kslm.data.ner  # noqa: F401
+import kslm.data.re  # noqa: F401
+import kslm.tasks.lm  # noqa: F401
+import kslm.tasks.nbce  # noqa: F401
+import kslm.tasks.ner  # noqa: F401
+import kslm.tasks.re  # noqa: F401
 from kslm.argv import (
     LIGHTNING_CKPT_NAMES,
     check_config_files,
@@ -36,6 +46,7 @@ from kslm.options import (
     lightning_option_error,
     named_option,
 )
+from kslm.suggest import explain_parse_error
 
 _RUN: dict = {}  # the running command's subcommand and config (for the SIGTERM handler and error messages)
 
@@ -51,7 +62,13 @@ class KslmCLI(LightningCLI):
         else:
             argv = list(sys.argv[1:] if args is None else args)
             check_config_files(argv)
-            self.config = parser.parse_args(checkpoint_config_args(argv))
+            try:
+                self.config = parser.parse_args(checkpoint_config_args(argv))
+            except ArgumentError as exc:  # a misspelt option, value or class: one line with the closest spelling
+                line = explain_parse_error(exc, parser, getattr(self, "_subcommand_parsers", {}), argv)
+                if line is None:
+                    raise
+                raise ConfigError(line) from None
         sub = self.config.get("subcommand")
         cfg = self.config[sub] if sub else None
         if cfg is not None:
@@ -245,7 +262,7 @@ def main(args=None):
                 subclass_mode_model=True,
                 subclass_mode_data=True,
                 save_config_kwargs={"overwrite": True},
-                parser_kwargs={"exit_on_error": False},
+                parser_kwargs={"exit_on_error": False, "allow_abbrev": False},
                 args=args,
             )
     except (SIGTERMException, Terminated):  # (SIGTERMException: Lightning stopped fit at a batch boundary)
