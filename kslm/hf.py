@@ -7,6 +7,7 @@ The model's config travels inside kslm checkpoints (as a dict), so predicting fr
 the encoder without the original directory.
 """
 
+import json
 from pathlib import Path
 
 from torch import nn
@@ -19,6 +20,9 @@ def _transformers():
         import transformers
     except ImportError:
         raise ConfigError("model.hf_path needs the optional extra: pip install 'kslm[hf]'") from None
+    from kslm.export.modeling_kslm import register
+
+    register()  # `kslm export` directories (model_type kslm) load with kslm's installed classes, never an export's copy
     return transformers
 
 
@@ -61,6 +65,17 @@ class HFEncoder(nn.Module):
         if not (p / "config.json").is_file():
             raise ConfigError(f"{p}: not a Hugging Face model directory (no config.json) (field 'model.hf_path')")
         tf = _transformers()
+        from kslm.export.reader import is_export, read_export
+
+        if is_export(p) and json.loads((p / "config.json").read_text(encoding="utf-8")).get("model_type") == "kslm":
+            # built like Backbone(cfg) (the same random draws as --model.pretrained, so the head's init is the same),
+            # then the export's weights
+            from kslm.export.modeling_kslm import KslmConfig, KslmModel
+
+            payload, state, _ = read_export(p, "model.hf_path")
+            model = KslmModel(KslmConfig(backbone=payload.backbone))
+            model.backbone.load_state_dict(state)
+            return cls(model)
         return cls(_without_pooler(tf.AutoModel.from_pretrained, str(p)))
 
     @staticmethod

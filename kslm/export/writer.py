@@ -95,6 +95,12 @@ def plan(ckpt: dict, payload: Payload, source) -> dict:
     head = _tensors(ckpt, "head_module.") if payload.task != "LanguageModel" else None
     if payload.task != "LanguageModel" and not head:
         raise CheckpointError(f"{source}: a {payload.task} checkpoint without its head's weights")
+    if (payload.hf_config or {}).get("model_type") == "kslm":  # fine-tuned from an export (--model.hf_path DIR)
+        cfg = BackboneConfig.from_dict(payload.hf_config["backbone"])
+        weights = {f"backbone.{k}": v for k, v in _tensors(ckpt, "backbone.model.backbone.").items()}
+        _checked_backbone(cfg, {k[len("backbone."):]: v for k, v in weights.items()}, source)
+        return {"config": _kslm_config(cfg, "KslmModel", "AutoModel", ids), "weights": weights, "extra": None, "head": head,
+                "architecture": "KslmModel", "remote": True, "causal": False, "backbone": cfg.to_dict()}
     if payload.hf_config is not None:  # an HF encoder fine-tuned by kslm: its own architecture, as it came in
         config = dict(payload.hf_config)
         weights = _tensors(ckpt, "backbone.model.")
@@ -114,10 +120,11 @@ def plan(ckpt: dict, payload: Payload, source) -> dict:
 def record(ckpt: dict, payload: Payload, p: dict) -> dict:
     """kslm.json: what kslm needs to take the directory back, and what the card reports."""
     layout = "native" if not p["remote"] else "kslm"
-    if payload.hf_config is not None:
+    if payload.hf_config is not None and not p["remote"]:
         layout = "hf_encoder"
     return {"format": FORMAT, "kslm_version": kslm.__version__, "task": payload.task, "layout": layout,
-            "architecture": p["architecture"], "backbone": payload.backbone, "labels": payload.labels, "head": payload.head,
+            "architecture": p["architecture"], "backbone": p.get("backbone", payload.backbone),
+            "labels": payload.labels, "head": payload.head,
             "settings": payload.settings, "data": payload.data,
             "trained": {"global_step": ckpt.get("global_step"), "epoch": ckpt.get("epoch"), "metrics": _metrics(ckpt)}}
 
