@@ -50,6 +50,7 @@ def _permute(w: torch.Tensor, n_heads: int, inverse: bool = False) -> torch.Tens
 def arcee_config(cfg: BackboneConfig, **special):
     from transformers import ArceeConfig
 
+    special = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None, **special}
     return ArceeConfig(vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_ff or 4 * cfg.d_model,
                        num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_heads,
                        head_dim=cfg.d_model // cfg.n_heads, hidden_act=ARCEE_ACTIVATIONS[cfg.activation],

@@ -108,6 +108,12 @@ class NBCE(pl.LightningModule):
         self.eos_ids, self.window = sorted(set(eos)), self.lm.window
         self.pad_id = self.hf_tokenizer.pad_token_id or 0  # any id: padded positions are masked out
         self._start = None
+        from kslm.export.reader import is_export
+
+        if is_export(path):  # a kslm LM exported: kslm's prompts (a document starts after </s>), its tokenizer
+            from kslm.data.tokenizer import EOS_ID, load_tokenizer
+
+            self.tokenizer, self._start = load_tokenizer(path), [EOS_ID]
 
     # ------------------------------------------------------------- prompts
     def encode_prompt(self, context: str, question: str) -> List[int]:
