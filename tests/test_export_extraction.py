@@ -1,0 +1,64 @@
+"""`kslm export` of extraction checkpoints and of MLM encoders, and back through `--model.hf_path DIR`: the encoder
+loads as AutoModel with kslm's hidden states, the head's weights and labels travel in the directory, re-imported
+predictions are identical, and fine-tuning from the exported encoder starts with `--model.pretrained ckpt`'s loss."""
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+pytest.importorskip("safetensors")
+
+from helpers import fit_in, ner_args, scalars  # noqa: E402
+from test_export import export, lm_checkpoint, tokenizer  # noqa: E402, F401
+
+from kslm.checkpoint import read_payload  # noqa: E402
+
+
+def test_ner_export_encoder_head_and_reimport(ckpts, tmp_path):
+    from transformers import AutoModel
+
+    from kslm.data.tokenizer import load_tokenizer
+    from kslm.tasks.ner import EntityExtraction
+
+    export(ckpts["ner"], tmp_path / "out")
+    rec = json.loads((tmp_path / "out" / "kslm.json").read_text())
+    orig = EntityExtraction.load_from_checkpoint(ckpts["ner"]).eval()
+    assert rec["labels"] == orig.labels and (tmp_path / "out" / "head.safetensors").is_file()
+    encoder = AutoModel.from_pretrained(str(tmp_path / "out"), trust_remote_code=True).eval()
+    ids = torch.randint(5, orig.backbone_config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    with torch.no_grad():
+        ours = orig.backbone(ids, attention_mask=mask)
+        theirs = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert (ours - theirs)[mask.bool()].abs().max() <= 1e-5
+    # back into kslm through --model.hf_path DIR: encoder and head, the same span scores (so the same predictions)
+    payload = read_payload(ckpts["ner"])
+    again = EntityExtraction(**EntityExtraction.init_args({**payload.settings, "hf_path": str(tmp_path / "out")}))
+    tok = load_tokenizer(str(tmp_path / "out"), kslm_specials=False)
+    again.connect(tok, payload.labels)
+    again.build(tok, hf_weights=str(tmp_path / "out"))
+    span = mask[:, :, None].bool() & mask[:, None, :].bool()
+    with torch.no_grad():
+        a, b = orig(ids, mask, span), again.eval()(ids, mask, span)
+    finite = a.isfinite()
+    assert torch.equal(finite, b.isfinite()) and (a[finite] - b[finite]).abs().max() <= 1e-5
+    assert torch.equal(a > 0, b > 0)
+    # and out again: the same weights
+    assert torch.equal(again.head_module.state_dict()[next(iter(again.head_module.state_dict()))],
+                       orig.head_module.state_dict()[next(iter(orig.head_module.state_dict()))])
+
+
+def test_hf_path_export_first_step_loss_equals_pretrained(tokenizer, tmp_path):  # noqa: F811
+    """An MLM checkpoint and its export: NER from --model.pretrained ckpt and from --model.hf_path DIR start alike."""
+    ckpt, _ = lm_checkpoint(tmp_path / "mlm.ckpt", tokenizer, mask="bidirectional", block="gau", norm="post")
+    export(ckpt, tmp_path / "mlm")
+    losses = []
+    for name, option in (("a", ["--model.pretrained", str(ckpt)]), ("b", ["--model.hf_path", str(tmp_path / "mlm")])):
+        folder = tmp_path / name
+        folder.mkdir()
+        fit_in(folder, ner_args(folder, *option, "--seed_everything", "3", "--trainer.limit_val_batches", "0", steps=1))
+        losses.append(scalars(folder / "logs")["train/loss"])
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6), losses
