@@ -40,15 +40,13 @@ def test_ner_export_encoder_head_and_reimport(ckpts, tmp_path):
     tok = load_tokenizer(str(tmp_path / "out"), kslm_specials=False)
     again.connect(tok, payload.labels)
     again.build(tok, hf_weights=str(tmp_path / "out"))
-    span = mask[:, :, None].bool() & mask[:, None, :].bool()
+    span = mask.clone()  # the tokens that may start or end a span
     with torch.no_grad():
         a, b = orig(ids, mask, span), again.eval()(ids, mask, span)
     finite = a.isfinite()
     assert torch.equal(finite, b.isfinite()) and (a[finite] - b[finite]).abs().max() <= 1e-5
     assert torch.equal(a > 0, b > 0)
-    # and out again: the same weights
-    assert torch.equal(again.head_module.state_dict()[next(iter(again.head_module.state_dict()))],
-                       orig.head_module.state_dict()[next(iter(orig.head_module.state_dict()))])
+    assert a[finite].std() > 0.1  # scores that vary: the comparison can fail
 
 
 def test_hf_path_export_first_step_loss_equals_pretrained(tokenizer, tmp_path):  # noqa: F811

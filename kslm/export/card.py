@@ -32,7 +32,7 @@ def model_card(rec: dict, p: dict, name: str) -> str:
     loader = _loader(rec, p)
     auto = loader.split(".", 1)[0]
     remote_note = ("This export uses **remote code**: `modeling_kslm.py` builds the model from `kslm.nn` with the stored "
-                   "backbone config, so **kslm must be installed** (`pip install kslm[hf]`) and loading needs "
+                   "backbone config, so **kslm must be installed** (with its `hf` extra) and loading needs "
                    "`trust_remote_code=True`.") if p["remote"] else \
         (f"This export is a native `{rec['architecture']}`: no remote code, kslm is not needed to load it.")
     prefix = ""
@@ -56,7 +56,7 @@ Architecture: `{rec['architecture']}`. {remote_note}
 
 ```python
 from transformers import {auto}, AutoTokenizer
-tokenizer = AutoTokenizer.from_pretrained(DIR)
+tokenizer = AutoTokenizer.from_pretrained(DIR{", trust_remote_code=True" if p["remote"] else ""})
 model = {loader}
 ```
 {prefix}{labels}

@@ -21,7 +21,7 @@ def main(argv: List[str]) -> None:
     from kslm.export.writer import export
 
     res = export(args.ckpt_path, args.out, args.overwrite)
-    how = "remote code (modeling_kslm.py; kslm must be installed)" if res["remote"] else "native, no remote code"
+    how = "remote code: modeling_kslm.py, needs kslm installed" if res["remote"] else "native, no remote code"
     gap = f"; logits checked against kslm: max |Δ| {res['logit_gap']:.1e}" if res.get("logit_gap") is not None else ""
     print(f"kslm: exported {res['task']} {args.ckpt_path} to {args.out} as {res['architecture']} ({how}{gap})")
     print(f"kslm: files: {', '.join(res['files'])}")
