@@ -50,13 +50,15 @@ def test_ner_export_encoder_head_and_reimport(ckpts, tmp_path):
 
 
 def test_hf_path_export_first_step_loss_equals_pretrained(tokenizer, tmp_path):  # noqa: F811
-    """An MLM checkpoint and its export: NER from --model.pretrained ckpt and from --model.hf_path DIR start alike."""
+    """An MLM checkpoint and its export: NER from --model.pretrained ckpt, --model.hf_path DIR and --model.pretrained DIR
+    start alike (the same first-step loss)."""
     ckpt, _ = lm_checkpoint(tmp_path / "mlm.ckpt", tokenizer, mask="bidirectional", block="gau", norm="post")
     export(ckpt, tmp_path / "mlm")
     losses = []
-    for name, option in (("a", ["--model.pretrained", str(ckpt)]), ("b", ["--model.hf_path", str(tmp_path / "mlm")])):
+    for name, option in (("a", ["--model.pretrained", str(ckpt)]), ("b", ["--model.hf_path", str(tmp_path / "mlm")]),
+                         ("c", ["--model.pretrained", str(tmp_path / "mlm")])):
         folder = tmp_path / name
         folder.mkdir()
         fit_in(folder, ner_args(folder, *option, "--seed_everything", "3", "--trainer.limit_val_batches", "0", steps=1))
         losses.append(scalars(folder / "logs")["train/loss"])
-    assert losses[0] == pytest.approx(losses[1], abs=1e-6), losses
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6) and losses[0] == pytest.approx(losses[2], abs=1e-6), losses
