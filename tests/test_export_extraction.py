@@ -16,15 +16,18 @@ from test_export import export, lm_checkpoint, tokenizer  # noqa: E402, F401
 from kslm.checkpoint import read_payload  # noqa: E402
 
 
-def test_ner_export_encoder_head_and_reimport(ckpts, tmp_path):
+@pytest.mark.parametrize("task", ["ner", "re"])
+def test_extraction_export_encoder_head_and_reimport(ckpts, tmp_path, task):
     from transformers import AutoModel
 
     from kslm.data.tokenizer import load_tokenizer
     from kslm.tasks.ner import EntityExtraction
+    from kslm.tasks.re import RelationExtraction
 
-    export(ckpts["ner"], tmp_path / "out")
+    Task = EntityExtraction if task == "ner" else RelationExtraction
+    export(ckpts[task], tmp_path / "out")
     rec = json.loads((tmp_path / "out" / "kslm.json").read_text())
-    orig = EntityExtraction.load_from_checkpoint(ckpts["ner"]).eval()
+    orig = Task.load_from_checkpoint(ckpts[task]).eval()
     assert rec["labels"] == orig.labels and (tmp_path / "out" / "head.safetensors").is_file()
     encoder = AutoModel.from_pretrained(str(tmp_path / "out"), trust_remote_code=True).eval()
     ids = torch.randint(5, orig.backbone_config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(0))
@@ -35,18 +38,19 @@ def test_ner_export_encoder_head_and_reimport(ckpts, tmp_path):
         theirs = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
     assert (ours - theirs)[mask.bool()].abs().max() <= 1e-5
     # back into kslm through --model.hf_path DIR: encoder and head, the same span scores (so the same predictions)
-    payload = read_payload(ckpts["ner"])
-    again = EntityExtraction(**EntityExtraction.init_args({**payload.settings, "hf_path": str(tmp_path / "out")}))
+    payload = read_payload(ckpts[task])
+    again = Task(**Task.init_args({**payload.settings, "hf_path": str(tmp_path / "out")}))
     tok = load_tokenizer(str(tmp_path / "out"), kslm_specials=False)
     again.connect(tok, payload.labels)
     again.build(tok, hf_weights=str(tmp_path / "out"))
     span = mask.clone()  # the tokens that may start or end a span
     with torch.no_grad():
-        a, b = orig(ids, mask, span), again.eval()(ids, mask, span)
-    finite = a.isfinite()
-    assert torch.equal(finite, b.isfinite()) and (a[finite] - b[finite]).abs().max() <= 1e-5
-    assert torch.equal(a > 0, b > 0)
-    assert a[finite].std() > 0.1  # scores that vary: the comparison can fail
+        ours, theirs = orig(ids, mask, span), again.eval()(ids, mask, span)
+    for a, b in zip(ours if task == "re" else [ours], theirs if task == "re" else [theirs], strict=True):
+        finite = a.isfinite()
+        assert torch.equal(finite, b.isfinite()) and (a[finite] - b[finite]).abs().max() <= 1e-5
+        assert torch.equal(a > 0, b > 0)
+        assert a[finite].std() > 0.1  # scores that vary: the comparison can fail
 
 
 def test_hf_path_export_first_step_loss_equals_pretrained(tokenizer, tmp_path):  # noqa: F811
