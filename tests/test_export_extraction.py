@@ -66,3 +66,27 @@ def test_hf_path_export_first_step_loss_equals_pretrained(tokenizer, tmp_path): 
         fit_in(folder, ner_args(folder, *option, "--seed_everything", "3", "--trainer.limit_val_batches", "0", steps=1))
         losses.append(scalars(folder / "logs")["train/loss"])
     assert losses[0] == pytest.approx(losses[1], abs=1e-6) and losses[0] == pytest.approx(losses[2], abs=1e-6), losses
+
+
+def test_hf_encoder_checkpoint_exports_as_its_own_architecture(workdir):
+    """NER over a Hugging Face BERT: the export is a native BertModel (no remote code) with kslm's hidden states."""
+    from helpers import CLUENER
+    from test_finetune import tiny_bert
+    from transformers import AutoModel
+
+    from kslm.tasks.ner import EntityExtraction
+
+    texts = [json.loads(line)["text"] for line in CLUENER.read_text(encoding="utf-8").splitlines()]
+    bert = tiny_bert(workdir / "bert", texts)
+    ckpt = fit_in(workdir, ner_args(workdir, "--model.hf_path", str(bert), "--trainer.limit_val_batches", "0", steps=1))
+    export(ckpt, workdir / "out")
+    assert json.loads((workdir / "out" / "kslm.json").read_text())["layout"] == "hf_encoder"
+    assert not (workdir / "out" / "modeling_kslm.py").exists() and (workdir / "out" / "head.safetensors").is_file()
+    encoder = AutoModel.from_pretrained(str(workdir / "out")).eval()
+    assert type(encoder).__name__ == "BertModel"
+    orig = EntityExtraction.load_from_checkpoint(ckpt).eval()
+    ids, mask = torch.tensor([[2, 7, 8, 9, 3, 0]]), torch.tensor([[1, 1, 1, 1, 1, 0]])
+    with torch.no_grad():
+        ours = orig.backbone(ids, attention_mask=mask)
+        theirs = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert (ours - theirs)[mask.bool()].abs().max() <= 1e-5
