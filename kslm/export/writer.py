@@ -15,7 +15,7 @@ Weights are safetensors only; kslm's tied head keeps one matrix (no duplicate te
 import json
 import shutil
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
 
@@ -186,11 +186,4 @@ def export(ckpt_path, out, overwrite: bool = False) -> dict:
     return {**rec, "files": files, "remote": p["remote"], "logit_gap": p.get("logit_gap")}
 
 
-def weights_of(folder: Path, name: str) -> Optional[Dict[str, torch.Tensor]]:
-    from safetensors.torch import load_file
-
-    path = Path(folder) / name
-    return load_file(str(path)) if path.is_file() else None
-
-
-__all__ = ["export", "plan", "record", "save_safetensors", "weights_of", "KSLM_JSON", "EXTRA_WEIGHTS", "HEAD_WEIGHTS"]
+__all__ = ["export", "plan", "record", "save_safetensors", "KSLM_JSON", "EXTRA_WEIGHTS", "HEAD_WEIGHTS"]
