@@ -255,6 +255,10 @@ def main(args=None):
             from kslm.score import main as score_main
 
             return score_main(argv[1:])
+        if argv and argv[0] == "export":  # kslm's own verb: no Trainer
+            from kslm.export.cli import main as export_main
+
+            return export_main(argv[1:])
         # SIGTERM stops kslm at once (writers clean up), except inside fit's training loop: Lightning's own handler
         # (which calls this one too) stops there at the next batch boundary, so a checkpoint write is never cut
         with sigterm_raises(defer_when_wrapped=lambda: _RUN.get("subcommand") == "fit"):

@@ -4,7 +4,8 @@ What both sides need is the tokenizer, the label set (extraction tasks) and a wi
 They are resolved from, in order of precedence:
 
     --ckpt_path          the checkpoint's tokenizer, labels, head and backbone (resume, validate, test, predict)
-    --model.pretrained   the pretrained LM checkpoint's tokenizer (its backbone: the task reads it)
+    --model.pretrained   the pretrained LM checkpoint's (or `kslm export` directory's) tokenizer (its backbone: the task
+                         reads it)
     --model.hf_path      the Hugging Face encoder's tokenizer (its directory, or a hub name's files in the hub cache)
     --data.tokenizer     a tokenizer.json / HF directory / kslm .ckpt (its tokenizer only)
     (none)               a tokenizer trained on the training texts (cached)
@@ -18,6 +19,7 @@ from typing import Optional
 from kslm.checkpoint import Payload, read_payload
 from kslm.data.tokenizer import fingerprint, load_tokenizer, tokenizer_from_source
 from kslm.errors import CheckpointError, ConfigError
+from kslm.export.reader import pretrained_payload as pretrained_payload_of
 
 
 def connect(model, data, ckpt_path: Optional[str] = None, stage: str = "fit") -> None:
@@ -29,7 +31,7 @@ def connect(model, data, ckpt_path: Optional[str] = None, stage: str = "fit") ->
         return
     payload = read_payload(ckpt_path, "ckpt_path") if ckpt_path else None
     pretrained = model.hparams.get("pretrained") if payload is None else None
-    pretrained_payload = read_payload(pretrained, "model.pretrained") if pretrained else None
+    pretrained_payload = pretrained_payload_of(pretrained, "model.pretrained") if pretrained else None
     check_window(model, data, payload or pretrained_payload)
     tokenizer = resolve_tokenizer(model, data, payload, pretrained_payload)
     labels = None

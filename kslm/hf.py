@@ -11,6 +11,7 @@ come through the Hugging Face hub cache (`local_dir`), its weights from `from_pr
 (HF_HUB_OFFLINE=1) only what the cache holds is used, and a name it lacks is a one-line error.
 """
 
+import json
 import os
 import re
 from pathlib import Path
@@ -28,6 +29,9 @@ def _transformers():
         import transformers
     except ImportError:
         raise ConfigError("model.hf_path needs the optional extra: pip install 'kslm[hf]'") from None
+    from kslm.export.modeling_kslm import register
+
+    register()  # `kslm export` directories (model_type kslm) load with kslm's installed classes, never an export's copy
     return transformers
 
 
@@ -113,6 +117,17 @@ class HFEncoder(nn.Module):
         """From a local directory, or a hub name (its weights through the hub cache)."""
         p = config_dir(path)
         tf = _transformers()
+        from kslm.export.reader import is_export, read_export
+
+        if is_export(p) and json.loads((p / "config.json").read_text(encoding="utf-8")).get("model_type") == "kslm":
+            # built like Backbone(cfg) (the same random draws as --model.pretrained, so the head's init is the same),
+            # then the export's weights
+            from kslm.export.modeling_kslm import KslmConfig, KslmModel
+
+            payload, state, _ = read_export(p, "model.hf_path")
+            model = KslmModel(KslmConfig(backbone=payload.backbone))
+            model.backbone.load_state_dict(state)
+            return cls(model)
         return cls(_without_pooler(tf.AutoModel.from_pretrained, str(path) if is_hub_name(path) else str(p)))
 
     @staticmethod

@@ -16,7 +16,7 @@ import lightning.pytorch as pl
 import torch
 from tokenizers import Tokenizer
 
-from kslm.checkpoint import Payload, load_backbone, payload_of, read_checkpoint, store
+from kslm.checkpoint import Payload, payload_of, read_checkpoint, store
 from kslm.data.tokenizer import fingerprint
 from kslm.errors import CheckpointError, ConfigError
 from kslm.nn import Backbone, BackboneConfig
@@ -159,8 +159,11 @@ class KslmTask(pl.LightningModule):
             self.build(self.tokenizer, payload.backbone_config())
 
     def init_from_pretrained(self, tokenizer: Tokenizer, path: str) -> None:
-        """Backbone config, weights and tokenizer from a kslm LM checkpoint; the task keeps its mask and dropout."""
-        cfg, state, ckpt_tok = load_backbone(path)
+        """Backbone config, weights and tokenizer from a kslm LM checkpoint or a `kslm export` directory; the task keeps
+        its mask and dropout."""
+        from kslm.export.reader import pretrained_backbone
+
+        cfg, state, ckpt_tok = pretrained_backbone(path)
         if fingerprint(ckpt_tok) != fingerprint(tokenizer):
             raise CheckpointError(f"{path}: the pretrained checkpoint's tokenizer differs from the data's tokenizer "
                                   "(field 'data.tokenizer'; leave it empty to use the checkpoint's)")
