@@ -42,7 +42,7 @@ class LanguageModel(KslmTask):
         heat_mode: interpolate (both neighbours, weighted by distance) or extrapolate (the left neighbour only).
     """
 
-    runtime_options = ("max_new_tokens", "temperature", "top_p")
+    runtime_options = (*KslmTask.runtime_options, "max_new_tokens", "temperature", "top_p")
     logged_metrics = (*KslmTask.logged_metrics, "val/ppl", "test/ppl", "train/aux_loss", "train/mlm_loss")
     predicts_from_pretrained = True  # `kslm predict --model.pretrained X` generates with X's weights
 
