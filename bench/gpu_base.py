@@ -174,6 +174,7 @@ def run_model(name, shape, seq, mode, args, device, report) -> dict:
         row["mfu_datasheet"] = row["flops_per_s"] / report["datasheet_peak_flops"]
     row["mfu_measured"] = row["flops_per_s"] / report["matmul"]["peak_flops"]
     del model, forward
+    torch._dynamo.reset()  # compiled code (and the model its guards hold) goes with the model
     cleanup(device)
     return row
 
