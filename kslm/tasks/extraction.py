@@ -125,7 +125,7 @@ class ExtractionTask(KslmTask):
                 raise ConfigError("model.token_dropout needs an unknown token (<unk> or [UNK]) in the tokenizer")
             self._unk_id, self._special = unk, torch.tensor(special_ids(self.tokenizer))
         text = attention_mask.bool() & ~torch.isin(ids, self._special.to(ids.device))
-        drop = (torch.rand(ids.shape, device=ids.device) < self.token_dropout) & text
+        drop = (torch.rand(ids.shape, device=ids.device, dtype=torch.float32) < self.token_dropout) & text
         return ids.masked_fill(drop, self._unk_id)
 
     @property
