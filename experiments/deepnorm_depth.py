@@ -29,6 +29,7 @@ from collections import Counter
 from pathlib import Path
 
 from _common import RESULTS, kslm_main, print_tables, save, series, table_flag, workdir
+from _plots import after_step, figure, figures_after_run, log_xticks, plot_flag, plot_stored
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
@@ -133,6 +134,37 @@ def table(payload) -> str:
     return "\n".join(lines)
 
 
+COLOURS = {"post": "C3", "deepnorm": "C0", "pre": "C2"}
+
+
+def figures(payload):
+    """The loss curves at each depth (train thin, val with markers; the unigram entropy dashed), and the first-step
+    model update ‖Δf‖/‖f‖ against depth."""
+    runs, h = payload["runs"], payload["unigram_entropy"]
+    depths = sorted({r["depth"] for r in runs})
+    fig, axes = figure(len(depths), width=3.6)
+    for ax, depth in zip(axes, depths, strict=True):
+        for r in (r for r in runs if r["depth"] == depth):
+            c = COLOURS.get(r["norm"])
+            ax.plot(*after_step([p for p in r["train_curve"] if p[1] is not None]), color=c, alpha=0.35, linewidth=1)
+            ax.plot(*after_step([p for p in r["val_curve"] if p[1] is not None]), "o-", color=c, label=f"{r['norm']} (val)")
+        ax.axhline(h, color="grey", linestyle="--", linewidth=1, label="unigram entropy")
+        ax.set(title=f"{depth} blocks, lr {payload['lr']:g}, no warmup", xlabel="step", ylim=(1.9, 4.0))
+    axes[0].set_ylabel("loss (nats/char); thin: train")
+    axes[0].legend()
+    yield "loss", fig
+    fig, (ax,) = figure()
+    for norm in dict.fromkeys(r["norm"] for r in runs):
+        rows = sorted((r["depth"], r["update_1"], r["update_5"]) for r in runs if r["norm"] == norm)
+        ax.plot([d for d, *_ in rows], [u for _, u, _ in rows], "o-", color=COLOURS.get(norm), label=f"{norm}, 1 step")
+        ax.plot([d for d, *_ in rows], [u for *_, u in rows], "s:", color=COLOURS.get(norm), label=f"{norm}, 5 steps")
+    ax.set(yscale="log", xlabel="blocks", ylabel="‖Δf‖ / ‖f‖ of the logits",
+           title="Model update after AdamW steps from init")
+    log_xticks(ax, depths)
+    ax.legend(ncols=3, fontsize=7)
+    yield "update", fig
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--depths", nargs="+", type=int, default=[6, 24, 96])
@@ -142,9 +174,13 @@ def main():
     ap.add_argument("--out", default=str(REPO / "experiments" / "results" / "deepnorm_depth.json"))
     ap.add_argument("--resume", action="store_true", help="keep the runs already in --out, do only the missing ones")
     table_flag(ap, STORED)
+    plot_flag(ap, STORED)
     a = ap.parse_args()
     if a.table is not None:
         print_tables(a.table, STORED, table)
+        return
+    if a.plot is not None:
+        plot_stored(a.plot, STORED, figures, a.figures)
         return
     import torch
 
@@ -176,6 +212,7 @@ def main():
                 save(out, payload)  # after every run: an interrupted sweep keeps what it measured
     payload["wall_seconds"] = time.time() - t0
     save(out, payload)
+    figures_after_run(payload, out, figures, a.figures)
     print(table(payload))
     print(f"\nwall time {payload['wall_seconds']:.0f} s", file=sys.stderr)
 

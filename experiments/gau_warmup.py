@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from _common import RESULTS, kslm_main, print_tables, save, series, table_flag, workdir
+from _plots import after_step, figure, figures_after_run, log_xticks, plot_flag, plot_stored
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -142,6 +143,45 @@ def tables(payload) -> str:
     return "\n\n".join(parts)
 
 
+RATIO_SERIES = {"gau_relu2/bidirectional": ("GAU relu², bidirectional", "C0", "-"),
+                "gau_relu2/causal": ("GAU relu², causal", "C0", "--"),
+                "gau_softmax/bidirectional": ("GAU softmax, bidirectional", "C1", "-"),
+                "gau_softmax/causal": ("GAU softmax, causal", "C1", "--"),
+                "attention/bidirectional": ("Transformer attention, bidir.", "C2", "-"),
+                "attention/causal": ("Transformer attention, causal", "C2", "--"),
+                "ffn": ("Transformer FFN", "C4", "-")}
+
+
+def figures(payload):
+    """RMS(sub-layer(x))/RMS(x) at init against n with Su's s·ν⁶/n; the val (markers) and train (thin) loss curves
+    of the Post-LN GAU and Transformer with and without warmup, one panel per LR."""
+    if payload["ratio"]:
+        rows = payload["ratio"]
+        fig, (ax,) = figure(width=5.6, height=3.8)
+        n = [r["n"] for r in rows]
+        ax.plot(n, [r["su_estimate"] for r in rows], "k:", linewidth=2, label="Su's estimate s·ν⁶/n")
+        for key, (label, colour, style) in RATIO_SERIES.items():
+            ax.plot(n, [r[key] for r in rows], marker="o", color=colour, linestyle=style, label=label)
+        ax.set(yscale="log", xlabel="sequence length n", ylabel="RMS(F(x)) / RMS(x) at init",
+               title="Sub-layer output at init (d 768, s 128)")
+        log_xticks(ax, n)
+        ax.legend(fontsize=7)
+        yield "ratio", fig
+    if payload["runs"]:
+        lrs = sorted({r["lr"] for r in payload["runs"]})
+        fig, axes = figure(len(lrs))
+        for ax, lr in zip(axes, lrs, strict=True):
+            for r in (r for r in payload["runs"] if r["lr"] == lr):
+                colour, style = ("C0" if r["model"] == "gau" else "C3"), ("-" if r["warmup"] == 0 else "--")
+                label = f"Post-LN {'GAU ×12' if r['model'] == 'gau' else 'Transformer ×7'}, warmup {r['warmup']}"
+                ax.plot(*after_step(r["train"]), color=colour, linestyle=style, alpha=0.3, linewidth=1)
+                ax.plot(*after_step(r["val"]), marker="o", color=colour, linestyle=style, label=label)
+            ax.set(title=f"lr {lr:g}", xlabel="step", ylim=(1.8, 4.2))
+        axes[0].set_ylabel("val loss (nats/char); thin: train")
+        axes[0].legend()
+        yield "training", fig
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parts", nargs="+", default=["ratio", "train"], choices=["ratio", "train"])
@@ -152,9 +192,13 @@ def main():
     ap.add_argument("--seeds", type=int, default=3, help="random inputs/inits averaged per ratio cell")
     ap.add_argument("--out", default=str(REPO / "experiments" / "results" / "gau_warmup.json"))
     table_flag(ap, STORED)
+    plot_flag(ap, STORED)
     a = ap.parse_args()
     if a.table is not None:
         print_tables(a.table, STORED, tables)
+        return
+    if a.plot is not None:
+        plot_stored(a.plot, STORED, figures, a.figures)
         return
     import torch
 
@@ -179,6 +223,7 @@ def main():
                         save(out, payload)
     payload["seconds"] = time.time() - t0
     save(out, payload)
+    figures_after_run(payload, out, figures, a.figures)
     print(tables(payload))
 
 

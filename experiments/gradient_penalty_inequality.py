@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from _common import RESULTS, print_tables, save, table_flag
+from _plots import figure, figures_after_run, log_xticks, plot_flag, plot_stored
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
@@ -169,6 +170,48 @@ def table(p: dict) -> str:
     return "\n".join(out)
 
 
+ACT_COLOURS = {"tanh": "C0", "relu": "C3", "squareplus": "C2"}
+
+
+def figures(payload):
+    """Part 1: LHS against RHS of the inequality for every random MLP (all below LHS = RHS), and LHS/RHS by depth.
+    Part 2: the two squared gradient norms and their ratio during the LM's training."""
+    mlps = payload["mlps"]
+    fig, (ax, ax2) = figure(2)
+    for act, colour in ACT_COLOURS.items():
+        for scale, marker in ((1.0, "o"), (0.1, "x")):
+            rs = [r for r in mlps if r["act"] == act and r["scale"] == scale]
+            if rs:
+                ax.scatter([r["rhs"] for r in rs], [r["lhs_spectral"] for r in rs], s=12, color=colour, marker=marker,
+                           label=f"{act}, init × {scale:g}")
+                ax2.scatter([r["depth"] * (1 + 0.06 * (r["width"] > 16)) for r in rs], [r["ratio_spectral"] for r in rs],
+                            s=12, color=colour, marker=marker)
+    lo, hi = min(r["rhs"] for r in mlps), max(r["rhs"] for r in mlps)
+    ax.plot([lo, hi], [lo, hi], "k--", linewidth=1, label="LHS = RHS")
+    ax.set(xscale="log", yscale="log", xlabel="RHS  ‖∇θ f‖²", ylabel="LHS  ‖∇ₓf‖²·Σ(1+‖h‖²)/(‖W‖²‖∇ₓh‖²)",
+           title=f"The inequality in {len(mlps)} random MLPs (spectral ‖W‖)")
+    ax.legend(fontsize=7)
+    ax2.axhline(1.0, color="k", linestyle="--", linewidth=1)
+    depths = sorted({r["depth"] for r in mlps})
+    ax2.set(xscale="log", yscale="log", xlabel="depth (right of each tick: width 64)", ylabel="LHS / RHS",
+            title="Ratio by depth (≤ 1 everywhere)")
+    log_xticks(ax2, depths)
+    yield "inequality", fig
+    if payload.get("training"):
+        pts = payload["training"]["points"]
+        steps = [q["step"] for q in pts]
+        fig, (ax, ax2) = figure(2)
+        ax.plot(steps, [q["input_sq"] for q in pts], "o-", label="‖∂L/∂e‖² (input penalty)")
+        ax.plot(steps, [q["param_sq"] for q in pts], "s-", label="‖∇θL‖² (parameter penalty)")
+        ax.set(yscale="log", xlabel="step", ylabel="mean over 8 held-out batches", title="Squared gradient norms, LM training")
+        ax.legend()
+        ax2.errorbar(steps, [q["ratio_mean"] for q in pts], yerr=[q["ratio_mean"] * q["ratio_cv"] for q in pts], fmt="o-",
+                     color="C2", capsize=3, label="‖∇θL‖² / ‖∂L/∂e‖² (± 1 sd across batches)")
+        ax2.set(xlabel="step", ylabel="ratio", ylim=(0, None), title="Parameter / input penalty")
+        ax2.legend()
+        yield "training", fig
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=300, help="LM training steps in part 2 (0: skip it)")
@@ -178,9 +221,13 @@ def main():
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--out", default=str(REPO / "experiments" / "results" / "gradient_penalty_inequality.json"))
     table_flag(ap, STORED)
+    plot_flag(ap, STORED)
     a = ap.parse_args()
     if a.table is not None:
         print_tables(a.table, STORED, table)
+        return
+    if a.plot is not None:
+        plot_stored(a.plot, STORED, figures, a.figures)
         return
     import torch
 
@@ -197,6 +244,7 @@ def main():
         payload["training"] = part2(a)
     payload["wall_seconds"] = time.time() - t0
     save(out, payload)
+    figures_after_run(payload, out, figures, a.figures)
     print(table(payload))
 
 

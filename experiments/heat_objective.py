@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from _common import RESULTS, kslm_main, print_tables, save, series, table_flag, workdir
+from _plots import after_step, figure, figures_after_run, plot_flag, plot_stored
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -56,7 +57,9 @@ def pretrain(work: Path, name: str, extra, steps: int, seed: int) -> dict:
     aux = series(logs, "train/aux_loss")
     return {"stage": "pretrain", "run": name, "args": extra, "steps": steps, "seconds": seconds,
             "val_mlm_loss": series(logs, "val/loss")[-1][1], "train_aux_loss_first": aux[0][1] if aux else None,
-            "train_aux_loss_last": aux[-1][1] if aux else None, "ckpt": str(rundir / "ckpt" / "last.ckpt")}
+            "train_aux_loss_last": aux[-1][1] if aux else None, "ckpt": str(rundir / "ckpt" / "last.ckpt"),
+            "train_curve": series(logs, "train/loss"), "val_curve": series(logs, "val/loss"), "aux_curve": aux,
+            "mlm_curve": series(logs, "train/mlm_loss")}  # train/loss is MLM + aux when there is an aux objective
 
 
 def finetune(work: Path, name: str, ckpt, tokenizer: str, steps: int, seed: int) -> dict:
@@ -71,7 +74,8 @@ def finetune(work: Path, name: str, ckpt, tokenizer: str, steps: int, seed: int)
     seconds = fit(rundir, args)
     f1 = series(rundir / "logs", "val/f1")
     return {"stage": "finetune", "run": name, "seed": seed, "steps": steps, "seconds": seconds, "f1_curve": f1,
-            "f1": f1[-1][1], "val_loss": series(rundir / "logs", "val/loss")[-1][1]}
+            "f1": f1[-1][1], "val_loss": series(rundir / "logs", "val/loss")[-1][1],
+            "val_loss_curve": series(rundir / "logs", "val/loss")}
 
 
 def table(payload) -> str:
@@ -93,6 +97,43 @@ def table(payload) -> str:
     return "\n".join(lines)
 
 
+RUN_COLOURS = {"mlm": "C0", "mlm+heat": "C3", "none": "C7"}
+
+
+def figures(payload):
+    """Dev span F1 during fine-tuning per pretraining (thin: each seed, markers: their mean); the pretraining curves
+    (train MLM loss, heat loss) where the result file has them (runs made after 2026-11-28)."""
+    fts = [r for r in payload["runs"] if r["stage"] == "finetune"]
+    fig, (ax,) = figure()
+    for name, colour in RUN_COLOURS.items():
+        rs = [r for r in fts if r["run"] == name]
+        if not rs:
+            continue
+        for r in rs:
+            ax.plot(*after_step([(s, 100 * v) for s, v in r["f1_curve"]]), color=colour, alpha=0.35, linewidth=1)
+        steps = [s for s, _ in rs[0]["f1_curve"]]
+        mean = [statistics.mean(100 * dict(r["f1_curve"])[s] for r in rs) for s in steps]
+        ax.plot(*after_step(list(zip(steps, mean, strict=True))), "o-", color=colour,
+                label=f"{'no' if name == 'none' else name} pretraining (mean of {len(rs)} seeds)")
+    ax.set(xlabel="fine-tuning step", ylabel="CLUENER dev span F1 (%)", title="Fine-tuning after MLM / MLM + heat pretraining")
+    ax.legend()
+    yield "finetune", fig
+    pre = [r for r in payload["runs"] if r["stage"] == "pretrain" and r.get("train_curve")]
+    if pre:
+        fig, (ax, ax2) = figure(2)
+        for r in pre:
+            mlm = r.get("mlm_curve") or r["train_curve"]
+            ax.plot(*after_step(mlm), color=RUN_COLOURS.get(r["run"]), linewidth=1, label=f"{r['run']}: train")
+            ax.plot(*after_step(r["val_curve"]), "o", color=RUN_COLOURS.get(r["run"]), label=f"{r['run']}: val")
+            if r.get("aux_curve"):
+                ax2.plot(*after_step(r["aux_curve"]), color=RUN_COLOURS.get(r["run"]), label=r["run"])
+        ax.set(xlabel="pretraining step", ylabel="MLM loss", title="Pretraining: MLM loss")
+        ax.legend()
+        ax2.set(yscale="log", xlabel="pretraining step", ylabel="heat loss (MSE)", title="Pretraining: heat objective")
+        ax2.legend()
+        yield "pretrain", fig
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pretrain-steps", type=int, default=400)
@@ -102,9 +143,13 @@ def main():
     ap.add_argument("--heat-mode", default="interpolate", choices=["interpolate", "extrapolate"])
     ap.add_argument("--out", default=str(REPO / "experiments" / "results" / "heat_objective.json"))
     table_flag(ap, STORED)
+    plot_flag(ap, STORED)
     a = ap.parse_args()
     if a.table is not None:
         print_tables(a.table, STORED, table)
+        return
+    if a.plot is not None:
+        plot_stored(a.plot, STORED, figures, a.figures)
         return
     import torch
 
@@ -133,6 +178,7 @@ def main():
                 save(out, payload)
     payload["wall_seconds"] = time.time() - t0
     save(out, payload)
+    figures_after_run(payload, out, figures, a.figures)
     print(table(payload))
 
 

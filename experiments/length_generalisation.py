@@ -29,7 +29,8 @@ import sys
 import time
 from pathlib import Path
 
-from _common import RESULTS, kslm_main, no_grad, print_tables, save, table_flag, workdir
+from _common import RESULTS, kslm_main, no_grad, print_tables, save, series, table_flag, workdir
+from _plots import after_step, figure, figures_after_run, log_xticks, plot_flag, plot_stored
 
 from kslm.io import write_text
 
@@ -76,7 +77,8 @@ def train(attention: str, train_file: Path, rundir: Path, a) -> dict:
     t0, c0 = time.time(), time.process_time()
     kslm_main(args, rundir)
     return {"checkpoint": rundir / "ckpt" / "last.ckpt", "train_seconds": time.time() - t0,
-            "train_cpu_seconds": time.process_time() - c0, "args": args[1:]}
+            "train_cpu_seconds": time.process_time() - c0, "args": args[1:],
+            "train_curve": series(rundir / "logs", "train/loss"), "val_curve": series(rundir / "logs", "val/loss")}
 
 
 @no_grad
@@ -133,6 +135,41 @@ def stored_table(payload) -> str:
     return table(payload["runs"], payload["lengths"])
 
 
+ATT_COLOURS = {"softmax": "C0", "softmax_plus": "C2", "relu2": "C3"}
+
+
+def figures(payload):
+    """Held-out loss against the evaluation length T (trained at 128), and, at T = 1024, the mean loss of a token by
+    its position in the window (left: per token; right: minus its loss in a 128-window); the training curves where
+    the result file has them (runs made after 2026-11-28)."""
+    runs, lengths = payload["runs"], payload["lengths"]
+    fig, (ax, ax2) = figure(2)
+    for r in runs:
+        c = ATT_COLOURS.get(r["attention"])
+        ax.plot(lengths, [r["loss"][str(T)] for T in lengths], "o-", color=c, label=r["attention"])
+        buckets = [(int(k.split("-")[0]), int(k.split("-")[1]), v) for k, v in r["by_position_delta"].items()]
+        ax2.stairs([v for *_, v in buckets], [buckets[0][0], *[hi for _, hi, _ in buckets]], baseline=None, color=c, linewidth=2,
+                   label=r["attention"])
+    ax.axvline(128, color="grey", linestyle="--", linewidth=1, label="training length")
+    log_xticks(ax, lengths)
+    ax.set(xlabel="evaluation window T (tokens)", ylabel="held-out loss (nats/char)", title="Loss beyond the training length")
+    ax.legend()
+    ax2.axvline(128, color="grey", linestyle="--", linewidth=1)
+    ax2.set(xlabel="position in the 1024-token window", ylabel="token loss in 1024-window − in 128-window",
+            title="Extra loss by position (bucket means)")
+    ax2.legend()
+    yield "length", fig
+    curves = [r for r in runs if r.get("train_curve")]
+    if curves:
+        fig, (ax,) = figure()
+        for r in curves:
+            ax.plot(*after_step(r["train_curve"]), color=ATT_COLOURS.get(r["attention"]), alpha=0.35, linewidth=1)
+            ax.plot(*after_step(r["val_curve"]), "o-", color=ATT_COLOURS.get(r["attention"]), label=r["attention"])
+        ax.set(xlabel="step", ylabel="loss (nats/char); thin: train", title="Training at T = 128")
+        ax.legend()
+        yield "training", fig
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=800)
@@ -146,9 +183,13 @@ def main():
     ap.add_argument("--attentions", nargs="+", default=ATTENTIONS, choices=ATTENTIONS)
     ap.add_argument("--out", default=str(REPO / "experiments" / "results" / "length_generalisation.json"))
     table_flag(ap, STORED)
+    plot_flag(ap, STORED)
     a = ap.parse_args()
     if a.table is not None:
         print_tables(a.table, STORED, stored_table)
+        return
+    if a.plot is not None:
+        plot_stored(a.plot, STORED, figures, a.figures)
         return
     import torch
 
@@ -172,11 +213,13 @@ def main():
             payload["runs"].append({"attention": attention, "train_seconds": run["train_seconds"],
                                     "train_cpu_seconds": run["train_cpu_seconds"],
                                     "eval_seconds": time.time() - t0, "eval_cpu_seconds": time.process_time() - c0,
-                                    "args": run["args"], **res})
+                                    "args": run["args"], **res, "train_curve": run["train_curve"],
+                                    "val_curve": run["val_curve"]})
             print(f"{attention}: " + ", ".join(f"T={T} {v:.4f}" for T, v in res["loss"].items()), file=sys.stderr)
             payload["wall_seconds"] = time.time() - t_start
             payload["cpu_seconds"] = time.process_time()  # ≈ the wall time on an idle core (one thread)
             save(out, payload)  # after every run: an interrupted sweep keeps what it measured
+    figures_after_run(payload, out, figures, a.figures)
     print(table(payload["runs"], a.lengths))
 
 

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from _common import RESULTS, kslm_main, print_tables, save, series, table_flag, workdir
+from _plots import after_step, figure, figures_after_run, plain_log_y, plot_flag, plot_stored
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO.parent / "shared" / "data" / "cluener2020" / "train.json"
@@ -43,7 +44,8 @@ def run(loss: str, rundir: Path, a) -> dict:
     logs = rundir / "logs"
     f1, p, r = (series(logs, f"val/{k}") for k in ("f1", "precision", "recall"))
     return {"loss": loss, "head": a.head, "f1": f1, "precision": p, "recall": r, "final_f1": f1[-1][1],
-            "final_precision": p[-1][1], "final_recall": r[-1][1], "seconds": time.time() - t0}
+            "final_precision": p[-1][1], "final_recall": r[-1][1], "seconds": time.time() - t0,
+            "train_loss": series(logs, "train/loss"), "val_loss": series(logs, "val/loss")}
 
 
 def table(payload) -> str:
@@ -57,6 +59,36 @@ def table(payload) -> str:
     return "\n".join(lines)
 
 
+LOSS_COLOURS = {"mcce": "C0", "bce": "C3"}
+
+
+def figures(payload):
+    """Dev span F1, precision and recall against the step for each loss; the loss curves where the result file has
+    them (runs made after 2026-11-28)."""
+    fig, (ax, ax2) = figure(2)
+    for r in payload["runs"]:
+        c = LOSS_COLOURS.get(r["loss"])
+        pct = [(s, 100 * v) for s, v in r["f1"]]
+        ax.plot(*after_step(pct), "o-", color=c, label=f"{r['loss']} ({r['head']})")
+        ax2.plot(*after_step([(s, 100 * v) for s, v in r["precision"]]), "s--", color=c, label=f"{r['loss']}: precision")
+        ax2.plot(*after_step([(s, 100 * v) for s, v in r["recall"]]), "o-", color=c, label=f"{r['loss']}: recall")
+    ax.set(xlabel="step", ylabel="CLUENER dev span F1 (%)", ylim=(0, None), title="MCCE vs sigmoid BCE: F1")
+    ax.legend()
+    ax2.set(xlabel="step", ylabel="%", ylim=(0, 100), title="Precision and recall (threshold: logit > 0)")
+    ax2.legend()
+    yield "f1", fig
+    curves = [r for r in payload["runs"] if r.get("train_loss")]
+    if curves:
+        fig, axes = figure(len(curves))
+        for ax, r in zip(axes, curves, strict=True):
+            ax.plot(*after_step(r["train_loss"]), color=LOSS_COLOURS.get(r["loss"]), alpha=0.5, linewidth=1, label="train")
+            ax.plot(*after_step(r["val_loss"]), "o-", color=LOSS_COLOURS.get(r["loss"]), label="val")
+            plain_log_y(ax)
+            ax.set(xlabel="step", ylabel=f"{r['loss']} loss", title=f"{r['loss']} loss (not comparable across losses)")
+            ax.legend()
+        yield "loss", fig
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=3000)
@@ -66,9 +98,13 @@ def main():
     ap.add_argument("--losses", nargs="+", default=LOSSES, choices=LOSSES)
     ap.add_argument("--out", default=str(REPO / "experiments" / "results" / "mcce_vs_bce.json"))
     table_flag(ap, STORED)
+    plot_flag(ap, STORED)
     a = ap.parse_args()
     if a.table is not None:
         print_tables(a.table, STORED, table)
+        return
+    if a.plot is not None:
+        plot_stored(a.plot, STORED, figures, a.figures)
         return
     import torch
 
@@ -85,6 +121,7 @@ def main():
             print(f"{loss}: final F1 {payload['runs'][-1]['final_f1']:.3f}", file=sys.stderr)
             payload["wall_seconds"] = time.time() - t0
             save(out, payload)
+    figures_after_run(payload, out, figures, a.figures)
     print(table(payload))
 
 

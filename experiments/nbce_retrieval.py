@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from _common import RESULTS, print_tables, table_flag
+from _plots import after_step, figure, figures_after_run, plot_flag, plot_stored
 
 from kslm.io import write_json, write_jsonl
 
@@ -110,7 +111,7 @@ def truncated(rec: dict, model, window: int) -> list:
     return model.encode_prompt("\n".join(keep), rec["question"])
 
 
-def evaluate(out: Path, n: int, seed: int, lines: int, ckpt=None) -> dict:
+def evaluate(out: Path, n: int, seed: int, lines: int, ckpt=None, figures_dir=None) -> dict:
     import time
 
     from kslm.data.nbce import build_prompts
@@ -146,7 +147,12 @@ def evaluate(out: Path, n: int, seed: int, lines: int, ckpt=None) -> dict:
         "accuracy": {k: sum(v) / n for k, v in rows.items()},
         "nbce_chose_the_fact_chunk": sum(hit_chunk) / n, "seconds": round(time.perf_counter() - t0, 1),
     }
+    if (out / "logs").is_dir():  # the train stage's TensorBoard logs: the model's val-loss curve
+        from _common import series
+
+        result["val_curve"] = series(out / "logs", "val/loss")
     write_json(out / "eval.json", result, indent=1)
+    figures_after_run(result, out / "eval.json", figures, figures_dir)
     print(json.dumps(result, indent=1))
     print(table(result))
     return result
@@ -166,6 +172,44 @@ def table(payload: dict) -> str:
                      f"{100 * acc['truncation']:.1f} | {100 * acc['oracle_chunk']:.1f} | "
                      f"{100 * r['nbce_chose_the_fact_chunk']:.1f} |")
     return "\n".join(lines)
+
+
+METHODS = [("nbce", "NBCE (min-entropy)", "C0"), ("nbce_mean_pooling", "NBCE, mean pooling", "C9"),
+           ("truncation", "truncation to W", "C7"), ("oracle_chunk", "oracle: the fact's chunk alone", "C2")]
+
+
+def _label(r: dict) -> str:
+    path = Path(r["checkpoint"])
+    tail = path.parts[-3 if path.parent.name == "ckpt" else -2:]  # /tmp/nbce-exp/ckpt/last.ckpt → nbce-exp/ckpt/last.ckpt
+    model = f"d {r['d_model']}, {r['layers']} layers" if "d_model" in r else (
+        "/".join(tail) if path.is_absolute() else r["checkpoint"].split(" ")[0])
+    return f"{r.get('tokenizer', '?')}, p {r.get('p_repeat', '?')}, {model}\n{r.get('steps', '?')} steps, {r['records']} records"
+
+
+def figures(payload):
+    """Accuracy of NBCE, mean pooling, truncation and the oracle chunk for every evaluation (the stored file's runs,
+    its final one last; or one eval.json); the model's val-loss curve where the evaluation has it."""
+    final, runs = payload.get("final"), payload.get("runs", [])
+    rows = [payload] if "accuracy" in payload else [r for r in runs if not final or r["checkpoint"] != final["checkpoint"]]
+    rows += [final] if final else []
+    fig, (ax,) = figure(width=7.5, height=0.7 * len(rows) + 1.2)
+    for k, (key, label, colour) in enumerate(METHODS):
+        ax.barh([i + 0.2 * k for i in range(len(rows))], [100 * r["accuracy"][key] for r in rows], height=0.2, color=colour,
+                label=label)
+    ax.set_yticks([i + 0.3 for i in range(len(rows))], [_label(r) + (" (final)" if r is final else "") for r in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set(xlabel="answered correctly (%)", xlim=(0, 100),
+           title=f"Retrieval over ≈ {rows[-1]['context_in_windows']:.1f} windows of W = {rows[-1]['window']} tokens")
+    ax.legend(fontsize=7, loc="center right")
+    yield "accuracy", fig
+    curves = [r for r in rows if r.get("val_curve")]
+    if curves:
+        fig, (ax,) = figure()
+        for r in curves:
+            ax.plot(*after_step(r["val_curve"]), "o-", label=_label(r).replace("\n", "; "))
+        ax.set(xlabel="step", ylabel="val loss", title="Training the retrieval LM")
+        ax.legend(fontsize=7)
+        yield "training", fig
 
 
 def main(argv=None):
@@ -189,11 +233,14 @@ def main(argv=None):
     ap.add_argument("--val-every", type=int, default=100, help="validation and checkpoint interval in steps")
     ap.add_argument("--ckpt", type=Path, default=None, help="checkpoint to evaluate (default OUT/ckpt/last.ckpt)")
     table_flag(ap, STORED)
+    plot_flag(ap, STORED)
     args = ap.parse_args(argv)
     if args.table is not None:
         print_tables(args.table, STORED, table)
+    elif args.plot is not None:
+        plot_stored(args.plot, STORED, figures, args.figures)
     elif args.stage is None:
-        ap.error("give a stage (data, train or eval) or --table")
+        ap.error("give a stage (data, train or eval), --table or --plot")
     elif args.stage == "data":
         print(make_data(args.out, args.docs, args.seed, LINES_PER_WINDOW[args.tokenizer], args.p_repeat))
     elif args.stage == "train":
@@ -212,7 +259,7 @@ def main(argv=None):
         import torch
 
         torch.set_num_threads(args.threads)
-        evaluate(args.out, args.records, args.seed + 1, LINES_PER_WINDOW[args.tokenizer], args.ckpt)
+        evaluate(args.out, args.records, args.seed + 1, LINES_PER_WINDOW[args.tokenizer], args.ckpt, args.figures)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from _common import RESULTS, kslm_main, save, series, workdir
+from _plots import after_step, figure, figures_after_run, plot_flag, plot_stored
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -89,7 +90,8 @@ def run_one(task, name, extra, steps, workdir):
     curve = series(rundir / "logs", spec["metric"])
     also = series(rundir / "logs", spec["also"])[-1][1] if "also" in spec else None
     return {"task": task, "run": name, "args": extra, "steps": steps, "curve": curve, "final": curve[-1][1], "also": also,
-            "state_bytes": tensor_bytes(ckpt["optimizer_states"][0]), "params": n_params, "seconds": time.time() - t0}
+            "state_bytes": tensor_bytes(ckpt["optimizer_states"][0]), "params": n_params, "seconds": time.time() - t0,
+            "train_curve": series(rundir / "logs", "train/loss")}
 
 
 def summarise(results):
@@ -132,6 +134,38 @@ def print_stored_tables(files) -> None:
         print(table(summarise(results)))
 
 
+def _style(run: str, i: int):
+    """AdamW's LRs in shades of blue, the other optimisers each in its own colour."""
+    if run.startswith("adamw"):
+        return {"color": ("#9ecae1", "#3182bd", "#08519c", "#08306b")[min(i, 3)], "linestyle": "-"}
+    colour = {"amos": "C3", "amos_adamw": "C2", "eg_adamw": "C1"}.get(run.split()[0], "C7")
+    return {"color": colour, "linestyle": "--"}
+
+
+def figures(payload):
+    """Per task: the val-loss curve of every optimiser run, and its final val loss against its optimiser state."""
+    tasks = [t for t in TASKS if any(r["task"] == t for r in payload["runs"])]
+    fig, axes = figure(2, nrows=len(tasks))
+    for row, task in enumerate(tasks):
+        ax, ax2 = axes[2 * row], axes[2 * row + 1]
+        rs = [r for r in payload["runs"] if r["task"] == task]
+        n_adamw = 0
+        for r in rs:
+            style = _style(r["run"], n_adamw)
+            n_adamw += r["run"].startswith("adamw")
+            if r.get("train_curve"):  # runs made after 2026-11-28
+                ax.plot(*after_step(r["train_curve"]), alpha=0.3, linewidth=1, **style)
+            ax.plot(*after_step(r["curve"]), marker="o", label=r["run"], **style)
+            ax2.scatter([r["state_bytes"] / 1024], [r["final"]], color=style["color"], s=30)
+            ax2.annotate(r["run"], (r["state_bytes"] / 1024, r["final"]), fontsize=7, xytext=(4, 2), textcoords="offset points")
+        ax.set(xlabel="step", ylabel="val loss", title=f"{task}: val loss ({TASKS[task]['config']})")
+        ax.legend(fontsize=7)
+        ax2.set(xscale="log", xlabel="optimiser state (KiB, log)", ylabel="final val loss",
+                title=f"{task}: loss vs optimiser memory")
+        ax2.margins(x=0.3, y=0.1)
+    yield "curves", fig
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", nargs="+", default=["lm", "ner"], choices=list(TASKS))
@@ -142,9 +176,13 @@ def main():
     ap.add_argument("--table", nargs="*", metavar="JSON",
                     help="print one table of the runs of these result files, pooled, and exit, computing nothing "
                     "(default: the stored sweeps, " + "; ".join(" + ".join(p.name for p in s) for s in STORED) + ")")
+    plot_flag(ap, [p for sweep in STORED for p in sweep])
     a = ap.parse_args()
     if a.table is not None:
         print_stored_tables(a.table)
+        return
+    if a.plot is not None:
+        plot_stored(a.plot, [p for sweep in STORED for p in sweep], figures, a.figures)
         return
     import torch
 
@@ -164,6 +202,7 @@ def main():
                 save(out, payload)  # after every run: an interrupted sweep keeps what it measured
     payload["summary"] = summarise(payload["runs"])
     save(out, payload)
+    figures_after_run(payload, out, figures, a.figures)
     print(table(payload["summary"]))
 
 

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from _common import RESULTS, kslm_main, no_grad, print_tables, save, series, table_flag, workdir
+from _plots import after_step, figure, figures_after_run, plot_flag, plot_stored
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
@@ -54,7 +55,8 @@ def fit(norm, a, rundir):
     t0 = time.time()
     kslm_main(args, rundir)
     val = series(rundir / "logs", "val/loss")
-    return {"val_curve": val, "final_val": val[-1][1], "seconds": time.time() - t0}, rundir / "ckpt" / "last.ckpt"
+    return ({"val_curve": val, "train_curve": series(rundir / "logs", "train/loss"), "final_val": val[-1][1],
+             "seconds": time.time() - t0}, rundir / "ckpt" / "last.ckpt")
 
 
 def val_batches(n):
@@ -145,6 +147,33 @@ def table(payload) -> str:
     return "\n".join(lines)
 
 
+NORM_COLOURS = {"pre": "C0", "post": "C3"}
+PER_LAYER = [("rel", "‖F_t‖ / ‖x_t‖", "How much each sub-layer moves the stream"),
+             ("cos_x", "cos(x_t, x_t+1)", "Consecutive stream states alike"),
+             ("subst", "substitution error", "‖F_t+1(x_t+1) − F_t+1(x_t)‖ / ‖F_t+1(x_t+1)‖ (0: one wider layer)")]
+
+
+def figures(payload):
+    """The val-loss curves of Pre- and Post-LN, and the per-sub-layer statistics of the final checkpoints (even t:
+    attention, odd t: FFN)."""
+    fig, axes = figure(2, nrows=2, height=3.2)
+    for r in payload["runs"]:
+        c = NORM_COLOURS.get(r["norm"])
+        if r.get("train_curve"):  # runs made after 2026-11-28
+            axes[0].plot(*after_step(r["train_curve"]), color=c, alpha=0.35, linewidth=1)
+        axes[0].plot(*after_step(r["val_curve"]), "o-", color=c, label=f"{r['norm']}-LN (val)")
+        for ax, (key, ylabel, title) in zip(axes[1:], PER_LAYER, strict=True):
+            values = r["stats"]["per_layer"][key]
+            ax.plot([t for t, v in enumerate(values) if v is not None], [v for v in values if v is not None], "o-", color=c,
+                    label=f"{r['norm']}-LN (mean {r['stats']['summary'][key]:.2f})")
+            ax.set(xlabel="sub-layer t", ylabel=ylabel, title=title)
+            ax.legend()
+    axes[0].set(xlabel="step", ylabel="val loss (nats/char)",
+                title=f"{payload['layers']} blocks, lr {payload['lr']:g}, {payload['warmup']} warmup steps")
+    axes[0].legend()
+    yield "layers", fig
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--norms", nargs="+", default=["pre", "post"], choices=NORMS)
@@ -155,9 +184,13 @@ def main():
     ap.add_argument("--val-batches", type=int, default=4)
     ap.add_argument("--out", default=str(REPO / "experiments" / "results" / "pre_post_norm.json"))
     table_flag(ap, STORED)
+    plot_flag(ap, STORED)
     a = ap.parse_args()
     if a.table is not None:
         print_tables(a.table, STORED, table)
+        return
+    if a.plot is not None:
+        plot_stored(a.plot, STORED, figures, a.figures)
         return
     import torch
 
@@ -179,6 +212,7 @@ def main():
             save(out, payload)
     payload["wall_seconds"] = time.time() - t0
     save(out, payload)
+    figures_after_run(payload, out, figures, a.figures)
     print(table(payload))
     print(f"\nwall time {payload['wall_seconds']:.0f} s", file=sys.stderr)
 

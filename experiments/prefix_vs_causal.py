@@ -31,6 +31,7 @@ from collections import Counter
 from pathlib import Path
 
 from _common import RESULTS, no_grad, print_tables, save, table_flag
+from _plots import figure, figures_after_run, plot_flag, plot_stored
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "data" / "chinese_poetry" / "corpus.txt"
@@ -181,6 +182,33 @@ def stored_table(payload) -> str:
     return table(payload["runs"])
 
 
+VARIANT_COLOURS = {"causal": "C0", "prefix": "C3", "causal_all": "C2"}
+
+
+def figures(payload):
+    """Held-out continuation loss against the step for every variant and seed, and each variant's paired difference
+    from the causal decoder of the same seed (in %)."""
+    runs = payload["runs"]
+    seeds = sorted({r["seed"] for r in runs})
+    fig, (ax, ax2) = figure(2)
+    for r in runs:
+        style = ("-", "--", ":", "-.")[seeds.index(r["seed"]) % 4]
+        c = VARIANT_COLOURS.get(r["variant"])
+        ax.plot([s for s, _ in r["curve"]], [v["all"] for _, v in r["curve"]], marker="o", linestyle=style, color=c,
+                label=f"{r['variant']}, seed {r['seed']}")
+        base = next((b for b in runs if b["variant"] == "causal" and b["seed"] == r["seed"]), None)
+        if base and r["variant"] != "causal":
+            ref = dict((s, v["all"]) for s, v in base["curve"])
+            ax2.plot([s for s, _ in r["curve"]], [100 * (v["all"] / ref[s] - 1) for s, v in r["curve"]], marker="o",
+                     linestyle=style, color=c, label=f"{r['variant']}, seed {r['seed']}")
+    ax.set(xlabel="step", ylabel="held-out continuation loss (nats/char)", title="Decoder-only vs prefix LM, equal compute")
+    ax.legend(fontsize=7)
+    ax2.axhline(0, color=VARIANT_COLOURS["causal"], linewidth=1, label="causal (reference)")
+    ax2.set(xlabel="step", ylabel="vs causal, same seed (%)", title="Paired difference (> 0: worse than causal)")
+    ax2.legend(fontsize=7)
+    yield "curves", fig
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -198,9 +226,13 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[1234, 1235], help="init + batch-order seeds")
     ap.add_argument("--out", default=str(REPO / "experiments" / "results" / "prefix_vs_causal.json"))
     table_flag(ap, STORED)
+    plot_flag(ap, STORED)
     a = ap.parse_args()
     if a.table is not None:
         print_tables(a.table, STORED, stored_table)
+        return
+    if a.plot is not None:
+        plot_stored(a.plot, STORED, figures, a.figures)
         return
     import torch
 
@@ -217,6 +249,7 @@ def main():
             save(out, payload)
     payload["seconds"] = time.time() - t0
     save(out, payload)
+    figures_after_run(payload, out, figures, a.figures)
     print(table(payload["runs"]))
     if not all(math.isfinite(r["final"]["all"]) for r in payload["runs"]):
         sys.exit("a run ended with a non-finite loss")

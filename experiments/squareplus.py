@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from _common import RESULTS, kslm_main, print_tables, save, series, table_flag, workdir
+from _plots import after_step, figure, figures_after_run, plot_flag, plot_stored
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
@@ -116,7 +117,8 @@ def train(name: str, rundir: Path, a) -> dict:
     t0 = time.time()
     kslm_main(args, rundir)
     val = series(rundir / "logs", "val/loss")
-    return {"activation": name, "val_curve": val, "final_val_loss": val[-1][1], "seconds": time.time() - t0}
+    return {"activation": name, "val_curve": val, "final_val_loss": val[-1][1], "seconds": time.time() - t0,
+            "train_curve": series(rundir / "logs", "train/loss")}
 
 
 def table(p: dict) -> str:
@@ -144,6 +146,63 @@ def table(p: dict) -> str:
     return "\n".join(out)
 
 
+ACT_COLOURS = {"gelu": "C0", "relu": "C7", "squareplus b=4": "C3", "squareplus b=1.5238 (minimax)": "C2"}
+
+
+def figures(payload):
+    """SquarePlus against SoftPlus and ReLU at the measured constants, and their difference; the timings relative to
+    SoftPlus; the LM's val-loss curves per activation."""
+    import numpy as np  # a dependency of matplotlib
+
+    c = payload["constants"]
+    bs = [(4.0, "b = 4 (kslm default)", "C3"), (c["upper_b"], f"b = 4 ln²2 = {c['upper_b']:.4f} (≥ SoftPlus)", "C1"),
+          (c["minimax_b"], f"b = {c['minimax_b']:.4f} (minimax)", "C2")]
+    x = np.linspace(-6, 6, 1201)
+    softplus = np.logaddexp(0.0, x)
+    fig, (ax, ax2) = figure(2)
+    ax.plot(x, np.maximum(x, 0), color="C7", linestyle=":", label="ReLU")
+    ax.plot(x, softplus, color="k", linewidth=2, label="SoftPlus")
+    for b, label, colour in bs:
+        sq = 0.5 * (x + np.sqrt(x * x + b))
+        ax.plot(x, sq, color=colour, label=f"SquarePlus, {label}")
+        ax2.plot(x, sq - softplus, color=colour, label=label)
+    ax.set(xlabel="x", ylabel="activation", ylim=(-0.2, 3), xlim=(-4, 3), title="SquarePlus (x + √(x² + b)) / 2")
+    ax.legend(fontsize=7)
+    for sign in (1, -1):
+        ax2.axhline(sign * c["minimax_error"], color="C2", linestyle="--", linewidth=1)
+    ax2.axhline(0, color="k", linewidth=1)
+    ax2.set(xlabel="x", ylabel="SquarePlus − SoftPlus", ylim=(-0.15, 0.35),
+            title=f"Difference (dashed: ± {c['minimax_error']:.6f}, the minimax error)")
+    ax2.legend(fontsize=7)
+    yield "shape", fig
+    threads = sorted({r["threads"] for r in payload["timings"]})
+    fig, axes = figure(len(threads), width=4.8, height=3.8)
+    for ax, n in zip(axes, threads, strict=True):
+        rows = [r for r in payload["timings"] if r["threads"] == n]
+        ref = {r["pass"]: r["ms"] for r in rows if r["activation"] == "softplus"}
+        names = list(dict.fromkeys(r["activation"] for r in rows))
+        for k, (pass_, colour) in enumerate((("fwd", "C0"), ("fwd+bwd", "C1"))):
+            ms = {r["activation"]: r["ms"] for r in rows if r["pass"] == pass_}
+            ax.barh([i + 0.4 * k for i in range(len(names))], [ms[a] / ref[pass_] for a in names], height=0.4,
+                    color=colour, label=pass_)
+        ax.axvline(1.0, color="k", linewidth=1)
+        ax.set_yticks([i + 0.2 for i in range(len(names))], names)
+        ax.invert_yaxis()
+        ax.set(xlabel="time / SoftPlus's time", title=f"{payload['numel']:,} fp32 elements, {n} thread{'s' * (n > 1)}")
+        ax.legend()
+    yield "speed", fig
+    if payload.get("runs"):
+        fig, (ax,) = figure()
+        for r in payload["runs"]:
+            colour = ACT_COLOURS.get(r["activation"])
+            if r.get("train_curve"):  # runs made after 2026-11-28
+                ax.plot(*after_step(r["train_curve"]), color=colour, alpha=0.35, linewidth=1)
+            ax.plot(*after_step(r["val_curve"]), "o-", color=colour, label=r["activation"])
+        ax.set(xlabel="step", ylabel="val loss (nats/char)", title="LM with each FFN activation (d 128, 2 blocks)")
+        ax.legend()
+        yield "training", fig
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--numel", type=int, default=1 << 22)
@@ -152,9 +211,13 @@ def main():
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile timing (its first call compiles)")
     ap.add_argument("--out", default=str(REPO / "experiments" / "results" / "squareplus.json"))
     table_flag(ap, STORED)
+    plot_flag(ap, STORED)
     a = ap.parse_args()
     if a.table is not None:
         print_tables(a.table, STORED, table)
+        return
+    if a.plot is not None:
+        plot_stored(a.plot, STORED, figures, a.figures)
         return
     import torch
 
@@ -178,6 +241,7 @@ def main():
                 save(out, payload)
     payload["wall_seconds"] = time.time() - t_start
     save(out, payload)
+    figures_after_run(payload, out, figures, a.figures)
     print(table(payload))
 
 

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from _common import RESULTS, kslm_main, no_grad, print_tables, save, series, table_flag, workdir
+from _plots import figure, figures_after_run, plain_log_y, plot_flag, plot_stored
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
@@ -97,6 +98,29 @@ def table(payload) -> str:
     return "\n".join(lines)
 
 
+VARIANT_COLOURS = ("C3", "C1", "C0", "C2", "C4")
+
+
+def figures(payload):
+    """The val-loss curves of the variants from their initial loss (× at step 0: the measured 2-gram limit; dotted:
+    ln V), and the same curves from step 50 on."""
+    fig, (ax, ax2) = figure(2)
+    for r, colour in zip(payload["runs"], VARIANT_COLOURS, strict=False):
+        steps, values = [s for s, _ in r["curve"]], [v for _, v in r["curve"]]
+        ax.plot(steps, values, "o-", color=colour, label=r["variant"])
+        ax.plot([0], [r["two_gram_loss"]], "x", color=colour, markersize=8)
+        late = [(s, v) for s, v in r["curve"] if s >= 50]
+        ax2.plot([s for s, _ in late], [v for _, v in late], "o-", color=colour, label=r["variant"])
+    ax.axhline(payload["ln_V"], color="k", linestyle=":", linewidth=1, label=f"ln V = {payload['ln_V']:.2f}")
+    plain_log_y(ax)
+    ax.set(xlabel="step", ylabel="val loss (nats/char, log)",
+           title=f"Tied embeddings, d {payload['d_model']}, V {payload['vocab']} (×: 2-gram limit)")
+    ax.legend(fontsize=7)
+    ax2.set(xlabel="step", ylabel="val loss (nats/char)", title="From step 50")
+    ax2.legend(fontsize=7)
+    yield "curves", fig
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=250)
@@ -110,9 +134,13 @@ def main():
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--out", default=str(REPO / "experiments" / "results" / "tied_embedding_init.json"))
     table_flag(ap, STORED)
+    plot_flag(ap, STORED)
     a = ap.parse_args()
     if a.table is not None:
         print_tables(a.table, STORED, table)
+        return
+    if a.plot is not None:
+        plot_stored(a.plot, STORED, figures, a.figures)
         return
     import torch
 
@@ -145,6 +173,7 @@ def main():
             print(f"{name}: initial {initial[-1][1]:.3f}, final {curve[-1][1]:.3f}", file=sys.stderr)
             payload["wall_seconds"], payload["cpu_seconds"] = time.time() - t_start, time.process_time()
             save(out, payload)  # after every run: an interrupted sweep keeps what it measured
+    figures_after_run(payload, out, figures, a.figures)
     print(table(payload))
 
 

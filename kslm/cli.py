@@ -15,6 +15,16 @@ from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
+# kslm's tasks and data modules, imported so that jsonargparse knows them as subclasses of LightningModule /
+# LightningDataModule: short names work (`--model LanguageModel`, `--data.help NERDataModule`) and `--help` lists them
+import kslm.data.lm  # noqa: F401
+import kslm.data.nbce  # noqa: F401
+import kslm.data.ner  # noqa: F401
+import kslm.data.re  # noqa: F401
+import kslm.tasks.lm  # noqa: F401
+import kslm.tasks.nbce  # noqa: F401
+import kslm.tasks.ner  # noqa: F401
+import kslm.tasks.re  # noqa: F401
 from kslm.argv import (
     LIGHTNING_CKPT_NAMES,
     check_config_files,
@@ -38,6 +48,7 @@ from kslm.options import (
 )
 from kslm.progress import hide_adverts, progress_bar
 from kslm.runs import next_version, resumed_version
+from kslm.suggest import explain_parse_error
 
 _RUN: dict = {}  # the running command's subcommand and config (for the SIGTERM handler and error messages)
 
@@ -53,7 +64,13 @@ class KslmCLI(LightningCLI):
         else:
             argv = list(sys.argv[1:] if args is None else args)
             check_config_files(argv)
-            self.config = parser.parse_args(checkpoint_config_args(argv))
+            try:
+                self.config = parser.parse_args(checkpoint_config_args(argv))
+            except ArgumentError as exc:  # a misspelt option, value or class: one line with the closest spelling
+                line = explain_parse_error(exc, parser, getattr(self, "_subcommand_parsers", {}), argv)
+                if line is None:
+                    raise
+                raise ConfigError(line) from None
         sub = self.config.get("subcommand")
         cfg = self.config[sub] if sub else None
         if cfg is not None:
@@ -287,6 +304,10 @@ def main(args=None):
             from kslm.score import main as score_main
 
             return score_main(argv[1:])
+        if argv and argv[0] == "export":  # kslm's own verb: no Trainer
+            from kslm.export.cli import main as export_main
+
+            return export_main(argv[1:])
         # SIGTERM stops kslm at once (writers clean up), except inside fit's training loop: Lightning's own handler
         # (which calls this one too) stops there at the next batch boundary, so a checkpoint write is never cut
         with sigterm_raises(defer_when_wrapped=lambda: _RUN.get("subcommand") == "fit"):
@@ -294,7 +315,7 @@ def main(args=None):
                 subclass_mode_model=True,
                 subclass_mode_data=True,
                 save_config_kwargs={"overwrite": True},
-                parser_kwargs={"exit_on_error": False},
+                parser_kwargs={"exit_on_error": False, "allow_abbrev": False},
                 args=args,
             )
     except (SIGTERMException, Terminated):  # (SIGTERMException: Lightning stopped fit at a batch boundary)

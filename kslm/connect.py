@@ -4,8 +4,9 @@ What both sides need is the tokenizer, the label set (extraction tasks) and a wi
 They are resolved from, in order of precedence:
 
     --ckpt_path          the checkpoint's tokenizer, labels, head and backbone (resume, validate, test, predict)
-    --model.pretrained   the pretrained LM checkpoint's tokenizer (its backbone: the task reads it)
-    --model.hf_path      the Hugging Face encoder directory's tokenizer
+    --model.pretrained   the pretrained LM checkpoint's (or `kslm export` directory's) tokenizer (its backbone: the task
+                         reads it)
+    --model.hf_path      the Hugging Face encoder's tokenizer (its directory, or a hub name's files in the hub cache)
     --data.tokenizer     a tokenizer.json / HF directory / kslm .ckpt (its tokenizer only)
     (none)               a tokenizer trained on the training texts (cached)
 
@@ -13,12 +14,12 @@ and the labels from the checkpoint, else from the training data (checked against
 The window the data produces is checked against the backbone's `max_length` first, before any data is read.
 """
 
-from pathlib import Path
 from typing import Optional
 
 from kslm.checkpoint import Payload, read_payload
 from kslm.data.tokenizer import fingerprint, load_tokenizer, tokenizer_from_source
 from kslm.errors import CheckpointError, ConfigError
+from kslm.export.reader import pretrained_payload as pretrained_payload_of
 
 
 def connect(model, data, ckpt_path: Optional[str] = None, stage: str = "fit") -> None:
@@ -30,7 +31,7 @@ def connect(model, data, ckpt_path: Optional[str] = None, stage: str = "fit") ->
         return
     payload = read_payload(ckpt_path, "ckpt_path") if ckpt_path else None
     pretrained = model.hparams.get("pretrained") if payload is None else None
-    pretrained_payload = read_payload(pretrained, "model.pretrained") if pretrained else None
+    pretrained_payload = pretrained_payload_of(pretrained, "model.pretrained") if pretrained else None
     check_window(model, data, payload or pretrained_payload)
     tokenizer = resolve_tokenizer(model, data, payload, pretrained_payload)
     labels = None
@@ -48,7 +49,9 @@ def backbone_max_length(model, payload: Optional[Payload]) -> Optional[int]:
         return payload.max_length
     hf_path = model.hparams.get("hf_path")
     if hf_path:
-        config = Path(hf_path) / "config.json"
+        from kslm.hf import local_dir
+
+        config = local_dir(hf_path) / "config.json"  # a hub name: its files in the hub cache
         if config.is_file():
             import json
 
@@ -80,9 +83,9 @@ def resolve_tokenizer(model, data, payload: Optional[Payload], pretrained: Optio
             return own
     hf_path = model.hparams.get("hf_path")
     if hf_path:
-        if not Path(hf_path).is_dir():
-            raise ConfigError(f"{hf_path}: not a local Hugging Face model directory (field 'model.hf_path')")
-        return load_tokenizer(hf_path, kslm_specials=False)
+        from kslm.hf import local_dir
+
+        return load_tokenizer(str(local_dir(hf_path)), kslm_specials=False)
     return data.load_tokenizer()
 
 

@@ -5,13 +5,23 @@ for any `transformers.AutoModel` encoder loaded from a local directory, so users
 BERT / RoFormer weights reach the published GlobalPointer numbers with the same heads, losses and metrics.
 The model's config travels inside kslm checkpoints (as a dict), so predicting from a fine-tuned checkpoint rebuilds
 the encoder without the original directory.
+
+`model.hf_path` is a local directory or a hub name (`bert-base-chinese`): a hub name's config and tokenizer files
+come through the Hugging Face hub cache (`local_dir`), its weights from `from_pretrained(NAME)`; offline
+(HF_HUB_OFFLINE=1) only what the cache holds is used, and a name it lacks is a one-line error.
 """
 
+import json
+import os
+import re
 from pathlib import Path
 
 from torch import nn
 
 from kslm.errors import ConfigError
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # `bert-base-chinese`, `hfl/chinese-roberta-wwm-ext`
+HUB_FILES = ["config.json", "tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"]
 
 
 def _transformers():
@@ -19,6 +29,9 @@ def _transformers():
         import transformers
     except ImportError:
         raise ConfigError("model.hf_path needs the optional extra: pip install 'kslm[hf]'") from None
+    from kslm.export.modeling_kslm import register
+
+    register()  # `kslm export` directories (model_type kslm) load with kslm's installed classes, never an export's copy
     return transformers
 
 
@@ -28,6 +41,40 @@ def _without_pooler(factory, *args):
         return factory(*args, add_pooling_layer=False)
     except TypeError:
         return factory(*args)
+
+
+def is_hub_name(path) -> bool:
+    """`path` names a hub model rather than a local directory (it does not exist here and reads as a repo id)."""
+    return not Path(str(path)).expanduser().exists() and bool(HUB_ID.fullmatch(str(path))) and ".." not in str(path)
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE") or bool(constants.HF_HUB_OFFLINE)
+
+
+def local_dir(path, field: str = "model.hf_path") -> Path:
+    """The local directory of an HF model: `path` itself, or for a hub name its config and tokenizer files in the
+    hub cache (fetched when online; offline, the cache alone)."""
+    p = Path(str(path)).expanduser()
+    if p.is_dir():
+        return p
+    if not is_hub_name(path):
+        raise ConfigError(f"{path}: not a local Hugging Face model directory (field '{field}')")
+    _transformers()
+    from huggingface_hub import snapshot_download
+
+    offline = _offline()
+    try:
+        return Path(snapshot_download(str(path), allow_patterns=HUB_FILES, local_files_only=offline))
+    except Exception as exc:  # huggingface_hub's errors for a missing cache entry / no connection, httpx's, OSError
+        if type(exc).__name__ in ("RepositoryNotFoundError", "GatedRepoError", "RevisionNotFoundError"):
+            raise ConfigError(f"{field} {path}: not a local directory, and the Hugging Face hub has no such model "
+                              f"(or it needs a login): check the name, or give a local path") from None
+        why = "offline" if offline else "no network"
+        raise ConfigError(f"{field} {path}: not a local directory, and the Hugging Face hub cannot be reached "
+                          f"({why}): download it first or give a local path") from None
 
 
 VOLATILE_KEYS = ("transformers_version", "dtype", "torch_dtype", "architectures")
@@ -41,12 +88,22 @@ def same_architecture(a: dict, b: dict) -> bool:
     return keep(a) == keep(b)
 
 
+def config_dir(path) -> Path:
+    """`local_dir`, which must hold a config.json."""
+    p = local_dir(path)
+    if not (p / "config.json").is_file():
+        raise ConfigError(f"{p}: not a Hugging Face model directory (no config.json) (field 'model.hf_path')")
+    return p
+
+
 class HFEncoder(nn.Module):
     """A `transformers.AutoModel` encoder seen through kslm's backbone interface."""
 
     def __init__(self, model):
         super().__init__()
-        self.model = model
+        # in train mode, as every freshly built module: `from_pretrained` returns the model in eval mode, and
+        # Lightning (>= 2.2) keeps the modes it finds, so its dropouts would stay off for the whole fine-tuning
+        self.model = model.train()
 
     @classmethod
     def from_config(cls, config: dict) -> "HFEncoder":
@@ -57,18 +114,25 @@ class HFEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path) -> "HFEncoder":
-        p = Path(path)
-        if not (p / "config.json").is_file():
-            raise ConfigError(f"{p}: not a Hugging Face model directory (no config.json) (field 'model.hf_path')")
+        """From a local directory, or a hub name (its weights through the hub cache)."""
+        p = config_dir(path)
         tf = _transformers()
-        return cls(_without_pooler(tf.AutoModel.from_pretrained, str(p)))
+        from kslm.export.reader import is_export, read_export
+
+        if is_export(p) and json.loads((p / "config.json").read_text(encoding="utf-8")).get("model_type") == "kslm":
+            # built like Backbone(cfg) (the same random draws as --model.pretrained, so the head's init is the same),
+            # then the export's weights
+            from kslm.export.modeling_kslm import KslmConfig, KslmModel
+
+            payload, state, _ = read_export(p, "model.hf_path")
+            model = KslmModel(KslmConfig(backbone=payload.backbone))
+            model.backbone.load_state_dict(state)
+            return cls(model)
+        return cls(_without_pooler(tf.AutoModel.from_pretrained, str(path) if is_hub_name(path) else str(p)))
 
     @staticmethod
     def read_config(path) -> dict:
-        p = Path(path)
-        if not (p / "config.json").is_file():
-            raise ConfigError(f"{p}: not a Hugging Face model directory (no config.json) (field 'model.hf_path')")
-        return _transformers().AutoConfig.from_pretrained(str(p)).to_dict()
+        return _transformers().AutoConfig.from_pretrained(str(config_dir(path))).to_dict()
 
     @property
     def config_dict(self) -> dict:
@@ -92,4 +156,4 @@ class HFEncoder(nn.Module):
         return fwd * (3 if training else 1)
 
 
-__all__ = ["HFEncoder", "same_architecture"]
+__all__ = ["HFEncoder", "same_architecture", "local_dir", "config_dir", "is_hub_name"]

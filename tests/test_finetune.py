@@ -130,7 +130,8 @@ def test_hf_encoder_fits_and_predicts_without_its_directory(workdir, capsys):
     import transformers
 
     ref = transformers.BertModel.from_pretrained(str(bert))(input_ids=ids, attention_mask=mask).last_hidden_state
-    assert torch.allclose(enc(ids, mask), ref, atol=1e-6)
+    assert enc.training  # built for fine-tuning (dropout on); compared in eval mode, as from_pretrained returns it
+    assert torch.allclose(enc.eval()(ids, mask), ref, atol=1e-6)
 
     args = ner_args(workdir, "--model.hf_path", str(bert), "--model.optim.lr", "3e-3", steps=40)
     code, err = run_cli(["fit", *args], capsys)

@@ -11,6 +11,13 @@ Normalisers (a = q·k/√s; n_i = number of keys row i may see — padding and t
     softmax_plus  softmax(log(max(n_i, 16)) / log(n₀) · a)     entropy-invariant scale (kexue.fm/archives/8823),
                   n₀ = train_length (512 in GAU-α). Done by scaling each query row, so SDPA kernels still apply.
     relu2         relu(a)² / n_i                                (FLASH/GAU as Su defines it, kexue.fm/archives/8934)
+
+Kernels (`attend(kernel=…)`, the backbone's attention_kernel):
+    dense          SDPA as it is (flash / cuDNN when q, k and v have one size) and, for GAU's unequal sizes on CUDA
+                   and for relu², the full T × S score matrix
+    linear_memory  never the T × S scores: values split into q/k-sized heads for SDPA's fused kernels, relu² in
+                   checkpointed query chunks (kslm/nn/linear_memory_attention.py); dense when attention dropout is on
+    auto           linear_memory on CUDA, dense elsewhere (on CPU the split path only adds FLOPs)
 """
 
 import math
@@ -20,6 +27,10 @@ from typing import Optional
 import torch
 from torch.nn import functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from kslm.nn.linear_memory_attention import QUERY_CHUNK, relu2_chunked, split_value_sdpa
+
+KERNELS = ("auto", "dense", "linear_memory")
 
 
 @dataclass
@@ -68,7 +79,7 @@ def build_attention_mask(
         if kind == "causal":
             n = (q_pos + 1).to(torch.float32)
         else:
-            n = torch.full((T, 1), float(S), device=device)
+            n = torch.full((T, 1), float(S), device=device, dtype=torch.float32)  # not the default dtype (bf16-true)
         return AttentionMask(None, kind == "causal", n[None, None])
     if kind == "causal":
         allowed = (k_pos <= q_pos)[None]
@@ -100,8 +111,12 @@ def attend(
     normaliser: str = "softmax",
     train_length: int = 512,
     dropout_p: float = 0.0,
+    kernel: str = "auto",
 ) -> torch.Tensor:
-    """q, k: [B, H, T, s], [B, H, S, s]; v: [B, H, S, e] → [B, H, T, e]."""
+    """q, k: [B, H, T, s], [B, H, S, s]; v: [B, H, S, e] → [B, H, T, e]. kernel: auto, dense or linear_memory."""
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown attention kernel {kernel!r} ({' | '.join(KERNELS)})")
+    linear = dropout_p == 0 and (kernel == "linear_memory" or (kernel == "auto" and q.is_cuda))
     if normaliser == "softmax_plus":
         q = q * entropy_invariant_scale(mask.n_visible, train_length).to(q.dtype)
         normaliser = "softmax"
@@ -110,6 +125,8 @@ def attend(
         attn_mask = mask.allowed
         if mask.causal and mask.allowed is None and not causal:
             attn_mask = mask.dense(q.shape[-2], k.shape[-2], q.device)
+        if linear and q.shape[-1] != v.shape[-1]:
+            return split_value_sdpa(q, k, v, attn_mask, causal)
         if q.is_cuda and q.shape[-1] != v.shape[-1]:
             # GAU: one head whose value size e differs from its q/k size s. CUDA's flash and cuDNN kernels need
             # equal sizes, so SDPA would pick the memory-efficient kernel, which ran 2.1-2.3x slower than the math
@@ -118,6 +135,8 @@ def attend(
                 return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal, dropout_p=dropout_p)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal, dropout_p=dropout_p)
     if normaliser == "relu2":
+        if linear and (kernel == "linear_memory" or q.shape[-2] > QUERY_CHUNK):
+            return relu2_chunked(q, k, v, mask)
         scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
         weights = torch.relu(scores).square()
         allowed = mask.dense(q.shape[-2], k.shape[-2], q.device)

@@ -10,6 +10,7 @@ from typing import Literal, Optional
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from kslm.nn.attention import build_attention_mask, positions_from_mask
 from kslm.nn.embedding import LMHead, embedding_std
@@ -135,9 +136,10 @@ class BackboneConfig:
 class Context:
     """Per-forward state shared by the sub-layers: mask, RoPE phases and an optional KV cache."""
 
-    def __init__(self, mask, phases, cache=None, attention_mask=None):
+    def __init__(self, mask, phases, cache=None, attention_mask=None, kernel="auto"):
         self.mask, self.phases, self.cache = mask, phases, cache
         self.attention_mask = attention_mask  # [B, past + T], 1 = token: the RNN block carries its state over pads
+        self.kernel = kernel  # kslm.nn.attention.attend's kernel: auto | dense | linear_memory
 
     def rotate(self, x):
         return RotaryEmbedding.rotate(x, self.phases)
@@ -172,7 +174,27 @@ class Backbone(nn.Module):
         self.head = LMHead(cfg.vocab_size, cfg.d_model, cfg.tie_embeddings, cfg.tied_init)
         rope_dim = cfg.d_model // cfg.n_heads if cfg.block == "transformer" else cfg.qk_dim
         self.rope = RotaryEmbedding(rope_dim) if cfg.position == "rope" else None
+        # how it runs, not what it computes (set_execution; never part of the config or a checkpoint)
+        self.checkpointing, self.attention_kernel = False, "auto"
         self.reset_parameters()
+
+    def set_execution(self, checkpointing: bool = False, attention_kernel: str = "auto", compile=False):
+        """Run-time choices that leave the function unchanged (equal outputs, up to fp32 rounding order):
+        checkpointing: recompute each residual sub-layer in the backward instead of keeping its activations
+            (torch.utils.checkpoint, non-reentrant; the RNG state is replayed, so dropout masks are the same);
+        attention_kernel: auto | dense | linear_memory (kslm.nn.attention.attend);
+        compile: torch.compile each residual sub-layer in place (Module.compile: parameter names unchanged);
+            True for torch.compile's defaults, or a dict of its keyword arguments (e.g. {"backend": "aot_eager"})."""
+        from kslm.nn.attention import KERNELS
+
+        if attention_kernel not in KERNELS:
+            raise ValueError(f"unknown attention kernel {attention_kernel!r} ({' | '.join(KERNELS)})")
+        self.checkpointing, self.attention_kernel = bool(checkpointing), attention_kernel
+        if compile:
+            options = compile if isinstance(compile, dict) else {}
+            for layer in self.layers:
+                layer.compile(**options)
+        return self
 
     @torch.no_grad()
     def reset_parameters(self):
@@ -205,10 +227,11 @@ class Backbone(nn.Module):
         if position_ids is None:
             position_ids = self.positions(input_ids, attention_mask, past)
         phases = self.rope.rotation(position_ids) if self.rope is not None else None
-        ctx = Context(mask, phases, cache, attention_mask)
+        ctx = Context(mask, phases, cache, attention_mask, self.attention_kernel)
         x = self.dropout(self.embed_norm(self.embed(input_ids)))
+        recompute = self.checkpointing and torch.is_grad_enabled()
         for layer in self.layers:
-            x = layer(x, ctx)
+            x = checkpoint(layer, x, ctx, use_reentrant=False) if recompute else layer(x, ctx)
         return self.final_norm(x)
 
     def logits(self, hidden):

@@ -55,7 +55,8 @@ class GatedAttentionUnit(nn.Module):
         if self.rope:
             q, k = ctx.rotate(q), ctx.rotate(k)
         k, v = ctx.extend_cache(self, k, v)
-        a = attend(q, k, v, ctx.mask, self.attention, self.train_length, self.attn_dropout if self.training else 0.0)
+        a = attend(q, k, v, ctx.mask, self.attention, self.train_length, self.attn_dropout if self.training else 0.0,
+                   ctx.kernel)
         return self.o_dense(u * a[:, 0])
 
 

@@ -36,7 +36,8 @@ class MultiHeadAttention(nn.Module):
         if self.rope:
             q, k = ctx.rotate(q), ctx.rotate(k)
         k, v = ctx.extend_cache(self, k, v)
-        out = attend(q, k, v, ctx.mask, self.attention, self.train_length, self.attn_dropout if self.training else 0.0)
+        out = attend(q, k, v, ctx.mask, self.attention, self.train_length, self.attn_dropout if self.training else 0.0,
+                     ctx.kernel)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, D))
 
 

@@ -1,6 +1,6 @@
 """Optimisers by name (pure torch, no lightning); tasks build them through kslm.optim.build (config.py).
 
-    adamw       torch AdamW; weight decay on matrices only (norms, biases, scales, embeddings exempt)
+    adamw       torch AdamW; weight decay on matrices only (norms, biases, scales, embeddings exempt); fused on CUDA
     amos        Amos (amos.py): lr = ξ; η and slot shapes from the parameters' roles (roles.py)
     amos_adamw  the Amos-derived AdamW recipe (amos_adamw.py): lr = α₀; ‖ε₀‖ from the roles; decay α₀/(2q)
     eg_adamw    AdamW wrapped by exponentiated-gradient step-size adaptation (eg.py)
@@ -62,6 +62,15 @@ def amos_adamw_groups(module: nn.Module, alpha0: float, q: float = 1.0, decay_ga
             for r in parameter_roles(module)]
 
 
+def adamw_implementation(module: nn.Module) -> Dict:
+    """torch.optim.AdamW's implementation: fused (one kernel for all tensors) when every trainable parameter is a
+    floating-point CUDA tensor; otherwise torch's default (on CPU that keeps the numbers of earlier runs bit for bit)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    if params and all(p.is_cuda and p.is_floating_point() for p in params):
+        return {"fused": True}
+    return {}
+
+
 def build_optimizer(name: str, module: nn.Module, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.98),
                     **options) -> torch.optim.Optimizer:
     if name not in OPTIMIZERS:
@@ -77,7 +86,7 @@ def build_optimizer(name: str, module: nn.Module, lr: float, weight_decay: float
     if name == "amos_adamw":
         groups = amos_adamw_groups(module, lr, options.pop("q", 1.0), options.pop("decay_gains", False))
         return AmosAdamW(groups, lr=lr, betas=betas, eps=eps)
-    adamw = torch.optim.AdamW(param_groups(module, weight_decay), lr=lr, betas=betas, eps=eps)
+    adamw = torch.optim.AdamW(param_groups(module, weight_decay), lr=lr, betas=betas, eps=eps, **adamw_implementation(module))
     if name == "eg_adamw":
         return ExponentiatedGradient(adamw, **options)
     return adamw
@@ -91,5 +100,5 @@ def state_bytes(optimizer: torch.optim.Optimizer) -> int:
     return total + (state_bytes(base) if base is not None else 0)
 
 
-__all__ = ["OPTIMIZERS", "OPTIONS", "amos_groups", "amos_adamw_groups", "build_optimizer",
+__all__ = ["OPTIMIZERS", "OPTIONS", "adamw_implementation", "amos_groups", "amos_adamw_groups", "build_optimizer",
            "param_groups", "state_bytes"]

@@ -10,16 +10,17 @@ import logging
 import math
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Literal, Optional, Tuple
 
 import lightning.pytorch as pl
 import torch
 from tokenizers import Tokenizer
 
-from kslm.checkpoint import Payload, load_backbone, payload_of, read_checkpoint, store
+from kslm.checkpoint import Payload, payload_of, read_checkpoint, store
 from kslm.data.tokenizer import fingerprint
 from kslm.errors import CheckpointError, ConfigError
 from kslm.nn import Backbone, BackboneConfig
+from kslm.nn.attention import KERNELS
 from kslm.optim import OptimConfig, PenaltyConfig, build
 from kslm.optim.gradient_penalty import double_backward_attention, input_gradient_penalty, parameter_penalty_gradients
 
@@ -43,16 +44,25 @@ class KslmTask(pl.LightningModule):
             schedule and step start afresh. Only read when training starts from scratch.
         hf_path: a local Hugging Face encoder directory (BERT, RoFormer, …; extra `hf`) used as the backbone
             instead of a kslm one, with its own tokenizer (tokenizer.json or vocab.txt).
+        compile: torch.compile each residual sub-layer of the backbone in place (an HF encoder as a whole); the
+            first steps pay the compilation (README, "GPU training"). Same losses, up to fp32 rounding order.
+        checkpointing: activation checkpointing per residual sub-layer (non-reentrant torch.utils.checkpoint):
+            activations are recomputed in the backward; less memory for about one more forward's compute.
+        attention_kernel: auto (linear_memory on CUDA, dense elsewhere), dense (SDPA as it is; GAU's unequal q/k
+            and value sizes and relu² keep the full T × T scores) or linear_memory (never the T × T scores: values
+            split into q/k-sized heads for SDPA's fused kernels, relu² in checkpointed query chunks).
     """
 
-    runtime_options: Tuple[str, ...] = ()
+    # how the task runs, not what it is: kept out of the checkpoint's settings (the command line decides)
+    runtime_options: Tuple[str, ...] = ("compile", "checkpointing", "attention_kernel")
     # what the task logs (checkpoint.monitor must be one of them, or lr-*)
     logged_metrics: Tuple[str, ...] = ("train/loss", "train/penalty", "val/loss", "test/loss", "train/tokens_per_sec",
                                        "train/flops_per_sec", "train/mfu")
 
     def __init__(self, backbone: BackboneConfig = BackboneConfig(), optim: OptimConfig = OptimConfig(),
                  penalty: PenaltyConfig = PenaltyConfig(), pretrained: Optional[str] = None,
-                 hf_path: Optional[str] = None):
+                 hf_path: Optional[str] = None, compile: bool = False, checkpointing: bool = False,
+                 attention_kernel: Literal["auto", "dense", "linear_memory"] = "auto"):
         super().__init__()
         # run-time options (generation settings) stay out of the hyper-parameters, so that a checkpoint's
         # values do not override the command line of `kslm predict --ckpt_path …`; the typed configs are kept as
@@ -62,6 +72,11 @@ class KslmTask(pl.LightningModule):
         self.backbone_config, self.optim_config, self.penalty_config = backbone, optim, penalty
         if pretrained and hf_path:
             raise ConfigError("give model.pretrained (a kslm checkpoint) or model.hf_path (an HF encoder), not both")
+        if attention_kernel not in KERNELS:
+            raise ConfigError(f"model.attention_kernel must be one of {', '.join(KERNELS)}, got {attention_kernel!r}")
+        if hf_path and attention_kernel != "auto":
+            raise ConfigError("model.attention_kernel is an option of kslm backbones, not of model.hf_path encoders")
+        self.execution = {"compile": bool(compile), "checkpointing": bool(checkpointing), "attention_kernel": attention_kernel}
         self.backbone: Optional[Backbone] = None
         self.hf_config: Optional[dict] = None
         self.tokenizer: Optional[Tokenizer] = None
@@ -132,6 +147,7 @@ class KslmTask(pl.LightningModule):
 
             self.backbone = HFEncoder.from_pretrained(hf_weights) if hf_weights else HFEncoder.from_config(hf_config)
             self.hf_config = self.backbone.config_dict
+            self._set_execution()
             return
         cfg = cfg or self.backbone_config
         vocab = tokenizer.get_vocab_size()
@@ -140,6 +156,18 @@ class KslmTask(pl.LightningModule):
         self.backbone_config = replace(cfg, vocab_size=vocab)
         self.hparams["backbone"] = self.backbone_config.to_dict()  # a resumed run rebuilds exactly this
         self.hf_config, self.backbone = None, Backbone(self.backbone_config)
+        self._set_execution()
+
+    def _set_execution(self) -> None:
+        """compile / checkpointing / attention_kernel on the backbone just built (before any sharding)."""
+        run = self.execution
+        if self.hf_config is None:
+            self.backbone.set_execution(**run)
+            return
+        if run["checkpointing"]:
+            self.backbone.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if run["compile"]:
+            self.backbone.compile()
 
     @property
     def hidden_size(self) -> int:
@@ -167,8 +195,11 @@ class KslmTask(pl.LightningModule):
             self.build(self.tokenizer, payload.backbone_config())
 
     def init_from_pretrained(self, tokenizer: Tokenizer, path: str) -> None:
-        """Backbone config, weights and tokenizer from a kslm LM checkpoint; the task keeps its mask and dropout."""
-        cfg, state, ckpt_tok = load_backbone(path)
+        """Backbone config, weights and tokenizer from a kslm LM checkpoint or a `kslm export` directory; the task keeps
+        its mask and dropout."""
+        from kslm.export.reader import pretrained_backbone
+
+        cfg, state, ckpt_tok = pretrained_backbone(path)
         if fingerprint(ckpt_tok) != fingerprint(tokenizer):
             raise CheckpointError(f"{path}: the pretrained checkpoint's tokenizer differs from the data's tokenizer "
                                   "(field 'data.tokenizer'; leave it empty to use the checkpoint's)")

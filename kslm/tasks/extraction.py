@@ -58,8 +58,23 @@ class ExtractionTask(KslmTask):
         if not self.labels:
             raise ConfigError(f"{self.label_name} unknown: give --model.{self.label_key} or training data")
         self.head_module = self.build_head()
+        if kwargs.get("hf_weights"):
+            self._load_exported_head(kwargs["hf_weights"])
         self.val_f1 = self.build_metric()
         self.hparams[self.label_key] = list(self.labels)
+
+    def _load_exported_head(self, path) -> None:
+        """`--model.hf_path DIR` of a `kslm export` of this task: its head's weights too, when its labels and head
+        options are this run's (otherwise the head starts fresh, as over any encoder)."""
+        from kslm.export.reader import is_export, read_export
+
+        if not is_export(path):
+            return
+        payload, _, head = read_export(path, "model.hf_path")
+        same = payload.task == type(self).__name__ and list(payload.labels or []) == list(self.labels) and \
+            all(self.hparams.get(k) == v for k, v in payload.head.items())
+        if head and same:
+            self.head_module.load_state_dict(head)
 
     def connect(self, tokenizer, labels=None, payload=None, data_settings=None) -> None:
         super().connect(tokenizer, labels, payload, data_settings)
@@ -103,7 +118,7 @@ class ExtractionTask(KslmTask):
                 raise ConfigError("model.token_dropout needs an unknown token (<unk> or [UNK]) in the tokenizer")
             self._unk_id, self._special = unk, torch.tensor(special_ids(self.tokenizer))
         text = attention_mask.bool() & ~torch.isin(ids, self._special.to(ids.device))
-        drop = (torch.rand(ids.shape, device=ids.device) < self.token_dropout) & text
+        drop = (torch.rand(ids.shape, device=ids.device, dtype=torch.float32) < self.token_dropout) & text
         return ids.masked_fill(drop, self._unk_id)
 
     @property

@@ -42,7 +42,7 @@ class LanguageModel(KslmTask):
         heat_mode: interpolate (both neighbours, weighted by distance) or extrapolate (the left neighbour only).
     """
 
-    runtime_options = ("max_new_tokens", "temperature", "top_p")
+    runtime_options = (*KslmTask.runtime_options, "max_new_tokens", "temperature", "top_p")
     logged_metrics = (*KslmTask.logged_metrics, "val/ppl", "test/ppl", "train/aux_loss", "train/mlm_loss")
     predicts_from_pretrained = True  # `kslm predict --model.pretrained X` generates with X's weights
 
@@ -91,10 +91,10 @@ class LanguageModel(KslmTask):
             y[torch.arange(T, device=x.device)[None] < (prefix[:, None] - 1)] = -100
         elif mask == "bidirectional":
             x, y = x.clone(), x.clone()
-            chosen = torch.rand(x.shape, generator=g, device=x.device) < self.hparams.mlm_probability
+            chosen = torch.rand(x.shape, generator=g, device=x.device, dtype=torch.float32) < self.hparams.mlm_probability
             chosen &= x >= len(SPECIAL_TOKENS)
             y[~chosen] = -100
-            r = torch.rand(x.shape, generator=g, device=x.device)
+            r = torch.rand(x.shape, generator=g, device=x.device, dtype=torch.float32)
             x[chosen & (r < 0.8)] = MASK_ID
             rand_tok = torch.randint(len(SPECIAL_TOKENS), self.backbone_config.vocab_size, x.shape, generator=g, device=x.device)
             swap = chosen & (r >= 0.8) & (r < 0.9)

@@ -24,8 +24,10 @@ class NBCE(pl.LightningModule):
     context of minimum next-token entropy (kexue.fm/archives/9617).
 
     Args:
-        checkpoint: a kslm LM checkpoint (`kslm fit --config configs/lm/…` writes checkpoints/NAME/last.ckpt).
-        hf_path: a local Hugging Face causal-LM directory (save_pretrained, with its tokenizer), instead of checkpoint.
+        checkpoint: a kslm LM checkpoint (`kslm fit --config configs/lm/…` writes checkpoints/NAME/last.ckpt), or a
+            `kslm export` directory of one.
+        hf_path: a local Hugging Face causal-LM directory (save_pretrained, with its tokenizer; a `kslm export`
+            directory too), instead of checkpoint.
         beta: β, the weight of the no-context prediction subtracted (β = n − 1 is pure naive Bayes; Su: 0.25).
         eta: η, entropy bonus of the context chosen at the previous step (a prior for staying on one context).
         top_p: nucleus kept in every row before the entropies and the merge.
@@ -67,11 +69,11 @@ class NBCE(pl.LightningModule):
 
     # ------------------------------------------------------------- loading
     def _load_kslm(self, path):
-        from kslm.checkpoint import load_backbone
         from kslm.data.tokenizer import EOS_ID, PAD_ID
+        from kslm.export.reader import pretrained_backbone
         from kslm.nn import Backbone
 
-        cfg, state, tok = load_backbone(path)
+        cfg, state, tok = pretrained_backbone(path, "model.checkpoint")  # a .ckpt or a `kslm export` directory
         if cfg.mask == "bidirectional":
             raise CheckpointError(f"{path}: a masked-LM (bidirectional) backbone cannot generate (field 'model.checkpoint')")
         self.backbone = Backbone(cfg)
@@ -88,6 +90,9 @@ class NBCE(pl.LightningModule):
             from transformers import AutoModelForCausalLM, AutoTokenizer
         except ImportError:
             raise ConfigError("model.hf_path needs transformers: pip install -e '.[hf]'") from None
+        from kslm.export.modeling_kslm import register
+
+        register()  # a `kslm export` directory with remote code loads with kslm's installed classes, never its copy
         if not (Path(path) / "config.json").is_file():
             raise CheckpointError(f"{path}: not a Hugging Face model directory (no config.json) (field 'model.hf_path')")
         try:
@@ -103,6 +108,12 @@ class NBCE(pl.LightningModule):
         self.eos_ids, self.window = sorted(set(eos)), self.lm.window
         self.pad_id = self.hf_tokenizer.pad_token_id or 0  # any id: padded positions are masked out
         self._start = None
+        from kslm.export.reader import is_export
+
+        if is_export(path):  # a kslm LM exported: kslm's prompts (a document starts after </s>), its tokenizer
+            from kslm.data.tokenizer import EOS_ID, load_tokenizer
+
+            self.tokenizer, self._start = load_tokenizer(path), [EOS_ID]
 
     # ------------------------------------------------------------- prompts
     def encode_prompt(self, context: str, question: str) -> List[int]:

@@ -1,0 +1,29 @@
+"""KslmConfig: the Hugging Face config of an exported kslm model — kslm's BackboneConfig carried as a dict.
+
+This file is copied into every remote-code export (`kslm export`), next to modeling_kslm.py, and is also kslm's own
+copy (registered locally by kslm.export.modeling_kslm.register, so kslm never runs an export's copy).
+"""
+
+from transformers import PretrainedConfig
+
+
+class KslmConfig(PretrainedConfig):
+    """backbone: kslm.nn.BackboneConfig.to_dict() (vocab_size resolved); kslm_version: the kslm that wrote it.
+    The usual HF names (vocab_size, hidden_size, num_hidden_layers, max_position_embeddings, is_decoder) are derived
+    from it for tools that read them; tying lives inside kslm's head (one matrix), so tie_word_embeddings is False."""
+
+    model_type = "kslm"
+
+    def __init__(self, backbone=None, kslm_version=None, **kwargs):
+        backbone = dict(backbone or {})
+        self.backbone = backbone
+        self.kslm_version = kslm_version
+        kwargs["tie_word_embeddings"] = False
+        for key in ("vocab_size", "hidden_size", "num_hidden_layers", "max_position_embeddings", "is_decoder"):
+            kwargs.pop(key, None)
+        super().__init__(**kwargs)
+        self.vocab_size = backbone.get("vocab_size")
+        self.hidden_size = backbone.get("d_model")
+        self.num_hidden_layers = backbone.get("n_layers")
+        self.max_position_embeddings = backbone.get("max_length")
+        self.is_decoder = backbone.get("mask", "causal") != "bidirectional"

@@ -1,0 +1,88 @@
+"""An export directory back into kslm: `--model.pretrained DIR` (kslm.tasks.base), its tokenizer (kslm.connect), NBCE's
+`model.checkpoint DIR`, and `--model.hf_path DIR` (kslm.hf). kslm.json says how the weights are laid out; weights are
+read with safetensors (never pickle), so reading an export runs no code from it."""
+
+import json
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import torch
+from tokenizers import Tokenizer
+
+from kslm.checkpoint import Payload, load_backbone, read_payload
+from kslm.errors import CheckpointError
+from kslm.nn import BackboneConfig
+
+KSLM_JSON = "kslm.json"
+
+
+def is_export(path) -> bool:
+    return path is not None and (Path(str(path)) / KSLM_JSON).is_file()
+
+
+def _weights(folder: Path, name: str, field: str) -> Optional[Dict[str, torch.Tensor]]:
+    path = folder / name
+    if not path.is_file():
+        return None
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise CheckpointError(f"{folder}: reading an export needs safetensors: pip install 'kslm[hf]' (field '{field}')") from None
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types on a damaged file
+        raise CheckpointError(f"{path}: cannot read the weights ({str(exc).splitlines()[0][:200]}) (field '{field}')") from None
+
+
+def read_export(path, field: str = "model.pretrained") -> Tuple[Payload, Dict[str, torch.Tensor], Optional[dict]]:
+    """→ (payload as a checkpoint would hold it, backbone state in kslm's names, head state or None)."""
+    folder = Path(str(path))
+    try:
+        rec = json.loads((folder / KSLM_JSON).read_text(encoding="utf-8"))
+        tokenizer = (folder / "tokenizer.json").read_text(encoding="utf-8")
+        Tokenizer.from_str(tokenizer)
+    except Exception as exc:  # OSError, JSON errors, tokenizers' bare Exception
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(f"{folder}: not a readable kslm export ({detail}) (field '{field}')") from None
+    weights = _weights(folder, "model.safetensors", field)
+    if weights is None:
+        raise CheckpointError(f"{folder}: the export has no model.safetensors (field '{field}')")
+    layout = rec.get("layout")
+    hf_config = None
+    if layout == "native":
+        from kslm.export.native import from_arcee
+
+        extra = _weights(folder, "kslm_embedding.safetensors", field) or {}
+        state = from_arcee(BackboneConfig.from_dict(rec["backbone"]), weights, extra)
+    elif layout == "kslm":
+        state = {k[len("backbone."):]: v for k, v in weights.items() if k.startswith("backbone.")}
+    elif layout == "hf_encoder":
+        state = weights
+        hf_config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    else:
+        raise CheckpointError(f"{folder}: unknown export layout {layout!r} in {KSLM_JSON} (field '{field}')")
+    payload = Payload(task=rec.get("task", "LanguageModel"), tokenizer=tokenizer, backbone=rec.get("backbone"),
+                      hf_config=hf_config, settings=rec.get("settings") or {}, labels=rec.get("labels"),
+                      head=rec.get("head") or {}, data=rec.get("data") or {})
+    return payload, state, _weights(folder, "head.safetensors", field)
+
+
+def pretrained_payload(path, field: str = "model.pretrained") -> Payload:
+    """The payload of `--model.pretrained`: a kslm checkpoint (.ckpt) or an export directory."""
+    return read_export(path, field)[0] if is_export(path) else read_payload(path, field)
+
+
+def pretrained_backbone(path, field: str = "model.pretrained") -> Tuple[BackboneConfig, dict, Tokenizer]:
+    """(BackboneConfig, backbone state, tokenizer) of a kslm LM checkpoint or of an export directory."""
+    if not is_export(path):
+        if Path(str(path)).is_dir():
+            raise CheckpointError(f"{path}: a directory without {KSLM_JSON} is not a kslm export (field '{field}')")
+        return load_backbone(path)
+    payload, state, _ = read_export(path, field)
+    if payload.backbone is None:
+        raise CheckpointError(f"{path}: the export's backbone is a Hugging Face encoder, not a kslm backbone "
+                              f"(use --model.hf_path) (field '{field}')")
+    return payload.backbone_config(), state, payload.load_tokenizer()
+
+
+__all__ = ["is_export", "read_export", "pretrained_payload", "pretrained_backbone"]

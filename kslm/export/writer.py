@@ -1,0 +1,189 @@
+"""`kslm export`: a kslm checkpoint → a Hugging Face directory (config.json, model.safetensors, tokenizer files,
+generation_config.json for causal LMs, README.md model card, kslm.json), written atomically (kslm.io.atomic_dir).
+
+What goes where:
+    LM, a config some HF architecture is exactly (kslm.export.native)  → that architecture, no remote code
+    LM, anything else                                                 → KslmForCausalLM / KslmForMaskedLM (remote code:
+                                                                        modeling_kslm.py + configuration_kslm.py, auto_map)
+    NER / RE over a kslm backbone                                      → KslmModel (AutoModel, remote code) + head.safetensors
+    NER / RE over a Hugging Face encoder                               → that encoder's own config + head.safetensors
+`kslm.json` is kslm's own record (task, backbone config, labels, head options, settings, how the weights are laid
+out); kslm.export.reader reads the directory back (`--model.pretrained DIR`, NBCE, `--model.hf_path DIR`).
+Weights are safetensors only; kslm's tied head keeps one matrix (no duplicate tensor is written).
+"""
+
+import json
+import shutil
+from pathlib import Path
+from typing import Dict
+
+import torch
+
+import kslm
+from kslm.checkpoint import Payload, payload_of, read_checkpoint
+from kslm.errors import CheckpointError, ConfigError
+from kslm.io import atomic_dir
+from kslm.nn import Backbone, BackboneConfig
+
+HERE = Path(__file__).parent
+REMOTE_FILES = ("modeling_kslm.py", "configuration_kslm.py")
+KSLM_JSON = "kslm.json"
+EXTRA_WEIGHTS = "kslm_embedding.safetensors"  # what a native export's folded embedding loses
+HEAD_WEIGHTS = "head.safetensors"
+FORMAT = 1
+
+
+def _tensors(ckpt: dict, prefix: str) -> Dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in (ckpt.get("state_dict") or {}).items() if k.startswith(prefix)}
+
+
+def save_safetensors(path: Path, tensors: Dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().cpu().contiguous() for k, v in sorted(tensors.items())}, str(path), metadata={"format": "pt"})
+
+
+def _checked_backbone(cfg: BackboneConfig, state: dict, source) -> None:
+    """The weights must be exactly those of the stored config (a one-line error otherwise)."""
+    missing, unexpected = Backbone(cfg).load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{source}: the checkpoint's backbone weights do not fit its config (missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]})")
+
+
+def _transformers():
+    try:
+        import safetensors  # noqa: F401
+        import transformers
+    except ImportError:
+        raise ConfigError("kslm export needs the optional extra: pip install 'kslm[hf]' (transformers, safetensors)") from None
+    return transformers
+
+
+def _lm_files(cfg: BackboneConfig, state: dict, ids: dict) -> dict:
+    """(config, weights, extra weights, architecture, remote) of an LM: native when the logits agree, else remote."""
+    from kslm.export import native
+
+    arch = native.candidate(cfg)
+    if arch is not None:
+        hf_state, extra = native.to_arcee(cfg, state)
+        gap = native.max_logit_gap(cfg, state, native.build_arcee(cfg, hf_state))
+        if gap <= native.TOLERANCE:
+            config = native.arcee_config(cfg, **ids)
+            return {"config": config, "weights": hf_state, "extra": extra, "architecture": arch, "remote": False,
+                    "logit_gap": gap}
+    cls = "KslmForMaskedLM" if cfg.mask == "bidirectional" else "KslmForCausalLM"
+    auto = "AutoModelForMaskedLM" if cfg.mask == "bidirectional" else "AutoModelForCausalLM"
+    return {"config": _kslm_config(cfg, cls, auto, ids), "weights": {f"backbone.{k}": v for k, v in state.items()},
+            "extra": None, "architecture": cls, "remote": True}
+
+
+def _kslm_config(cfg: BackboneConfig, cls: str, auto: str, ids: dict):
+    from kslm.export.configuration_kslm import KslmConfig
+
+    auto_map = {"AutoConfig": "configuration_kslm.KslmConfig", "AutoModel": "modeling_kslm.KslmModel",
+                auto: f"modeling_kslm.{cls}"}
+    return KslmConfig(backbone=cfg.to_dict(), kslm_version=kslm.__version__, architectures=[cls], auto_map=auto_map,
+                      **{k: v for k, v in ids.items() if v is not None})
+
+
+def plan(ckpt: dict, payload: Payload, source) -> dict:
+    """What to write for this checkpoint (no file touched yet)."""
+    from kslm.export.tokenizer_files import special_ids
+
+    ids = special_ids(payload.load_tokenizer())
+    head = _tensors(ckpt, "head_module.") if payload.task != "LanguageModel" else None
+    if payload.task != "LanguageModel" and not head:
+        raise CheckpointError(f"{source}: a {payload.task} checkpoint without its head's weights")
+    if (payload.hf_config or {}).get("model_type") == "kslm":  # fine-tuned from an export (--model.hf_path DIR)
+        cfg = BackboneConfig.from_dict(payload.hf_config["backbone"])
+        weights = {f"backbone.{k}": v for k, v in _tensors(ckpt, "backbone.model.backbone.").items()}
+        _checked_backbone(cfg, {k[len("backbone."):]: v for k, v in weights.items()}, source)
+        return {"config": _kslm_config(cfg, "KslmModel", "AutoModel", ids), "weights": weights, "extra": None, "head": head,
+                "architecture": "KslmModel", "remote": True, "causal": False, "backbone": cfg.to_dict()}
+    if payload.hf_config is not None:  # an HF encoder fine-tuned by kslm: its own architecture, as it came in
+        config = dict(payload.hf_config)
+        weights = _tensors(ckpt, "backbone.model.")
+        return {"config": config, "weights": weights, "extra": None, "head": head, "remote": False,
+                "architecture": (config.get("architectures") or [config.get("model_type", "?")])[0], "causal": False}
+    cfg = payload.backbone_config()
+    state = _tensors(ckpt, "backbone.")
+    _checked_backbone(cfg, state, source)
+    if payload.task == "LanguageModel":
+        out = _lm_files(cfg, state, ids)
+        out.update(head=None, causal=cfg.mask != "bidirectional")
+        return out
+    return {"config": _kslm_config(cfg, "KslmModel", "AutoModel", ids), "weights": {f"backbone.{k}": v for k, v in state.items()},
+            "extra": None, "head": head, "architecture": "KslmModel", "remote": True, "causal": False}
+
+
+def record(ckpt: dict, payload: Payload, p: dict) -> dict:
+    """kslm.json: what kslm needs to take the directory back, and what the card reports."""
+    layout = "native" if not p["remote"] else "kslm"
+    if payload.hf_config is not None and not p["remote"]:
+        layout = "hf_encoder"
+    return {"format": FORMAT, "kslm_version": kslm.__version__, "task": payload.task, "layout": layout,
+            "architecture": p["architecture"], "backbone": p.get("backbone", payload.backbone),
+            "labels": payload.labels, "head": payload.head,
+            "settings": payload.settings, "data": payload.data,
+            "trained": {"global_step": ckpt.get("global_step"), "epoch": ckpt.get("epoch"), "metrics": _metrics(ckpt)}}
+
+
+def _metrics(ckpt: dict) -> dict:
+    """The scores the checkpoint holds: ModelCheckpoint's monitored ones (kslm logs the rest to TensorBoard)."""
+    out = {}
+    for state in (ckpt.get("callbacks") or {}).values():
+        if not isinstance(state, dict) or not state.get("monitor"):
+            continue
+        for key in ("current_score", "best_model_score"):
+            value = state.get(key)
+            if value is not None:
+                out[f"{state['monitor']} ({key.replace('_', ' ')})"] = float(value)
+    return out
+
+
+def export(ckpt_path, out, overwrite: bool = False) -> dict:
+    """Write the export of `ckpt_path` to `out` (atomically); returns kslm.json's record plus the files written."""
+    out = Path(str(out))
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a directory (field '--out')")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"{out}: the output directory exists and is not empty; give --overwrite to replace it "
+                          "(field '--out')")
+    tf = _transformers()
+    ckpt = read_checkpoint(ckpt_path, "--ckpt_path")
+    payload = payload_of(ckpt, ckpt_path)
+    if not ckpt.get("state_dict"):
+        raise CheckpointError(f"{ckpt_path}: the checkpoint holds no weights (field '--ckpt_path')")
+    p = plan(ckpt, payload, ckpt_path)
+    rec = record(ckpt, payload, p)
+    from kslm.export.card import model_card
+    from kslm.export.tokenizer_files import special_ids, write_tokenizer
+
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        config = p["config"]
+        if isinstance(config, dict):
+            (tmp / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False, default=str) + "\n",
+                                             encoding="utf-8")
+        else:
+            config.save_pretrained(str(tmp))
+        save_safetensors(tmp / "model.safetensors", p["weights"])
+        if p["extra"]:
+            save_safetensors(tmp / EXTRA_WEIGHTS, p["extra"])
+        if p["head"]:
+            save_safetensors(tmp / HEAD_WEIGHTS, p["head"])
+        if p["remote"]:
+            for name in REMOTE_FILES:
+                shutil.copyfile(HERE / name, tmp / name)
+        write_tokenizer(tmp, payload.tokenizer, payload.max_length)
+        if p["causal"]:
+            ids = special_ids(payload.load_tokenizer())
+            tf.GenerationConfig(do_sample=False, use_cache=True, eos_token_id=ids["eos_token_id"],
+                                pad_token_id=ids["pad_token_id"], bos_token_id=ids["bos_token_id"]).save_pretrained(str(tmp))
+        (tmp / KSLM_JSON).write_text(json.dumps(rec, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+        (tmp / "README.md").write_text(model_card(rec, p, out.name), encoding="utf-8")
+        files = sorted(f.name for f in tmp.iterdir())
+    return {**rec, "files": files, "remote": p["remote"], "logit_gap": p.get("logit_gap")}
+
+
+__all__ = ["export", "plan", "record", "save_safetensors", "KSLM_JSON", "EXTRA_WEIGHTS", "HEAD_WEIGHTS"]
