@@ -1,20 +1,12 @@
 """What the bad-input suites (tests/test_bad_inputs_*.py, issue 13) share: the in-process CLI with the log handlers
 pointed at this test's stderr, and the one-line check of the error contract."""
 
-import logging
-import sys
 
 from helpers import run_cli
 
 
 def cli(args, capsys, stdout: bool = False):
-    """run_cli → (exit code, stderr) [with stdout: (exit code, stdout, stderr)], every plain log handler (Lightning's
-    among them, created while an earlier test captured stderr) pointed at this test's captured stderr first: an
-    earlier test's stream is closed by now."""
-    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
-        for h in getattr(logger, "handlers", []):
-            if type(h) is logging.StreamHandler:
-                h.stream = sys.stderr
+    """run_cli → (exit code, stderr) [with stdout: (exit code, stdout, stderr)]."""
     if not stdout:
         return run_cli(args, capsys)
     code, _ = run_cli(args, None)

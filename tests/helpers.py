@@ -11,6 +11,7 @@ rootdir-based import mode). Fixtures live in conftest.py, which is never importe
 
 import ast
 import json
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,9 +26,17 @@ RE_CONFIG = REPO / "configs" / "re" / "duie-gplinker.yaml"
 
 # ------------------------------------------------------------------------------------------------ the CLI
 def run_cli(args, capsys=None):
-    """Run `kslm …` in this process; returns (exit code, stderr)."""
+    """Run `kslm …` in this process; returns (exit code, stderr). Every plain log handler (Lightning's among them,
+    created while an earlier test captured stderr, whose stream pytest has closed since) is pointed at the current
+    stderr first."""
+    import logging
+
     from kslm.cli import main
 
+    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        for h in getattr(logger, "handlers", []):
+            if type(h) is logging.StreamHandler:
+                h.stream = sys.stderr
     try:
         main(args)
         code = 0
