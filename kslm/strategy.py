@@ -9,7 +9,7 @@ and optimiser state.
 
 Checkpoints are sharded: `last.ckpt` is a folder with one file of weights and optimiser state per rank
 (torch.distributed.checkpoint) and `meta.pt` (Lightning's loop state and kslm's payload). `--ckpt_path` on that
-folder resumes exactly, on the same number of ranks or another. At the end of `kslm fit` rank 0 consolidates it
+folder resumes exactly (on the same number of ranks). At the end of `kslm fit` rank 0 consolidates it
 into one ordinary kslm checkpoint beside it (kslm.checkpoint.consolidate), which `kslm predict`, `--model.pretrained`
 and every other reader of a checkpoint file take.
 """
