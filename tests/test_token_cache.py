@@ -76,3 +76,20 @@ def test_bad_num_proc_is_one_line(corpus, tmp_path):
 
     with pytest.raises(DataError, match="num_proc"):
         _dm(corpus, tmp_path, num_proc=0)
+
+
+def test_sampler_order_is_distributed_samplers_without_a_list():
+    """The resumable sampler builds its order as a tensor (a large corpus has millions of blocks): the same order
+    as torch's DistributedSampler, padding included."""
+    from torch.utils.data import DistributedSampler
+
+    from kslm.data.sampler import ResumableSampler
+
+    for n, world in ((7, 3), (100, 2), (1, 2), (64, 1)):
+        for rank in range(world):
+            for shuffle in (True, False):
+                ref = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=shuffle, seed=5)
+                ours = ResumableSampler(range(n), num_replicas=world, rank=rank, shuffle=shuffle, seed=5)
+                ref.set_epoch(2)
+                ours.set_epoch(2)
+                assert list(ours) == list(ref), (n, world, rank, shuffle)
