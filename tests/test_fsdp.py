@@ -111,3 +111,15 @@ def test_fsdp_on_cpu_is_one_line(small_corpus, tmp_path, capsys, monkeypatch):
     code, err = run_cli(["fit", *tiny_args(small_corpus, tmp_path, "--trainer.strategy", "fsdp",
                                            "--trainer.accelerator", "cpu")], capsys)
     assert code == 2 and "--trainer.strategy fsdp2" in err and "Traceback" not in err, err
+
+
+def test_mixed_precision_policy_only_for_bf16_on_a_bf16_device(monkeypatch):
+    from kslm.fsdp import mixed_precision
+
+    assert mixed_precision("cpu", "bf16-mixed") is None  # CPU: fp32 throughout
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert mixed_precision("cuda", "32-true") is None  # fp32 asked for
+    policy = mixed_precision("cuda", "bf16-mixed")
+    assert policy.param_dtype == torch.bfloat16 and policy.reduce_dtype == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert mixed_precision("cuda", "bf16-mixed") is None
