@@ -52,7 +52,7 @@ def proxy_cache(src_cache: Path, corpus: str, cache: Path, times: int) -> str:
     from kslm.io import atomic_dir
 
     tok = next(src_cache.glob("tokenizer-*.json"))
-    src = next(src_cache.glob(f"lm-blocks/*/{FILE}"))
+    src = max(src_cache.glob(f"lm-blocks/*/{FILE}"), key=lambda p: p.stat().st_mtime)  # the latest build
     dm = LMDataModule(data_files=corpus, vocab_size=2000, seq_len=128, cache_dir=str(cache), tokenizer=str(tok))
     folder = cache / "lm-blocks" / cache_key(dm._source_key(), dm.load_tokenizer(), dm.seq_len + 1)
     with pa.memory_map(str(src)) as f:
