@@ -2,7 +2,7 @@
 
 `packed_blocks` tokenizes the raw text dataset with `Dataset.map(batched=True, num_proc=N)` (documents are
 independent, so N processes give the same ids as one), then packs in one process — documents joined with </s> and
-cut into blocks of seq_len + 1 tokens in corpus order, the remainder of each 10,000-document batch dropped — so the
+cut into blocks of seq_len + 1 tokens in corpus order, the remainder of each 2,000-document batch dropped — so the
 blocks do not depend on N. The result is one Arrow file, `<cache_dir>/lm-blocks/<key>/blocks.arrow`, where the key
 hashes the corpus (files with their sizes and mtimes, or the hub dataset), the text field, the tokenizer's
 fingerprint and the block length: another corpus, tokenizer or seq_len is another folder; the same ones reuse it
@@ -25,9 +25,7 @@ from kslm.io import atomic_dir
 log = logging.getLogger(__name__)
 FILE = "blocks.arrow"
 AUTO_PROC_MB = 32  # data.num_proc null: parallel tokenisation above this much text
-PACK_BATCH = 10_000  # documents per packing batch (each batch drops its last partial block): one Arrow record batch
-# each, ~20k blocks; with few batches, opening the memory-mapped file reads few headers (each page fault on one
-# reads its neighbours in: 1,000-block batches made a 1.6 GB file resident at 17 % on opening)
+PACK_BATCH = 2000  # documents per packing batch (each batch drops its last partial block)
 
 
 def default_num_proc() -> int:
@@ -35,7 +33,7 @@ def default_num_proc() -> int:
 
 
 def cache_key(source_key: str, tok, block: int) -> str:
-    return hashlib.sha256(f"{source_key}|{fingerprint(tok)}|{block}|{PACK_BATCH}".encode()).hexdigest()[:20]
+    return hashlib.sha256(f"{source_key}|{fingerprint(tok)}|{block}".encode()).hexdigest()[:20]
 
 
 def packed_blocks(raw_fn, tok, field: str, block: int, folder: Path, num_proc=None):
@@ -68,7 +66,7 @@ def packed_blocks(raw_fn, tok, field: str, block: int, folder: Path, num_proc=No
         num_proc = max(1, min(int(num_proc), len(raw)))
         ids = raw.map(tokenize, batched=True, remove_columns=raw.column_names, num_proc=num_proc if num_proc > 1 else None,
                       cache_file_name=str(tmp / "ids.arrow"), desc="tokenizing")
-        packed = ids.map(pack, batched=True, batch_size=PACK_BATCH, remove_columns=["ids"], writer_batch_size=1 << 20,
+        packed = ids.map(pack, batched=True, batch_size=PACK_BATCH, remove_columns=["ids"],
                          cache_file_name=str(tmp / FILE), desc="packing")
         n = len(packed)
         del ids, packed  # the intermediate ids go with the temporary folder's leftovers
