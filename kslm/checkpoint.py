@@ -128,9 +128,16 @@ def _from_unversioned(d: dict) -> dict:
 
 
 def read_checkpoint(path, field_name: Optional[str] = None) -> dict:
-    """The raw checkpoint dict (weights_only loading). Any unreadable file is a one-line CheckpointError."""
+    """The raw checkpoint dict (weights_only loading). Any unreadable file is a one-line CheckpointError. A sharded
+    checkpoint folder (FSDP2) reads as its consolidated form: Lightning's state and the payload with whole weights
+    (the optimiser's shards stay on disk)."""
     p = Path(str(path))
     where = f" (field '{field_name}')" if field_name else ""
+    if is_sharded(p):
+        return _read_sharded(p, where)
+    if p.is_dir():
+        raise CheckpointError(f"{p}: a folder, not a checkpoint file (a sharded checkpoint folder holds "
+                              f"{SHARDED_META}){where}")
     if not p.is_file():
         raise CheckpointError(f"{p}: checkpoint not found{where}")
     try:
@@ -141,6 +148,62 @@ def read_checkpoint(path, field_name: Optional[str] = None) -> dict:
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{p}: not a Lightning checkpoint (a {type(ckpt).__name__}, not a dict){where}")
     return ckpt
+
+
+SHARDED_META = "meta.pt"  # Lightning's name for the non-tensor part of a sharded checkpoint folder
+
+
+def is_sharded(path) -> bool:
+    """A sharded checkpoint (ModelParallelStrategy / FSDP2): a folder of torch.distributed.checkpoint files + meta.pt."""
+    p = Path(str(path))
+    return p.is_dir() and (p / SHARDED_META).is_file()
+
+
+def _read_sharded(p: Path, where: str = "", keys=("state_dict",)) -> dict:
+    """meta.pt plus the entries `keys` of the sharded state, gathered whole in this process (no process group)."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    try:
+        meta = torch.load(p / SHARDED_META, map_location="cpu", weights_only=True)
+        state: dict = {}
+        _load_state_dict(state, storage_reader=FileSystemReader(str(p)), planner=_EmptyStateDictLoadPlanner(keys=set(keys)),
+                         no_dist=True)
+    except Exception as exc:  # a missing shard, a torn .metadata, a foreign pickle
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(f"{p}: cannot read sharded checkpoint ({detail}){where}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{p}: not a Lightning checkpoint ({SHARDED_META} holds a {type(meta).__name__}){where}")
+    return {**meta, **state}
+
+
+def sharded_optimizer(path) -> bool:
+    """Whether a sharded checkpoint folder holds optimiser state (Lightning stores it as optimizer_0, …)."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    try:
+        names = FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    except Exception:
+        return False
+    return any(k.startswith("optimizer_") for k in names)
+
+
+def consolidate(src, out=None) -> Path:
+    """A sharded checkpoint folder → one kslm checkpoint file (whole weights, Lightning's state, the payload; no
+    optimiser state: it is for prediction, export and `--model.pretrained`, not for resuming). `out` defaults to
+    SRC's name with `.consolidated.ckpt`. Written atomically; returns its path."""
+    from kslm.io import atomic_open
+
+    src = Path(str(src))
+    if not is_sharded(src):
+        raise CheckpointError(f"{src}: not a sharded checkpoint folder (no {SHARDED_META} inside)")
+    ckpt = _read_sharded(src)
+    payload_of(ckpt, src)  # a kslm checkpoint, or a one-line error
+    out = Path(str(out)) if out else src.with_name(f"{src.name.removesuffix('.ckpt')}.consolidated.ckpt")
+    with atomic_open(out, "wb") as f:
+        torch.save(ckpt, f)
+    return out
 
 
 def payload_of(ckpt: dict, source="<checkpoint>") -> Payload:
@@ -168,6 +231,8 @@ def check_restorable(ckpt: dict, source, resume: bool = False, field_name: str =
     if "pytorch-lightning_version" not in ckpt:
         raise CheckpointError(f"{source}: not a Lightning checkpoint (no 'pytorch-lightning_version'){where}")
     missing = [k for k in RESUME_KEYS if k not in ckpt] if resume else []
+    if "optimizer_states" in missing and is_sharded(source) and sharded_optimizer(source):
+        missing.remove("optimizer_states")  # the optimiser's shards stay in the folder (FSDP2 resumes from them)
     if missing:
         raise CheckpointError(f"{source}: cannot resume training: the checkpoint holds no {', '.join(missing)} (a "
                               f"weights-only checkpoint?); start a new run from its backbone with --model.pretrained{where}")
@@ -189,4 +254,4 @@ def load_backbone(path, prefix: str = "backbone.") -> Tuple[BackboneConfig, dict
 
 
 __all__ = ["Payload", "FORMAT_VERSION", "TASKS", "read_checkpoint", "read_payload", "payload_of", "check_restorable", "store",
-           "load_backbone", "task_name"]
+           "load_backbone", "task_name", "is_sharded", "consolidate"]

@@ -33,7 +33,7 @@ from kslm.argv import (
     given_model_options,
 )
 from kslm.callbacks import JsonlPredictionWriter, KslmCheckpoint, SharedLearningRate, TokenThroughput
-from kslm.checkpoint import check_restorable, payload_of, read_checkpoint, task_name
+from kslm.checkpoint import check_restorable, consolidate, is_sharded, payload_of, read_checkpoint, task_name
 from kslm.connect import connect
 from kslm.errors import CheckpointError, ConfigError, KslmError
 from kslm.io import Terminated, sigterm_raises
@@ -48,6 +48,8 @@ from kslm.options import (
 )
 from kslm.progress import hide_adverts, progress_bar
 from kslm.runs import next_version, resumed_version
+from kslm.strategy import NAME as FSDP2
+from kslm.strategy import FSDP2Strategy
 from kslm.suggest import explain_parse_error
 
 _RUN: dict = {}  # the running command's subcommand and config (for the SIGTERM handler and error messages)
@@ -80,6 +82,10 @@ class KslmCLI(LightningCLI):
         ckpt = self._ckpt_file(cfg) if cfg is not None else None
         if ckpt is None:
             return
+        if is_sharded(ckpt) and (cfg.get("trainer") or {}).get("strategy") != FSDP2:
+            what = f"resume from it with --trainer.strategy {FSDP2}, or" if sub == "fit" else f"kslm {sub} takes"
+            raise CheckpointError(f"{ckpt}: a sharded checkpoint (folder): {what} its consolidated file (kslm fit "
+                                  f"writes one beside it; `kslm consolidate {ckpt}` makes one) (field 'ckpt_path')")
         raw = read_checkpoint(ckpt, "ckpt_path")
         payload = payload_of(raw, ckpt)
         configured = task_name((cfg.get("model") or {}).get("class_path", ""))
@@ -102,7 +108,7 @@ class KslmCLI(LightningCLI):
         if ckpt == "last":  # the latest run's last checkpoint: the link kslm.runs keeps, or an explicit dirpath's file
             last = Path(cfg.checkpoint.get("latest_link") or Path(cfg.checkpoint.get("dirpath") or
                                                                      Path("checkpoints") / self._config_name(cfg)) / "last.ckpt")
-            if last.is_file():
+            if last.is_file() or is_sharded(last):
                 return str(last)
             if self.config.get("subcommand") != "fit":  # fit starts afresh; the others would use untrained weights
                 raise CheckpointError(f"{last}: checkpoint not found (--ckpt_path last: no last.ckpt in "
@@ -204,6 +210,17 @@ class KslmCLI(LightningCLI):
 
     before_fit = before_validate = before_test = before_predict = _connect
 
+    def after_fit(self):
+        """Under fsdp2: rank 0 consolidates the sharded last.ckpt into one checkpoint file beside it."""
+        trainer = self.trainer
+        if not isinstance(trainer.strategy, FSDP2Strategy):
+            return
+        trainer.strategy.barrier()
+        last = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
+        if trainer.global_rank == 0 and last and is_sharded(last):
+            out = consolidate(last)
+            print(f"kslm: consolidated the sharded {last} into {out}", file=sys.stderr)
+
     def after_predict(self):
         for cb in self.trainer.callbacks:
             if isinstance(cb, JsonlPredictionWriter):
@@ -292,6 +309,17 @@ def _lightning_cause(exc: BaseException, cfg):
     return None
 
 
+def consolidate_main(argv) -> None:
+    """`kslm consolidate SHARDED_DIR [OUT]`: a sharded (fsdp2) checkpoint folder → one kslm checkpoint file."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="kslm consolidate", description=consolidate_main.__doc__)
+    ap.add_argument("checkpoint", help="a sharded checkpoint folder (e.g. checkpoints/NAME/last.ckpt under fsdp2)")
+    ap.add_argument("out", nargs="?", help="the file to write (default: CHECKPOINT's name with .consolidated.ckpt)")
+    args = ap.parse_args(argv)
+    print(f"kslm: wrote {consolidate(args.checkpoint, args.out)}", file=sys.stderr)
+
+
 def main(args=None):
     """`kslm …`: a user mistake is one line `kslm: error: …` and exit code 2; a DDP rank that loses another rank
     says so in one line and exits 1; SIGTERM / Ctrl-C stop with exit 143 / 130 and leave no temporary file."""
@@ -308,6 +336,8 @@ def main(args=None):
             from kslm.export.cli import main as export_main
 
             return export_main(argv[1:])
+        if argv and argv[0] == "consolidate":
+            return consolidate_main(argv[1:])
         # SIGTERM stops kslm at once (writers clean up), except inside fit's training loop: Lightning's own handler
         # (which calls this one too) stops there at the next batch boundary, so a checkpoint write is never cut
         with sigterm_raises(defer_when_wrapped=lambda: _RUN.get("subcommand") == "fit"):

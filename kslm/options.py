@@ -98,6 +98,19 @@ def check_trainer(trainer, subcommand: str = "fit") -> None:
             if get(key) == 0:
                 raise ConfigError(f"trainer.{key} 0: kslm fit would train nothing; give a positive number (or -1)")
     check_accelerator(get("accelerator", "auto"))
+    check_strategy(get("strategy", "auto"), get("accelerator", "auto"))
+
+
+def check_strategy(strategy, accelerator) -> None:
+    """Lightning's `fsdp` (FSDP1) needs CUDA GPUs and fails deep inside otherwise: on CPU, point to fsdp2."""
+    if not isinstance(strategy, str) or not strategy.lower().startswith("fsdp") or strategy.lower() == "fsdp2":
+        return
+    import torch
+
+    cpu = str(accelerator).lower() == "cpu" or (str(accelerator).lower() == "auto" and not torch.cuda.is_available())
+    if cpu:
+        raise ConfigError(f"trainer.strategy {strategy} needs CUDA GPUs (Lightning's FSDPStrategy); on CPU use "
+                          "--trainer.strategy fsdp2 (FSDP2 per block, gloo)")
 
 
 def check_accelerator(accelerator) -> None:
@@ -213,4 +226,4 @@ def lightning_option_error(exc: BaseException, cfg) -> ConfigError:
 
 
 __all__ = ["check_fit", "check_seed", "check_trainer", "named_option", "check_accelerator", "check_subcommand",
-           "check_output_path", "lightning_option_error", "model_class"]
+           "check_output_path", "lightning_option_error", "model_class", "check_strategy"]

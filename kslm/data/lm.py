@@ -10,7 +10,7 @@ The train/val split of the blocks is deterministic (seeded). With no data given,
 import hashlib
 import json
 import logging
-from itertools import chain
+import math
 from pathlib import Path
 from typing import List, Optional, Union
 
@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader
 from kslm.data.base import KslmDataModule, default_cache_dir
 from kslm.data.corpus import embedded_corpus_path
 from kslm.data.formats.jsonl import check_utf8_file, iter_jsonl, iter_lines
-from kslm.data.tokenizer import EOS_ID, cached_tokenizer, check_vocab_size, fingerprint, tokenizer_from_source
+from kslm.data.token_cache import cache_key, packed_blocks
+from kslm.data.tokenizer import cached_tokenizer, check_vocab_size, tokenizer_from_source
 from kslm.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,10 @@ class LMDataModule(KslmDataModule):
         val_fraction: fraction of blocks held out for validation (at least one block).
         num_workers: DataLoader worker processes.
         seed: seed of the train/val split and of the shuffling.
+        num_proc: processes that tokenize the corpus (the blocks do not depend on it); null = one below 32 MB of
+            text, else min(CPU cores, 8). Blocks are kept in a cache under cache_dir/lm-blocks (kslm.data.token_cache)
+            that later runs with the same corpus, tokenizer and seq_len reuse.
+        tokenizer_sample_mb: at most this much text (MB, evenly spread over the corpus) trains the tokenizer.
         cache_dir: where trained tokenizers and the embedded corpus are kept (default $KSLM_CACHE or ~/.cache/kslm).
         predict_file: prompts for `kslm predict`: a .txt (one per line), a .jsonl with a "prompt" field per line or a
             .json array of such records (see read_prompts).
@@ -71,7 +76,7 @@ class LMDataModule(KslmDataModule):
                  dataset_config: Optional[str] = None, text_field: str = "text", tokenizer: Optional[str] = None,
                  tokenizer_kind: str = "bpe", vocab_size: int = 8000, seq_len: int = 128, batch_size: int = 16,
                  val_fraction: float = 0.02, num_workers: int = 0, seed: int = 1234, cache_dir: Optional[str] = None,
-                 predict_file: Optional[str] = None):
+                 predict_file: Optional[str] = None, num_proc: Optional[int] = None, tokenizer_sample_mb: float = 64.0):
         super().__init__(cache_dir, batch_size, num_workers, seed)
         if tokenizer_kind not in ("bpe", "char"):
             raise DataError(f"unknown tokenizer kind {tokenizer_kind!r} (bpe | char)", field="data.tokenizer_kind")
@@ -80,6 +85,14 @@ class LMDataModule(KslmDataModule):
         if seq_len < 1:
             raise DataError(f"seq_len must be positive, got {seq_len}", field="data.seq_len")
         check_vocab_size(tokenizer_kind, vocab_size)
+        if num_proc is not None and (isinstance(num_proc, bool) or not isinstance(num_proc, int) or num_proc < 1):
+            raise DataError(f"num_proc must be a positive number of processes (or null), got {num_proc!r}",
+                            field="data.num_proc")
+        if not (isinstance(tokenizer_sample_mb, (int, float)) and math.isfinite(tokenizer_sample_mb)
+                and tokenizer_sample_mb > 0):
+            raise DataError(f"tokenizer_sample_mb must be a positive number, got {tokenizer_sample_mb!r}",
+                            field="data.tokenizer_sample_mb")
+        self.num_proc, self.tokenizer_sample_mb = num_proc, float(tokenizer_sample_mb)
         self.files = resolve_files(data_files) if data_files else ([] if dataset else None)
         if predict_file and not Path(predict_file).is_file():
             raise DataError("prompt file not found", path=predict_file, field="data.predict_file")
@@ -135,13 +148,19 @@ class LMDataModule(KslmDataModule):
             return tokenizer_from_source(self.tokenizer_path)
         raw = None
 
-        def texts():
+        def texts():  # every step-th record, step = corpus size / sample size: a bounded, evenly spread sample
             nonlocal raw
             raw = raw if raw is not None else self._raw()
-            for i in range(0, len(raw), 1000):
-                yield from (t for t in raw[i : i + 1000][self.text_field] if t)
+            cap = int(self.tokenizer_sample_mb * 1e6)
+            step, taken = max(1, math.ceil(raw.data.nbytes / cap)), 0
+            for i in range(0, len(raw), 1000 * step):
+                for t in raw[i : i + 1000 * step : step][self.text_field]:
+                    if t and taken < cap:
+                        taken += len(t.encode("utf-8"))
+                        yield t
 
-        name = f"tokenizer-{self.tokenizer_kind}-{self.vocab_size}-{self._source_key()}.json"
+        sample = "" if self.tokenizer_sample_mb == 64.0 else f"-s{self.tokenizer_sample_mb:g}"
+        name = f"tokenizer-{self.tokenizer_kind}-{self.vocab_size}{sample}-{self._source_key()}.json"
         return cached_tokenizer(self.cache_dir / name, texts, self.tokenizer_kind, self.vocab_size)
 
     window_option = "data.seq_len"
@@ -153,23 +172,9 @@ class LMDataModule(KslmDataModule):
         return {"seq_len": self.seq_len, "batch_size": self.batch_size}
 
     def _blocks(self):
-        tok, field, block = self.load_tokenizer(), self.text_field, self.seq_len + 1
-        raw = self._raw()
-        key = f"{self._source_key()}-{fingerprint(tok)}"
-
-        def tokenize(batch):
-            texts = [t for t in batch[field] if t]
-            return {"ids": [e.ids + [EOS_ID] for e in tok.encode_batch(texts)]}
-
-        def pack(batch):
-            ids = list(chain.from_iterable(batch["ids"]))
-            n = len(ids) // block * block
-            return {"input_ids": [ids[i : i + block] for i in range(0, n, block)]}
-
-        ids = raw.map(tokenize, batched=True, remove_columns=raw.column_names, new_fingerprint=f"kslm-tok-{key}",
-                      desc="tokenizing")
-        blocks = ids.map(pack, batched=True, batch_size=2000, remove_columns=["ids"],
-                         new_fingerprint=f"kslm-pack-{key}-{block}", desc="packing")
+        tok, block = self.load_tokenizer(), self.seq_len + 1
+        folder = self.cache_dir / "lm-blocks" / cache_key(f"{self._source_key()}", tok, block)
+        blocks, _ = packed_blocks(self._raw, tok, self.text_field, block, folder, self.num_proc)
         if len(blocks) < 2:
             raise DataError(f"corpus too small: {len(blocks)} block(s) of {block} tokens; need at least 2",
                             path=(self.files or [self.dataset_name])[0], field="data.data_files")

@@ -187,6 +187,18 @@ class KslmTask(pl.LightningModule):
             self.init_from_pretrained(self.tokenizer, hp.pretrained)
         else:
             self.build(self.tokenizer)
+        self._shard()
+
+    def _shard(self) -> None:
+        """Under a strategy with a device mesh (`--trainer.strategy fsdp2`): FSDP2 units per block (kslm.fsdp)."""
+        mesh = getattr(self, "_device_mesh", None)
+        if mesh is None:
+            return
+        from kslm.fsdp import mixed_precision, shard
+
+        dp = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
+        units = shard(self, dp, mixed_precision(dp.device_type, str(self.trainer.precision)))
+        log.info("FSDP2: %d units sharded over %d ranks", units, dp.size())
 
     def build_from_payload(self, payload: Payload) -> None:
         if payload.hf_config is not None:
