@@ -217,7 +217,7 @@ def test_predict_with_kslm_checkpoint_matches_naive_loop(small_corpus, tmp_path,
         chunks = rec["context"] if isinstance(rec["context"], list) else None
         if chunks is None:
             continue
-        text = "User: {}\n\n{}\n\nAssistant:"
+        text = "{}\n{}"  # configs/nbce/kslm-lm.yaml's completion template
         prompts = [[EOS_ID] + tok.encode(text.format(c, rec["question"])).ids for c in ["", *chunks]]
         tokens, chosen = nbce_generate(BackboneLM(m), prompts, [EOS_ID], 6, temperature=0.0, use_cache=False)
         assert res["answer_token_ids"] == tokens and res["chosen_contexts"] == [k - 1 for k in chosen]
@@ -228,6 +228,31 @@ def test_predict_with_kslm_checkpoint_matches_naive_loop(small_corpus, tmp_path,
                          "--data.predict_file", str(bad), "--data.window", "64"], capsys)
     assert code == 2 and "bad.jsonl:1, field 'context[0]'" in err and "window 64" in err
 
+
+
+def test_an_empty_answer_says_why(ckpts, tmp_path, monkeypatch, capsys):
+    """An answer whose first token is end-of-text gets a "note" in its record and one stderr line; the others none.
+    (Which records end at once is forced: the first record's decode returns no token, as after an EOS.)"""
+    import kslm.tasks.nbce as task
+
+    real = task.nbce_generate
+    calls = []
+
+    def first_ends_at_once(*args, **kwargs):
+        calls.append(1)
+        return ([], []) if len(calls) == 1 else real(*args, **kwargs)
+
+    monkeypatch.setattr(task, "nbce_generate", first_ends_at_once)
+    src, out = write_records(tmp_path / "in.jsonl", RECORDS[:1] * 2), tmp_path / "out.jsonl"
+    code, err = run_cli(["predict", "--config", str(REPO / "configs/nbce/kslm-lm.yaml"), "--model.checkpoint",
+                         str(ckpts["lm"]), "--data.predict_file", str(src), "--predictions.path", str(out),
+                         "--model.max_new_tokens", "3"], capsys)
+    assert code == 0, err
+    got = read_jsonl(out)
+    assert got[0]["answer"] == "" and got[0]["note"] == task.EMPTY_NOTE
+    assert got[1]["answer_token_ids"] and "note" not in got[1]
+    notes = [line for line in err.splitlines() if line.startswith("kslm: note:")]
+    assert len(notes) == 1 and "1 empty answer(s) (lines 1)" in notes[0]
 
 # --------------------------------------------------------------------------------- Hugging Face Llama
 @pytest.fixture(scope="module")

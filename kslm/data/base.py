@@ -8,6 +8,7 @@ Without a connection (a data module used on its own, as the experiments do) `loa
 """
 
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import List, Optional
@@ -68,6 +69,11 @@ class KslmDataModule(pl.LightningDataModule):
 
     def predict_settings(self) -> dict:
         return {"batch_size": self.batch_size}
+
+    def note(self, message: str) -> None:
+        """One line on standard error (global rank 0 only) where a run does what the user may not expect."""
+        if self.trainer is None or self.trainer.is_global_zero:
+            print(f"kslm: note: {message}", file=sys.stderr)
 
     # ---------------------------------------------------------- training loader
     def resumable_loader(self, dataset, collate_fn=None, drop_last: bool = False) -> DataLoader:

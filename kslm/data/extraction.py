@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 
 class ExtractionDataModule(KslmDataModule):
-    """Base of NERDataModule and REDataModule (they document train_file, val_file, predict_file and format).
+    """Base of NERDataModule and REDataModule (they document train_file, val_file, test_file, predict_file and
+    format).
 
     Args:
         tokenizer: a tokenizer.json, a Hugging Face model directory or a kslm .ckpt to take the tokenizer from
@@ -56,9 +57,10 @@ class ExtractionDataModule(KslmDataModule):
                  tokenizer_kind: Literal["char", "bpe"] = "char", vocab_size: int = 6000, min_frequency: int = 1,
                  max_length: int = 128, unlabelled_val: bool = False,
                  stride: Optional[int] = None, batch_size: int = 16, num_workers: int = 0, seed: int = 1234,
-                 cache_dir: Optional[str] = None, max_text_chars: int = 100_000):
+                 cache_dir: Optional[str] = None, max_text_chars: int = 100_000, test_file: Optional[str] = None):
         super().__init__(cache_dir, batch_size, num_workers, seed)
-        for name, path in (("train_file", train_file), ("val_file", val_file), ("predict_file", predict_file)):
+        for name, path in (("train_file", train_file), ("val_file", val_file), ("test_file", test_file),
+                           ("predict_file", predict_file)):
             if path and not Path(path).is_file():
                 raise DataError("file not found", path=path, field=f"data.{name}")
         if max_length < 3:
@@ -73,10 +75,11 @@ class ExtractionDataModule(KslmDataModule):
         if stride is not None and not 0 <= stride < max_length - 2:
             raise DataError(f"stride must be in [0, max_length − 2), got {stride}", field="data.stride")
         self.train_file, self.val_file, self.predict_file, self.format = train_file, val_file, predict_file, format
+        self.test_file = test_file
         self.tokenizer_path, self.tokenizer_kind = tokenizer, tokenizer_kind
         self.vocab_size, self.min_frequency = vocab_size, min_frequency
         self.max_length, self.stride, self.unlabelled_val = max_length, stride, unlabelled_val
-        self.train_set = self.val_set = self.predict_set = None
+        self.train_set = self.val_set = self.test_set = self.predict_set = None
         self._records = None  # (train records, val records, their labels)
 
     # ------------------------------------------------------------- subclass hooks
@@ -93,6 +96,10 @@ class ExtractionDataModule(KslmDataModule):
 
     def _labels_of(self, train: List[dict], val: List[dict]) -> List[str]:
         """The sorted label set of the training records; raise a DataError for labels of val unseen in train."""
+        raise NotImplementedError
+
+    def _check_known(self, records: List[dict], labels: List[str], path, field: str) -> None:
+        """Raise a DataError for a label of `records` (a validation or test split) that is not in `labels`."""
         raise NotImplementedError
 
     def _source_options(self) -> list:
@@ -156,6 +163,22 @@ class ExtractionDataModule(KslmDataModule):
                             f"nothing; give --data.unlabelled_val true if the file is unlabelled",
                             path=path, field="data.val_file")
 
+    def _read_test(self) -> List[dict]:
+        """The records of data.test_file, checked like validation records (sizes, labels known to the model — the
+        checkpoint's when connected, else the training data's — and at least one gold label)."""
+        path, key = self.test_file, self.gold_keys[0]
+        if is_blank(path):
+            raise DataError("no test records", path=path, field="data.test_file")
+        test = self._read_labelled(path)
+        self.check_sizes(test, path)
+        if self.labels is None:
+            self.labels = self.label_set()
+        self._check_known(test, self.labels, path, "data.test_file")
+        if not any(r.get(key) for r in test):
+            raise DataError(f"no gold {key} in the {len(test)} test records: F1 would be scored against nothing",
+                            path=path, field="data.test_file")
+        return test
+
     def _read(self):
         """(train, val) records, their labels checked against the connected ones (a checkpoint's, --model.<labels>)."""
         train, val, labels = self._read_records()
@@ -213,6 +236,9 @@ class ExtractionDataModule(KslmDataModule):
 
     # ------------------------------------------------------------------ stages
     def setup(self, stage: Optional[str] = None):
+        if stage == "test":
+            self._setup_test()
+            return
         if stage == "predict":
             if self.predict_file:
                 if is_blank(self.predict_file):  # no records: an empty output (the CLI writes it and says so)
@@ -229,6 +255,23 @@ class ExtractionDataModule(KslmDataModule):
         self.val_set = self.encode(val, self.val_file or self.train_file)
         log.info("%s data: %d train windows, %d val records, %d %s", self.kind, len(self.train_set), len(self.val_set),
                  len(self.labels), self.label_key)
+
+    def _setup_test(self):
+        """data.test_file's records; without one, the validation split's (said in one line: the numbers are then
+        those of `kslm validate`)."""
+        if self.test_set is not None:
+            return
+        if self.test_file:
+            self.test_set = self.encode(self._read_test(), self.test_file)
+            log.info("%s test data: %d records from %s", self.kind, len(self.test_set), self.test_file)
+            return
+        if not self.train_file:
+            raise DataError("kslm test needs labelled records: --data.test_file FILE (or the training config's "
+                            "train/val files, to test on the validation split)", field="data.test_file")
+        split = self.val_file or f"{self.train_file} --data.dev_split {getattr(self, 'dev_split', None)}"
+        self.note(f"no --data.test_file: kslm test evaluates the validation split ({split}); its test/* numbers "
+                  "are kslm validate's val/*")
+        self.test_set = self.encode(self._read()[1], self.val_file or self.train_file)
 
     # ---------------------------------------------------------------- batches
     def collate_inputs(self, windows: List[dict]) -> dict:
@@ -269,7 +312,9 @@ class ExtractionDataModule(KslmDataModule):
         return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers,
                           collate_fn=self.collate_records)
 
-    test_dataloader = val_dataloader
+    def test_dataloader(self):
+        return DataLoader(self.test_set, batch_size=self.batch_size, num_workers=self.num_workers,
+                          collate_fn=self.collate_records)
 
     def predict_dataloader(self):
         if not self.predict_file:

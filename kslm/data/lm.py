@@ -4,7 +4,8 @@ Text is read with `datasets.load_dataset` ("text" builder, one sample per paragr
 .json/.jsonl with a `text_field`), tokenized with `Dataset.map(batched=True)` into the datasets cache, then
 packed: documents joined with </s> and cut into blocks of seq_len + 1 tokens (inputs and shifted targets).
 The train/val split of the blocks is deterministic (seeded). With no data given, the embedded corpus
-(kslm.data.corpus) is used, so a fresh install trains without a download.
+(kslm.data.corpus) is used, so a fresh install trains without a download. `test_file` (files or folders, read like
+data_files) is packed the same way into the blocks `kslm test` evaluates.
 """
 
 import hashlib
@@ -27,21 +28,21 @@ log = logging.getLogger(__name__)
 TEXT_SUFFIXES = {".txt": "text", ".text": "text", ".json": "json", ".jsonl": "json"}
 
 
-def resolve_files(data_files) -> List[Path]:
+def resolve_files(data_files, field: str = "data.data_files") -> List[Path]:
     files = []
     for item in [data_files] if isinstance(data_files, (str, Path)) else list(data_files):
         p = Path(item).expanduser()
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.suffix in TEXT_SUFFIXES and f.is_file())
             if not found:
-                raise DataError("folder holds no .txt/.json/.jsonl files", path=p, field="data.data_files")
+                raise DataError("folder holds no .txt/.json/.jsonl files", path=p, field=field)
             files.extend(found)
         elif p.is_file():
             if p.suffix not in TEXT_SUFFIXES:
-                raise DataError(f"unsupported file type {p.suffix!r} (use .txt, .json or .jsonl)", path=p, field="data.data_files")
+                raise DataError(f"unsupported file type {p.suffix!r} (use .txt, .json or .jsonl)", path=p, field=field)
             files.append(p)
         else:
-            raise DataError("data file not found", path=p, field="data.data_files")
+            raise DataError("data file not found", path=p, field=field)
     return files
 
 
@@ -70,13 +71,17 @@ class LMDataModule(KslmDataModule):
         cache_dir: where trained tokenizers and the embedded corpus are kept (default $KSLM_CACHE or ~/.cache/kslm).
         predict_file: prompts for `kslm predict`: a .txt (one per line), a .jsonl with a "prompt" field per line or a
             .json array of such records (see read_prompts).
+        test_file: held-out text for `kslm test`, given like data_files (files, folders or a list of them), packed
+            into blocks of seq_len + 1 tokens like the training text (a last partial block is left out); empty =
+            `kslm test` evaluates the validation blocks and says so.
     """
 
     def __init__(self, data_files: Optional[Union[str, List[str]]] = None, dataset: Optional[str] = None,
                  dataset_config: Optional[str] = None, text_field: str = "text", tokenizer: Optional[str] = None,
                  tokenizer_kind: str = "bpe", vocab_size: int = 8000, seq_len: int = 128, batch_size: int = 16,
                  val_fraction: float = 0.02, num_workers: int = 0, seed: int = 1234, cache_dir: Optional[str] = None,
-                 predict_file: Optional[str] = None, num_proc: Optional[int] = None, tokenizer_sample_mb: float = 64.0):
+                 predict_file: Optional[str] = None, num_proc: Optional[int] = None, tokenizer_sample_mb: float = 64.0,
+                 test_file: Optional[Union[str, List[str]]] = None):
         super().__init__(cache_dir, batch_size, num_workers, seed)
         if tokenizer_kind not in ("bpe", "char"):
             raise DataError(f"unknown tokenizer kind {tokenizer_kind!r} (bpe | char)", field="data.tokenizer_kind")
@@ -94,51 +99,61 @@ class LMDataModule(KslmDataModule):
                             field="data.tokenizer_sample_mb")
         self.num_proc, self.tokenizer_sample_mb = num_proc, float(tokenizer_sample_mb)
         self.files = resolve_files(data_files) if data_files else ([] if dataset else None)
+        self.test_files = resolve_files(test_file, "data.test_file") if test_file else None
         if predict_file and not Path(predict_file).is_file():
             raise DataError("prompt file not found", path=predict_file, field="data.predict_file")
         self.dataset_name, self.dataset_config, self.text_field = dataset, dataset_config, text_field
         self.tokenizer_path, self.tokenizer_kind, self.vocab_size = tokenizer, tokenizer_kind, vocab_size
         self.seq_len, self.val_fraction, self.predict_file = seq_len, val_fraction, predict_file
-        self.train_set = self.val_set = None
+        self.train_set = self.val_set = self.test_set = None
 
     # ---------------------------------------------------------------- loading
-    def _raw(self):
-        for f in self.files or []:  # Arrow's JSON reader takes bytes that are not UTF-8 and fails later, far from the file
+    def _raw(self, test: bool = False):
+        """The training corpus, or (test) the text of data.test_file, as a datasets.Dataset."""
+        field = "data.test_file" if test else "data.data_files"
+        # Arrow's JSON reader takes bytes that are not UTF-8 and fails later, far from the file
+        for f in (self.test_files if test else self.files) or []:
             check_utf8_file(f)
         from datasets import concatenate_datasets, load_dataset
 
-        if self.dataset_name:
+        if self.dataset_name and not test:
             ds = load_dataset(self.dataset_name, self.dataset_config, split="train")
         else:
-            files = self.files if self.files is not None else [embedded_corpus_path(self.cache_dir)]
+            files = self._files(test)
             # text files load together; each JSON file alone (datasets with different label schemas, e.g. CLUENER
             # and DuIE, cannot share one table), keeping only the text field; then one concatenated corpus
             texts = [f for f in files if TEXT_SUFFIXES[f.suffix] == "text"]
             parts = [(texts, "text", {"sample_by": "paragraph", "encoding": "utf-8-sig"})] if texts else []
             parts += [([f], "json", {}) for f in files if TEXT_SUFFIXES[f.suffix] == "json"]
-            ds = concatenate_datasets([self._load_part(*part) for part in parts])
+            ds = concatenate_datasets([self._load_part(*part, field=field) for part in parts])
         if self.text_field not in ds.column_names:
             raise DataError(f"records have no '{self.text_field}' field (fields: {ds.column_names})",
-                            path=(self.files or [self.dataset_name])[0], field="data.text_field")
+                            path=((self.test_files if test else self.files) or [self.dataset_name])[0],
+                            field="data.text_field")
         return ds
 
-    def _load_part(self, files, builder, kwargs):
+    def _files(self, test: bool = False) -> List[Path]:
+        if test:
+            return self.test_files
+        return self.files if self.files is not None else [embedded_corpus_path(self.cache_dir)]
+
+    def _load_part(self, files, builder, kwargs, field: str = "data.data_files"):
         from datasets import load_dataset
 
         try:
             ds = load_dataset(builder, data_files=[str(f) for f in files], split="train", **kwargs)
         except Exception as exc:  # datasets wraps JSON errors in its own exception types
-            raise DataError(f"cannot read ({str(exc).splitlines()[0][:200]})", path=files[0], field="data.data_files") from None
+            raise DataError(f"cannot read ({str(exc).splitlines()[0][:200]})", path=files[0], field=field) from None
         if self.text_field not in ds.column_names:
             raise DataError(f"records have no '{self.text_field}' field (fields: {ds.column_names})",
                             path=files[0], field="data.text_field")
         return ds.select_columns([self.text_field])
 
-    def _source_key(self) -> str:
-        if self.dataset_name:
+    def _source_key(self, test: bool = False) -> str:
+        if self.dataset_name and not test:
             src = [self.dataset_name, self.dataset_config]
         else:
-            files = self.files if self.files is not None else [embedded_corpus_path(self.cache_dir)]
+            files = self._files(test)
             src = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
         return hashlib.sha256(json.dumps([src, self.text_field]).encode()).hexdigest()[:16]
 
@@ -171,23 +186,39 @@ class LMDataModule(KslmDataModule):
     def predict_settings(self) -> dict:
         return {"seq_len": self.seq_len, "batch_size": self.batch_size}
 
-    def _blocks(self):
+    def _blocks(self, test: bool = False):
+        """The training corpus (or, test, data.test_file) tokenized and packed into blocks of seq_len + 1 tokens, from
+        the token cache (kslm.data.token_cache) when an earlier run made them."""
         tok, block = self.load_tokenizer(), self.seq_len + 1
-        folder = self.cache_dir / "lm-blocks" / cache_key(f"{self._source_key()}", tok, block)
-        blocks, _ = packed_blocks(self._raw, tok, self.text_field, block, folder, self.num_proc)
-        if len(blocks) < 2:
+        folder = self.cache_dir / "lm-blocks" / cache_key(f"{self._source_key(test)}", tok, block)
+        blocks, _ = packed_blocks(lambda: self._raw(test), tok, self.text_field, block, folder, self.num_proc)
+        if test and len(blocks) < 1:
+            raise DataError(f"test text too small: not one block of {block} tokens (data.seq_len + 1)",
+                            path=self.test_files[0], field="data.test_file")
+        if not test and len(blocks) < 2:
             raise DataError(f"corpus too small: {len(blocks)} block(s) of {block} tokens; need at least 2",
                             path=(self.files or [self.dataset_name])[0], field="data.data_files")
         return blocks
 
+    def _testing(self) -> bool:
+        return self.trainer is not None and self.trainer.state.fn == "test"
+
     def prepare_data(self):
-        if stage_needs_blocks(self.trainer):
-            self._blocks()  # rank 0 fills the datasets caches; other ranks then read them
+        if stage_needs_blocks(self.trainer):  # rank 0 fills the datasets caches; other ranks then read them
+            self._blocks(test=self._testing() and self.test_files is not None)
 
     def setup(self, stage: Optional[str] = None):
         if stage == "predict":
             self.load_tokenizer()
             return
+        if stage == "test" and self.test_files is not None:
+            if self.test_set is None:
+                self.test_set = self._blocks(test=True).with_format("torch")
+                log.info("LM test data: %d blocks of %d tokens", len(self.test_set), self.seq_len)
+            return
+        if stage == "test":
+            self.note("no --data.test_file: kslm test evaluates the validation blocks (the held-out "
+                      f"data.val_fraction {self.val_fraction} of the corpus); its test/* numbers are kslm validate's val/*")
         if self.train_set is not None:
             return
         blocks = self._blocks()
@@ -211,7 +242,13 @@ class LMDataModule(KslmDataModule):
         return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers,
                           generator=torch.Generator())
 
-    test_dataloader = val_dataloader
+    def test_dataloader(self):
+        import torch
+
+        if self.test_set is None:
+            return self.val_dataloader()
+        return DataLoader(self.test_set, batch_size=self.batch_size, num_workers=self.num_workers,
+                          generator=torch.Generator())
 
     def predict_dataloader(self):
         if not self.predict_file:

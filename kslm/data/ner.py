@@ -30,6 +30,8 @@ class NERDataModule(ExtractionDataModule):
     Args:
         train_file: training records (cluener JSONL, cmeee JSON, BIO, canonical JSONL; see kslm.data.formats).
         val_file: validation records; empty = carve them from train_file with dev_split.
+        test_file: labelled records for `kslm test` (any supported format; e.g. CMeEE's or People's Daily's test
+            split); empty = `kslm test` evaluates the validation split and says so.
         predict_file: records to tag with `kslm predict` (any supported format; labels ignored).
         format: the files' format: auto (sniffed), cluener, cmeee, bio or canonical.
         dev_split: without val_file, the dataset's dev split: cluener (last 1,000 lines of train.json) or
@@ -46,8 +48,9 @@ class NERDataModule(ExtractionDataModule):
     def __init__(self, train_file: Optional[str] = None, val_file: Optional[str] = None,
                  predict_file: Optional[str] = None,
                  format: Literal["auto", "cluener", "cmeee", "bio", "canonical"] = "auto",
-                 dev_split: Optional[Literal["cluener", "cmeee"]] = None, repair: bool = False, **kwargs):
-        super().__init__(train_file, val_file, predict_file, format, **kwargs)
+                 dev_split: Optional[Literal["cluener", "cmeee"]] = None, repair: bool = False,
+                 test_file: Optional[str] = None, **kwargs):
+        super().__init__(train_file, val_file, predict_file, format, test_file=test_file, **kwargs)
         self.dev_split, self.repair = dev_split, repair
 
     @property
@@ -79,11 +82,14 @@ class NERDataModule(ExtractionDataModule):
         if not types:
             raise DataError("no entities in the training records (an unlabelled file cannot train)",
                             path=self.train_file, field="data.train_file")
-        unknown = sorted({e["type"] for r in val for e in r.get("entities", [])} - set(types))
-        if unknown:
-            raise DataError(f"entity types {unknown} do not occur in the training data (types: {types})",
-                            path=self.val_file or self.train_file, field="data.val_file")
+        self._check_known(val, types, self.val_file or self.train_file, "data.val_file")
         return types
+
+    def _check_known(self, records, types, path, field):
+        unknown = sorted({e["type"] for r in records for e in r.get("entities", [])} - set(types))
+        if unknown:
+            raise DataError(f"entity types {unknown} do not occur in the training data (types: {list(types)})",
+                            path=path, field=field)
 
     def _source_options(self):
         return [self.format, self.dev_split, self.min_frequency]  # (repair changes spans, not texts)

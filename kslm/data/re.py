@@ -36,11 +36,13 @@ class REDataModule(ExtractionDataModule):
     Args:
         train_file: training records (DuIE / CMeIE JSONL, WebNLG JSON, canonical RE JSONL; see kslm.data.formats).
         val_file: validation records (the dataset's labelled dev / valid split).
+        test_file: labelled records for `kslm test` (e.g. WebNLG's test.json); empty = `kslm test` evaluates the
+            validation split and says so.
         predict_file: records to extract triples from with `kslm predict` (any supported format; labels ignored).
         format: the files' format: auto (sniffed), duie, cmeie, webnlg or canonical.
         skip_unlocatable: DuIE / CMeIE / WebNLG: skip (and count, in a warning) triples whose entity string does
             not occur in the text, instead of stopping with an error.
-        unknown_predicates: error (a val triple whose predicate is not in the training data stops with an error
+        unknown_predicates: error (a val / test triple whose predicate is not in the training data stops with an error
             naming file and line) or keep (it stays gold, always missed, and is counted in a warning).
         (tokenizer, max_length, batch_size, …: see ExtractionDataModule.)
     """
@@ -52,8 +54,9 @@ class REDataModule(ExtractionDataModule):
     def __init__(self, train_file: Optional[str] = None, val_file: Optional[str] = None,
                  predict_file: Optional[str] = None,
                  format: Literal["auto", "duie", "cmeie", "webnlg", "canonical"] = "auto",
-                 skip_unlocatable: bool = False, unknown_predicates: Literal["error", "keep"] = "error", **kwargs):
-        super().__init__(train_file, val_file, predict_file, format, **kwargs)
+                 skip_unlocatable: bool = False, unknown_predicates: Literal["error", "keep"] = "error",
+                 test_file: Optional[str] = None, **kwargs):
+        super().__init__(train_file, val_file, predict_file, format, test_file=test_file, **kwargs)
         self.skip_unlocatable, self.unknown_predicates = skip_unlocatable, unknown_predicates
 
     @property
@@ -81,20 +84,23 @@ class REDataModule(ExtractionDataModule):
         if not predicates:
             raise DataError("no triples in the training records (an unlabelled file cannot train)",
                             path=self.train_file, field="data.train_file")
+        self._check_known(val, predicates, self.val_file, "data.val_file")
+        return predicates
+
+    def _check_known(self, records, predicates, path, field):
         known, unknown = set(predicates), 0
-        for r in val:
+        for r in records:
             for k, t in enumerate(r["triples"]):
                 if t["predicate"] in known:
                     continue
                 if self.unknown_predicates == "error":
                     raise DataError(f"predicate {t['predicate']!r} does not occur in the training data "
-                                    f"({len(predicates)} predicates); pass --data.unknown_predicates keep to score "
-                                    "it as a miss", path=self.val_file, line=r["line"], field=f"triples[{k}].predicate")
+                                    f"({len(known)} predicates); pass --data.unknown_predicates keep to score "
+                                    "it as a miss", path=path, line=r["line"], field=f"triples[{k}].predicate")
                 unknown += 1
         if unknown:
             log.warning("%s: %d triples have a predicate unseen in training; they stay gold (counted as missed in F1)",
-                        self.val_file, unknown)
-        return predicates
+                        path, unknown)
 
     def _source_options(self):
         return [self.format, self.skip_unlocatable, self.min_frequency]

@@ -130,6 +130,11 @@ class ExtractionTask(KslmTask):
         return self.backbone.flops_per_token(T) * B * T
 
     # ---------------------------------------------------------- evaluation
+    @property
+    def eval_stage(self) -> str:
+        """The prefix of what validation_step logs: test under `kslm test` (its own split), else val."""
+        return "test" if self._trainer is not None and self._trainer.testing else "val"
+
     def build_metric(self):
         """The set-F1 metric over this task's labels (per-label and macro scores)."""
         raise NotImplementedError

@@ -9,6 +9,11 @@ Loss is the token mean of the cross-entropy (fp32); perplexity = exp(val loss). 
 positions (kslm/nn/heat.py): train/loss is then the sum, logged apart as train/mlm_loss and train/aux_loss;
 val/loss stays the MLM loss. Randomness (prefix lengths, MLM masks) comes from a generator seeded by
 (seed, step, rank), so a resumed run draws the same.
+
+At each validation of a fit, a causal or prefix LM logs `sample_count` greedy continuations (`sample_tokens` new
+tokens, KV-cached) of fixed prompts — the first tokens of the first validation blocks — as TensorBoard text
+(tag val/samples). Greedy decoding draws no random numbers and runs in eval mode under no_grad, so training is
+unchanged by it.
 """
 
 import math
@@ -40,15 +45,21 @@ class LanguageModel(KslmTask):
             backbone.mask bidirectional only). Costs one extra forward pass (the unmasked teacher, no gradient).
         aux_weight: weight of the auxiliary loss.
         heat_mode: interpolate (both neighbours, weighted by distance) or extrapolate (the left neighbour only).
+        sample_count: greedy continuations logged as TensorBoard text (val/samples) at each validation of a fit;
+            0 = none. Causal and prefix masks only (a masked LM cannot generate).
+        sample_tokens: new tokens per sample (0 = none).
     """
 
-    runtime_options = (*KslmTask.runtime_options, "max_new_tokens", "temperature", "top_p")
+    runtime_options = (*KslmTask.runtime_options, "max_new_tokens", "temperature", "top_p", "sample_count",
+                       "sample_tokens")
+    sample_prompt_tokens = 16  # the prompts: this many first tokens (at most half) of the first validation blocks
     logged_metrics = (*KslmTask.logged_metrics, "val/ppl", "test/ppl", "train/aux_loss", "train/mlm_loss")
     predicts_from_pretrained = True  # `kslm predict --model.pretrained X` generates with X's weights
 
     def __init__(self, *args, mlm_probability: float = 0.15, seed: int = 0, max_new_tokens: int = 64,
                  temperature: float = 0.0, top_p: float = 0.95, aux_objective: Literal["none", "heat"] = "none",
-                 aux_weight: float = 1.0, heat_mode: Literal["interpolate", "extrapolate"] = "interpolate", **kwargs):
+                 aux_weight: float = 1.0, heat_mode: Literal["interpolate", "extrapolate"] = "interpolate",
+                 sample_count: int = 2, sample_tokens: int = 32, **kwargs):
         super().__init__(*args, **kwargs)
         if aux_objective == "heat" and self.backbone_config.mask != "bidirectional":
             raise ConfigError(f"model.aux_objective heat needs model.backbone.mask bidirectional (masked LM), "
@@ -59,6 +70,8 @@ class LanguageModel(KslmTask):
             ("max_new_tokens", max_new_tokens, max_new_tokens >= 1, "≥ 1"),
             ("temperature", temperature, temperature >= 0 and math.isfinite(temperature), "a finite number ≥ 0 (0 = greedy)"),
             ("top_p", top_p, 0 < top_p <= 1, "in (0, 1]"),
+            ("sample_count", sample_count, sample_count >= 0, "≥ 0 (0 = no samples)"),
+            ("sample_tokens", sample_tokens, sample_tokens >= 0, "≥ 0 (0 = no samples)"),
         ]
         for key, value, ok, what in checks:
             if not ok:
@@ -68,6 +81,8 @@ class LanguageModel(KslmTask):
             raise ConfigError("model.hf_path is for the extraction tasks; LanguageModel trains kslm backbones "
                               "(for an HF causal LM use the NBCE predict mode)")
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
+        self.sample_count, self.sample_tokens = sample_count, sample_tokens
+        self._sample_prompts: Optional[list] = None
         self.val_loss = torchmetrics.MeanMetric()
 
     def build(self, tokenizer, cfg=None, **kwargs):
@@ -121,12 +136,41 @@ class LanguageModel(KslmTask):
     def validation_step(self, batch, batch_idx):
         loss, n = self.lm_loss(batch["input_ids"], self._generator("val", batch_idx, self.global_rank))
         self.val_loss.update(loss, weight=n)
+        if batch_idx == 0 and self._sample_prompts is None:  # fixed prompts: the validation blocks are not shuffled
+            k = min(self.sample_prompt_tokens, batch["input_ids"].shape[1] // 2)
+            self._sample_prompts = batch["input_ids"][: self.sample_count, :k].tolist()
 
     def on_validation_epoch_end(self):
         loss = self.val_loss.compute()
         self.val_loss.reset()
         # MeanMetric has already reduced over ranks; sync_dist only keeps Lightning from warning
         self.log_dict({"val/loss": loss, "val/ppl": torch.exp(loss.clamp(max=50))}, prog_bar=True, sync_dist=True)
+        self.log_samples()
+
+    def log_samples(self):
+        """Greedy continuations of the fixed prompts as TensorBoard text (val/samples) — in a fit, on global rank 0,
+        with a TensorBoardLogger, one device or DDP (a sharded model would need every rank in each forward)."""
+        from lightning.pytorch.loggers import TensorBoardLogger
+        from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+
+        trainer = self.trainer
+        if (not self.sample_count or not self.sample_tokens or trainer.state.fn != "fit" or trainer.sanity_checking
+                or not trainer.is_global_zero or not isinstance(self.logger, TensorBoardLogger)
+                or not isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)) or not self._sample_prompts):
+            return
+        if self.backbone_config.mask == "bidirectional":
+            if not getattr(self, "_said_no_samples", False):
+                print("kslm: note: no sample generations (model.sample_count): a bidirectional (masked-LM) backbone "
+                      "cannot generate", file=sys.stderr)
+                self._said_no_samples = True
+            return
+        # self.backbone directly: no DDP wrapper (and no collective) is involved
+        samples = [(self.tokenizer.decode(p), self.tokenizer.decode(self.generate(p, self.sample_tokens)))
+                   for p in self._sample_prompts]
+        text = "\n\n".join(f"**{i + 1}.** prompt / continuation (greedy, {self.sample_tokens} tokens):\n\n"
+                            + "\n".join("    " + line for line in f"{p}\n--\n{c}".splitlines())
+                            for i, (p, c) in enumerate(samples))
+        self.logger.experiment.add_text("val/samples", text, self.global_step)
 
     test_step = validation_step
 

@@ -6,6 +6,7 @@ reference loop (bojone/NBCE test.py, final revision). The language model is eith
 (`checkpoint`) or a local Hugging Face causal LM (`hf_path`, extra `hf`).
 """
 
+import sys
 from pathlib import Path
 from typing import List, Literal, Optional
 
@@ -17,6 +18,7 @@ from kslm.nn.nbce import BackboneLM, HFCausalLM, nbce_generate
 from kslm.tasks.base import stable_seed
 
 TEMPLATE = "User: {context}\n\n{question}\n\nAssistant:"
+EMPTY_NOTE = "the model ended the answer at once (its first token was end-of-text)"
 
 
 class NBCE(pl.LightningModule):
@@ -148,9 +150,25 @@ class NBCE(pl.LightningModule):
             raise DataError(f"out of memory on {rows} rows × {longest} prompt tokens; lower data.max_batch_tokens "
                             "or shorten the context", path=batch.get("source"),
                             line=batch["line"], field="context") from None
-        return {"line": batch["line"], "id": batch["id"], "answer": self.decode(tokens), "answer_token_ids": tokens,
-                "chosen_contexts": [k - 1 for k in chosen] if self.pooling == "min_entropy" else [],
-                "n_contexts": len(prompts) - 1}
+        out = {"line": batch["line"], "id": batch["id"], "answer": self.decode(tokens), "answer_token_ids": tokens,
+               "chosen_contexts": [k - 1 for k in chosen] if self.pooling == "min_entropy" else [],
+               "n_contexts": len(prompts) - 1}
+        if not tokens:  # max_new_tokens ≥ 1: the first token chosen was an end-of-sequence id
+            out["note"] = EMPTY_NOTE
+            self._empty.append(batch["line"])
+        return out
+
+    def on_predict_start(self):
+        self._empty = []
+
+    def on_predict_end(self):
+        """One line for the empty answers: a plain-text LM ends a prompt that looks like the end of a document."""
+        if self._empty and self.trainer.is_global_zero:
+            lines = ", ".join(map(str, self._empty[:10])) + (", …" if len(self._empty) > 10 else "")
+            print(f"kslm: note: {len(self._empty)} empty answer(s) (lines {lines}): {EMPTY_NOTE}; an LM trained on "
+                  "plain text (documents that end at a blank line) knows no chat template: give it a completion "
+                  "prompt (model.template without blank lines, as configs/nbce/kslm-lm.yaml's, and a question that "
+                  "the answer continues)", file=sys.stderr)
 
 
 __all__ = ["NBCE", "TEMPLATE"]

@@ -83,7 +83,7 @@ class EntityExtraction(ExtractionTask):
     def validation_step(self, batch, batch_idx):
         logits = self(batch["input_ids"], batch["attention_mask"], batch["span_mask"])
         loss = self.loss(logits, batch["labels"])
-        self.log("val/loss", loss, batch_size=logits.shape[0])
+        self.log(f"{self.eval_stage}/loss", loss, batch_size=logits.shape[0])
         preds = self.decode(logits, batch)
         key = lambda ents: [(e["start"], e["end"], e["type"]) for e in ents]  # noqa: E731
         self.val_f1.update([key(p) for p in preds], [key(g) for g in batch["entities"]])

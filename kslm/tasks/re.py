@@ -106,7 +106,7 @@ class RelationExtraction(ExtractionTask):
 
     def validation_step(self, batch, batch_idx):
         logits = self(batch["input_ids"], batch["attention_mask"], batch["span_mask"])
-        self.log("val/loss", self._loss(logits, batch), batch_size=len(batch["text"]))
+        self.log(f"{self.eval_stage}/loss", self._loss(logits, batch), batch_size=len(batch["text"]))
         key = lambda triples: [(t["subject"], t["predicate"], t["object"]) for t in triples]  # noqa: E731
         self.val_f1.update([key(p) for p in self.decode(logits, batch)], [key(g) for g in batch["triples"]])
 
