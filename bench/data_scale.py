@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from machine import print_tables, table_flag
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = ["--data.vocab_size", "2000", "--data.seq_len", "128", "--data.batch_size", "8"]
 TINY = ["--model.backbone.d_model", "64", "--model.backbone.n_layers", "2", "--model.backbone.n_heads", "2",
@@ -86,7 +88,11 @@ def main():
                     help="do not tokenize the corpora: give each the blocks of SRC_CORPUS (benchmarked before) TIMES over, "
                          "and measure training only")
     ap.add_argument("--child-tokenize", nargs=4, metavar=("CORPUS", "CACHE", "NUM_PROC", "SAMPLE_MB"), help=argparse.SUPPRESS)
+    table_flag(ap, [ap.get_default("out")])
     args = ap.parse_args()
+    if args.table is not None:
+        print_tables(args.table, [args.out], markdown)
+        return
     if args.child_tokenize:
         c, cache, n, mb = args.child_tokenize
         print(json.dumps(child_tokenize(c, cache, int(n), float(mb))))
@@ -140,6 +146,18 @@ def main():
         }
         print(json.dumps({name: results[name]}))
         write_json(out, results)
+
+
+def markdown(results: dict) -> str:
+    """The results as bench/README.md shows them: one row per corpus."""
+    rows = ["| corpus | MB | blocks | tokenize s | MB/s (num_proc) | load (1 min) | peak RSS tokenize MB | "
+            "peak RSS 100-step fit MB |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in results.items():
+        tok = (f"{r['tokenize_s']}", f"{r['tokenize_mb_per_s']} ({r['num_proc']})") if r.get("tokenize_s") else \
+            ("–", r.get("blocks_from", "not tokenized"))
+        rows.append(f"| {name} | {r['corpus_mb']} | {r['blocks']:,} | {tok[0]} | {tok[1]} | {r['loadavg_before'][0]} | "
+                    f"{r.get('tokenize_peak_rss_mb') or '–'} | {r['train_peak_rss_mb']} |")
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import json
 import random
 from pathlib import Path
 
-DATA = Path("/work/shared/data")
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside the repository
 
 
 def bio_sentences(path: Path):
@@ -45,10 +45,13 @@ def main():
     ap.add_argument("out", help="the text file to write (outside the repository, e.g. /tmp/…)")
     ap.add_argument("--mb", type=float, default=1024, help="size to reach, in MB (10^6 bytes)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data", type=Path, default=DATA, help="the shared datasets folder (default: ../shared/data)")
     args = ap.parse_args()
-    lines, rng, target = pool(), random.Random(args.seed), int(args.mb * 1e6)
+    from kslm.io import atomic_open
+
+    lines, rng, target = pool(args.data), random.Random(args.seed), int(args.mb * 1e6)
     written = 0
-    with open(args.out, "w", encoding="utf-8") as f:
+    with atomic_open(args.out) as f:  # a stopped run leaves no half corpus
         while written < target:
             rng.shuffle(lines)
             i = 0

@@ -48,7 +48,8 @@ def is_hub_name(path) -> bool:
     return not Path(str(path)).expanduser().exists() and bool(HUB_ID.fullmatch(str(path))) and ".." not in str(path)
 
 
-def _offline() -> bool:
+def offline() -> bool:
+    """The hub is off limits (HF_HUB_OFFLINE)."""
     from huggingface_hub import constants
 
     return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE") or bool(constants.HF_HUB_OFFLINE)
@@ -65,14 +66,14 @@ def local_dir(path, field: str = "model.hf_path") -> Path:
     _transformers()
     from huggingface_hub import snapshot_download
 
-    offline = _offline()
+    cache_only = offline()
     try:
-        return Path(snapshot_download(str(path), allow_patterns=HUB_FILES, local_files_only=offline))
+        return Path(snapshot_download(str(path), allow_patterns=HUB_FILES, local_files_only=cache_only))
     except Exception as exc:  # huggingface_hub's errors for a missing cache entry / no connection, httpx's, OSError
         if type(exc).__name__ in ("RepositoryNotFoundError", "GatedRepoError", "RevisionNotFoundError"):
             raise ConfigError(f"{field} {path}: not a local directory, and the Hugging Face hub has no such model "
                               f"(or it needs a login): check the name, or give a local path") from None
-        why = "offline" if offline else "no network"
+        why = "offline" if cache_only else "no network"
         raise ConfigError(f"{field} {path}: not a local directory, and the Hugging Face hub cannot be reached "
                           f"({why}): download it first or give a local path") from None
 

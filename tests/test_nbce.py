@@ -364,3 +364,17 @@ def test_predict_hf_llama_matches_reference_loop(tiny_llama, tmp_path, monkeypat
         assert all(0 <= c < res["n_contexts"] for c in res["chosen_contexts"])
 
 
+
+
+def test_hub_id_offline_is_one_line(tmp_path, monkeypatch, capsys):
+    """--model.hf_path with a hub id that the hub cache lacks, offline: one line naming the option, exit 2."""
+    pytest.importorskip("transformers")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    src = write_records(tmp_path / "in.jsonl", RECORDS[:1])
+    code, err = run_cli(["predict", "--config", str(REPO / "configs/nbce/hf-llama.yaml"), "--model.hf_path",
+                         "kslm-test/no-such-llama", "--data.predict_file", str(src)], capsys)
+    lines = [line for line in err.splitlines() if line.startswith("kslm: error:")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    assert "model.hf_path kslm-test/no-such-llama" in lines[0] and "(offline)" in lines[0], lines[0]

@@ -14,8 +14,9 @@ import sys
 import pytest
 from helpers import REPO
 
+GENERATORS = {"make_corpus.py"}  # writes input data, keeps no results (tested below)
 SCRIPTS = sorted(p.relative_to(REPO).as_posix() for folder in ("bench", "experiments") for p in (REPO / folder).glob("*.py")
-                 if 'if __name__ == "__main__":' in p.read_text(encoding="utf-8"))
+                 if 'if __name__ == "__main__":' in p.read_text(encoding="utf-8") and p.name not in GENERATORS)
 HEAVY = re.compile(r"\|\s+(torch|lightning|transformers)(\.|\s*$)")  # a -X importtime line importing one of them
 DECIMAL = re.compile(r"-?\d+\.\d*[1-9]")  # a printed decimal that says something: "0.985", "2.3143"; not "1.00"
 
@@ -79,3 +80,20 @@ def test_table_reprints_stored_results(script):
     for path in stored:
         numbers = renderings(json.loads(path.read_text(encoding="utf-8")))
         assert shown(numbers, rows), f"no number of {path.name} in the table:\n{proc.stdout}"
+
+
+def test_make_corpus_writes_shuffled_paragraphs(tmp_path):
+    """bench/make_corpus.py: a corpus of the size asked, in paragraphs of 4-24 lines, from the shared datasets."""
+    data = REPO.parent / "shared" / "data"
+    if not (data / "chinese_poetry").is_dir():
+        pytest.skip("../shared/data is not beside the repository")
+    out = tmp_path / "c.txt"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.run([sys.executable, "bench/make_corpus.py", str(out), "--mb", "0.2"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    text = out.read_text(encoding="utf-8")
+    assert 200_000 <= len(text.encode("utf-8")) < 200_000 + 24 * 2_000
+    paragraphs = [p for p in text.split("\n\n") if p.strip()]
+    assert all(1 <= len(p.splitlines()) <= 24 for p in paragraphs) and len(paragraphs) > 10
+    assert [f.name for f in tmp_path.iterdir()] == ["c.txt"]  # no temporary file left

@@ -28,8 +28,9 @@ class NBCE(pl.LightningModule):
     Args:
         checkpoint: a kslm LM checkpoint (`kslm fit --config configs/lm/…` writes checkpoints/NAME/last.ckpt), or a
             `kslm export` directory of one.
-        hf_path: a local Hugging Face causal-LM directory (save_pretrained, with its tokenizer; a `kslm export`
-            directory too), instead of checkpoint.
+        hf_path: a Hugging Face causal LM with its tokenizer, instead of checkpoint: a local directory
+            (save_pretrained, or a `kslm export` directory), or a hub id (fetched when online; offline, from the hub
+            cache, else one line saying so).
         beta: β, the weight of the no-context prediction subtracted (β = n − 1 is pure naive Bayes; Su: 0.25).
         eta: η, entropy bonus of the context chosen at the previous step (a prior for staying on one context).
         top_p: nucleus kept in every row before the entropies and the merge.
@@ -93,13 +94,19 @@ class NBCE(pl.LightningModule):
         except ImportError:
             raise ConfigError("model.hf_path needs transformers: pip install -e '.[hf]'") from None
         from kslm.export.modeling_kslm import register
+        from kslm.hf import is_hub_name, local_dir, offline
 
         register()  # a `kslm export` directory with remote code loads with kslm's installed classes, never its copy
-        if not (Path(path) / "config.json").is_file():
+        hub = is_hub_name(path)
+        if hub:  # a hub id: its config and tokenizer through the hub cache (one line when offline and not cached)
+            local_dir(path)
+        elif not (Path(path) / "config.json").is_file():
             raise CheckpointError(f"{path}: not a Hugging Face model directory (no config.json) (field 'model.hf_path')")
+        local = not hub or offline()
         try:
-            self.hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), local_files_only=True).eval()
-            self.hf_tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            self.hf_model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype),
+                                                                 local_files_only=local).eval()
+            self.hf_tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=local)
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"{path}: cannot load the model or its tokenizer ({str(exc).splitlines()[0]})") from None
         self.lm = HFCausalLM(self.hf_model)
