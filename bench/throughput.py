@@ -82,7 +82,8 @@ from kslm.io import write_json  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 MODELS = ("kslm-transformer", "kslm-gau", "llama-same-ffn", "llama-equal-params")
 RESULT_PREFIX = "BENCH_RESULT "
-STORED = [RESULTS / "throughput.json", RESULTS / "throughput_repeat.json", RESULTS / "throughput_cuda_h100.json"]
+STORED = [RESULTS / "throughput.json", RESULTS / "throughput_repeat.json", RESULTS / "throughput_cuda_h100.json",
+          RESULTS / "throughput_d256.json", RESULTS / "throughput_d512_1128.json"]
 
 
 # ---------------------------------------------------------------------------------------------------- workers
