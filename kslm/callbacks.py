@@ -2,14 +2,17 @@
 learning-rate monitor."""
 
 import json
+import random
 import sys
 import time
 import warnings
 from typing import Optional
 
+import numpy as np
 import torch
 from lightning.fabric.utilities.throughput import Throughput, get_available_flops
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from kslm.io import write_jsonl
 from kslm.options import check_output_path
@@ -20,7 +23,9 @@ class KslmCheckpoint(ModelCheckpoint):
     reached between two validation checks), so `last.ckpt` is always the end of the run. Saving at batch end
     is the state Lightning restores most exactly (mid-epoch and at an epoch's last batch alike).
 
-    When a validation follows that final batch, it still takes part in the top-k (Lightning would skip it as a
+    A run that reaches max_steps between two validation checks validates once more at its final step, so that every
+    run ends with its metrics (log, TensorBoard, top-k); that extra validation changes neither last.ckpt nor the
+    random state. When a validation follows that final batch, it still takes part in the top-k (Lightning would skip it as a
     step already saved), and last.ckpt is written again after it, with the final top-k in its state: a run
     whose last validation is its best keeps that checkpoint.
 
@@ -33,6 +38,7 @@ class KslmCheckpoint(ModelCheckpoint):
         super().__init__(*args, **kwargs)
         self.latest_link = latest_link
         self._final_step = None  # the step whose last.ckpt was written at its final training batch
+        self._rng = None  # the random state before an extra final validation (restored after it)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         with warnings.catch_warnings():
@@ -49,9 +55,38 @@ class KslmCheckpoint(ModelCheckpoint):
         if self.save_last and final and trainer.global_step != self._last_global_step_saved:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
             self._final_step = trainer.global_step
+        if 0 <= trainer.max_steps <= trainer.global_step and not trainer.should_stop and self._unscheduled(trainer):
+            # a run that reaches max_steps between two validation checks validates once more at its final step
+            # (as litgpt does): asked to stop, Lightning validates first. The random state is put back after it and
+            # last.ckpt stays the final batch's, so checkpoints and an exact resume are as without this validation
+            self._rng = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                         random.getstate(), np.random.get_state())
+            trainer.should_stop = True
+
+    @staticmethod
+    def _unscheduled(trainer) -> bool:
+        """Whether Lightning would end the run without validating at this (final) batch."""
+        if trainer.limit_val_batches == 0 or not is_overridden("validation_step", trainer.lightning_module):
+            return False
+        loop = trainer.fit_loop.epoch_loop
+        if trainer.check_val_every_n_epoch is None and isinstance(trainer.val_check_batch, int):
+            return (loop.total_batch_idx + 1) % trainer.val_check_batch != 0
+        return not loop.batch_progress.is_last_batch  # (epoch-based validation: at the epoch's last batch)
 
     def on_validation_end(self, trainer, pl_module):
-        self._with_final_step(trainer, lambda: super(KslmCheckpoint, self).on_validation_end(trainer, pl_module))
+        extra, save_last = self._rng is not None and not trainer.sanity_checking, self.save_last
+        if extra:  # the final validation asked for above: the random state back, last.ckpt left as it is
+            cpu, cuda, py, npy = self._rng
+            torch.set_rng_state(cpu)
+            if cuda is not None:
+                torch.cuda.set_rng_state_all(cuda)
+            random.setstate(py)
+            np.random.set_state(npy)
+            self._rng, self.save_last = None, False
+        try:
+            self._with_final_step(trainer, lambda: super(KslmCheckpoint, self).on_validation_end(trainer, pl_module))
+        finally:
+            self.save_last = save_last
 
     def on_train_epoch_end(self, trainer, pl_module):  # the top-k of a run without validation saves here
         self._with_final_step(trainer, lambda: super(KslmCheckpoint, self).on_train_epoch_end(trainer, pl_module))

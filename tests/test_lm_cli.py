@@ -167,3 +167,33 @@ def test_missing_checkpoint_and_missing_config_are_one_line_errors(small_corpus,
     assert code == 2 and err.strip() == "kslm: error: nope.ckpt: checkpoint not found (field 'ckpt_path')"
     code, err = run_cli(["fit"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--config" in err
+
+
+def test_a_run_ending_between_checks_validates_at_its_final_step(small_corpus, workdir, capsys, monkeypatch):
+    """max_steps 5 with a validation every 3 steps: validations at steps 3 and 5 (TensorBoard), the final one in
+    the top-k (save_top_k 1 on val/loss: the step-5 file is the best, the loss still falling), and last.ckpt the
+    final batch's; a run without the extra validation (max_steps 6, checked at 3 and 6) ends bit-identical to a run
+    stopped at 5 and resumed to 6, so the extra validation changes neither the random state nor last.ckpt."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for run in ("a", "b"):
+        (workdir / run).mkdir()
+    monkeypatch.chdir(workdir / "b")  # (TensorBoard logs go to ./logs)
+    common = ["--model.optim.total_steps", "6", "--model.backbone.dropout", "0.1", "--trainer.val_check_interval", "3",
+              "--checkpoint.monitor", "val/loss", "--checkpoint.save_top_k", "1", "--model.sample_count", "0"]
+    half = tiny_args(small_corpus, workdir / "b", *common, steps=5)
+    assert run_cli(["fit", *half], capsys)[0] == 0
+    acc = EventAccumulator(str(next((workdir / "b" / "logs").rglob("events.out.tfevents.*"))))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("val/loss")] == [2, 4]  # (Lightning logs a validation at global_step - 1)
+    assert sorted(p.name for p in (workdir / "b" / "ckpt").glob("epoch=*.ckpt")) == ["epoch=0-step=5.ckpt"]
+    assert torch.load(workdir / "b" / "ckpt" / "last.ckpt", weights_only=True)["global_step"] == 5
+    full = tiny_args(small_corpus, workdir / "a", *common, steps=6)
+    monkeypatch.chdir(workdir / "a")
+    assert run_cli(["fit", *full], capsys)[0] == 0
+    monkeypatch.chdir(workdir / "b")
+    rest = tiny_args(small_corpus, workdir / "b", *common, "--ckpt_path", str(workdir / "b" / "ckpt" / "last.ckpt"), steps=6)
+    assert run_cli(["fit", *rest], capsys)[0] == 0
+    a = torch.load(workdir / "a" / "ckpt" / "last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(workdir / "b" / "ckpt" / "last.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
