@@ -1,8 +1,11 @@
 """What the bad-input suites (tests/test_bad_inputs_*.py, issue 13) share: the in-process CLI with the log handlers
-pointed at this test's stderr, and the one-line check of the error contract."""
+pointed at this test's stderr, the one-line checks of the error contract, and JSON-lines input."""
 
+import json
 
 from helpers import run_cli
+
+from kslm.errors import KslmError
 
 
 def cli(args, capsys, stdout: bool = False):
@@ -26,3 +29,16 @@ def one_error_line(code, err, *names) -> str:
 
 def ids(value):
     return " ".join(value) if isinstance(value, list) else None
+
+
+def one_line(exc_info, *parts) -> str:
+    """The message of a raised KslmError (pytest.raises' exc_info): one line, naming every one of `parts`."""
+    msg = str(exc_info.value)
+    assert isinstance(exc_info.value, KslmError) and "\n" not in msg, msg
+    assert all(p in msg for p in parts), (parts, msg)
+    return msg
+
+
+def jl(*records) -> str:
+    """JSON lines of `records` (None: a blank line)."""
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" if r is not None else "\n" for r in records)

@@ -8,26 +8,16 @@ reads exactly what the plain file reads: records in = records out, entity / trip
 import json
 
 import pytest
+from bad_inputs import jl, one_line
 
 from kslm.data.formats import read_records_with_lines, read_texts_with_lines, sniff_format
 from kslm.data.formats.bio import read_bio
 from kslm.data.formats.duie import read_duie
 from kslm.data.lm import LMDataModule, read_prompts
 from kslm.data.nbce import read_nbce
-from kslm.errors import DataError, KslmError
+from kslm.errors import DataError
 
 MARK = "§"  # replaced by the bad bytes
-
-
-def one_line(exc_info, *parts) -> str:
-    msg = str(exc_info.value)
-    assert isinstance(exc_info.value, KslmError) and "\n" not in msg, msg
-    assert all(p in msg for p in parts), (parts, msg)
-    return msg
-
-
-def jl(*records) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
 
 def lm_raw(path, tmp):

@@ -7,24 +7,13 @@ every record comes out (records in = records out, lines kept)."""
 import json
 
 import pytest
+from bad_inputs import jl, one_line
 
 from kslm.data.formats import read_records_with_lines
 from kslm.data.ner import NERDataModule
 from kslm.data.re import REDataModule
 from kslm.data.tokenizer import train_tokenizer
-from kslm.errors import DataError, KslmError
-
-
-def one_line(exc_info, *parts) -> str:
-    msg = str(exc_info.value)
-    assert isinstance(exc_info.value, KslmError) and "\n" not in msg, msg
-    assert all(p in msg for p in parts), (parts, msg)
-    return msg
-
-
-def jl(*records) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" if r is not None else "\n" for r in records)
-
+from kslm.errors import DataError
 
 CLUENER = {"text": "张三在北京", "label": {"name": {"张三": [[0, 1]]}}}
 DUIE = {"text": "甲演乙", "spo_list": [{"subject": "甲", "predicate": "演", "object": "乙"}]}
