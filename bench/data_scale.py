@@ -47,22 +47,24 @@ def child_tokenize(corpus: str, cache: str, num_proc: int, sample_mb: float) -> 
 def proxy_cache(src_cache: Path, corpus: str, cache: Path, times: int) -> str:
     """A block cache for `corpus` made of the blocks of `src_cache` written `times` times over (no tokenizing):
     training reads a block file of the size the corpus would give. Returns the tokenizer file to train with."""
-    import pyarrow as pa
+    import json
+    import shutil
 
     from kslm.data.lm import LMDataModule
-    from kslm.data.token_cache import FILE, cache_key
+    from kslm.data.token_cache import FILE, META, cache_key
     from kslm.io import atomic_dir
 
     tok = next(src_cache.glob("tokenizer-*.json"))
-    src = max(src_cache.glob(f"lm-blocks/*/{FILE}"), key=lambda p: p.stat().st_mtime)  # the latest build
+    src = max(src_cache.glob(f"lm-blocks/*/{META}"), key=lambda p: p.stat().st_mtime).parent  # the latest build
     dm = LMDataModule(data_files=corpus, vocab_size=2000, seq_len=128, cache_dir=str(cache), tokenizer=str(tok))
     folder = cache / "lm-blocks" / cache_key(dm._source_key(), dm.load_tokenizer(), dm.seq_len + 1)
-    with pa.memory_map(str(src)) as f:
-        table = pa.ipc.open_stream(f).read_all()
-    with atomic_dir(folder, overwrite=True) as tmp, pa.OSFile(str(tmp / FILE), "wb") as sink:
-        with pa.ipc.new_stream(sink, table.schema) as w:
+    meta = json.loads((src / META).read_text(encoding="utf-8"))
+    with atomic_dir(folder, overwrite=True) as tmp:
+        with open(tmp / FILE, "wb") as sink:
             for _ in range(times):
-                w.write_table(table)
+                with open(src / FILE, "rb") as f:
+                    shutil.copyfileobj(f, sink, 1 << 24)
+        (tmp / META).write_text(json.dumps({**meta, "blocks": meta["blocks"] * times}), encoding="utf-8")
     return str(tok)
 
 

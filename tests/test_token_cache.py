@@ -2,13 +2,16 @@
 whatever the number of tokenizing processes, rebuilt when the tokenizer or the files change; the tokenizer's
 training sample is bounded."""
 
+import json
 import logging
+import os
 
 import pytest
+import torch
 
 import kslm.data.lm as lm
 from kslm.data.lm import LMDataModule
-from kslm.data.token_cache import FILE
+from kslm.data.token_cache import FILE, META, TokenBlocks, split_blocks
 
 LOGGER = "kslm.data.token_cache"
 
@@ -25,6 +28,10 @@ def _dm(corpus, cache, **kw):
     return LMDataModule(data_files=str(corpus), vocab_size=300, seq_len=16, cache_dir=str(cache), **kw)
 
 
+def _rows(blocks):
+    return [blocks[i]["input_ids"].tolist() for i in range(len(blocks))]
+
+
 def _events(caplog):
     return [r.getMessage().split()[2] for r in caplog.records if r.name == LOGGER]  # "tokenized" / "reusing"
 
@@ -34,14 +41,80 @@ def test_second_run_reuses_the_cache_and_num_proc_gives_the_same_blocks(corpus, 
     first = _dm(corpus, tmp_path / "c1", num_proc=1)._blocks()
     again = _dm(corpus, tmp_path / "c1", num_proc=1)._blocks()
     assert _events(caplog) == ["tokenized", "reusing"]
-    assert again["input_ids"] == first["input_ids"] and len(first) > 20
+    assert _rows(again) == _rows(first) and len(first) > 20
     assert (tmp_path / "c1" / "lm-blocks").is_dir() and len(list((tmp_path / "c1" / "lm-blocks").glob(f"*/{FILE}"))) == 1
     assert not list((tmp_path / "c1" / "lm-blocks").glob("*/ids*"))  # the intermediate ids are not kept
     # the same tokenizer, tokenized by 2 processes into another cache: the same blocks
     tok = next((tmp_path / "c1").glob("tokenizer-*.json"))
     two = _dm(corpus, tmp_path / "c2", num_proc=2, tokenizer=str(tok))._blocks()
-    assert two["input_ids"] == first["input_ids"]
+    assert _rows(two) == _rows(first)
     assert "2 processes" in caplog.records[-1].getMessage()
+
+
+def test_blocks_are_the_documents_joined_with_eos_and_cut_per_packing_batch(tmp_path, monkeypatch):
+    """Against a plain loop: each non-empty paragraph's ids + </s>, joined in corpus order within each packing batch
+    of documents, cut into blocks of seq_len + 1, each batch's remainder dropped."""
+    import kslm.data.token_cache as tc
+    from kslm.data.tokenizer import EOS_ID
+
+    monkeypatch.setattr(tc, "PACK_BATCH", 7)  # several batches, each with a remainder
+    path = tmp_path / "c.txt"
+    paras = [f"Paragraph {i}: " + " ".join(["lorem ipsum dolor"] * (i % 5 + 1)) for i in range(40)]
+    path.write_text("\n\n".join(paras), encoding="utf-8")
+    dm = _dm(path, tmp_path, num_proc=1)
+    blocks, tok = dm._blocks(), dm.load_tokenizer()
+    docs = [e.ids + [EOS_ID] for e in tok.encode_batch(paras)]
+    want = []
+    for b in range(0, len(docs), 7):
+        flat = [t for d in docs[b : b + 7] for t in d]
+        want += [flat[i : i + 17] for i in range(0, len(flat) // 17 * 17, 17)]
+    assert _rows(blocks) == want and len(want) > 10
+
+
+def test_blocks_are_read_from_disk_not_mapped(corpus, tmp_path):
+    """A block is one positioned read: the file is never memory-mapped (mapped pages would count in the process's
+    resident memory and grow with the corpus); the dataset pickles without its descriptor (spawned workers)."""
+    import pickle
+
+    blocks = _dm(corpus, tmp_path)._blocks()
+    folder = blocks.folder
+    assert [blocks[i]["input_ids"].dtype for i in (0, -1)] == [torch.int64] * 2
+    assert blocks[-1]["input_ids"].tolist() == blocks[len(blocks) - 1]["input_ids"].tolist()
+    with pytest.raises(IndexError):
+        blocks[len(blocks)]
+    maps = open("/proc/self/maps", encoding="utf-8").read() if os.path.exists("/proc/self/maps") else ""
+    assert str(folder / FILE) not in maps
+    copy = pickle.loads(pickle.dumps(blocks))
+    assert _rows(copy) == _rows(blocks)
+    assert (folder / FILE).stat().st_size == len(blocks) * 17 * 2  # uint16 ids for a 300-token vocabulary
+    meta = json.loads((folder / META).read_text(encoding="utf-8"))
+    assert meta == {"format": 1, "dtype": "<u2", "block": 17, "blocks": len(blocks)}
+
+
+def test_split_is_a_seeded_permutation_of_the_blocks(corpus, tmp_path):
+    """The first n_val of numpy's seeded permutation are the validation blocks (the split datasets' train_test_split
+    makes): disjoint, covering, the same for the same seed."""
+    import numpy as np
+
+    blocks = _dm(corpus, tmp_path)._blocks()
+    train, val = split_blocks(blocks, 5, seed=3)
+    perm = np.random.default_rng(3).permutation(len(blocks))
+    assert list(val.indices) == list(perm[:5]) and list(train.indices) == list(perm[5:])
+    assert _rows(val) == [blocks[int(i)]["input_ids"].tolist() for i in perm[:5]]
+    assert sorted([*train.indices, *val.indices]) == list(range(len(blocks)))
+
+
+def test_a_damaged_cache_is_rebuilt(corpus, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    blocks = _dm(corpus, tmp_path)._blocks()
+    rows = _rows(blocks)
+    with open(blocks.folder / FILE, "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ValueError, match="bytes, expected"):
+        TokenBlocks(blocks.folder)
+    again = _dm(corpus, tmp_path)._blocks()
+    assert _rows(again) == rows and _events(caplog) == ["tokenized", "token", "tokenized"]
+    assert "damaged" in caplog.records[1].getMessage()
 
 
 def test_a_new_tokenizer_or_changed_files_rebuild_the_cache(corpus, tmp_path, caplog):

@@ -1,8 +1,8 @@
 """LMDataModule: text files / a folder / a hub dataset → tokenizer → packed fixed-length blocks.
 
 Text is read with `datasets.load_dataset` ("text" builder, one sample per paragraph, for .txt; "json" for
-.json/.jsonl with a `text_field`), tokenized with `Dataset.map(batched=True)` into the datasets cache, then
-packed: documents joined with </s> and cut into blocks of seq_len + 1 tokens (inputs and shifted targets).
+.json/.jsonl with a `text_field`), tokenized with `Dataset.map(batched=True)` and packed into the token cache
+(kslm.data.token_cache): documents joined with </s> and cut into blocks of seq_len + 1 tokens (inputs and shifted targets).
 The train/val split of the blocks is deterministic (seeded). With no data given, the embedded corpus
 (kslm.data.corpus) is used, so a fresh install trains without a download. `test_file` (files or folders, read like
 data_files) is packed the same way into the blocks `kslm test` evaluates.
@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from kslm.data.base import KslmDataModule, default_cache_dir
 from kslm.data.corpus import embedded_corpus_path
 from kslm.data.formats.jsonl import check_utf8_file, iter_jsonl, iter_lines
-from kslm.data.token_cache import cache_key, packed_blocks
+from kslm.data.token_cache import cache_key, packed_blocks, split_blocks
 from kslm.data.tokenizer import cached_tokenizer, check_vocab_size, tokenizer_from_source
 from kslm.errors import DataError
 
@@ -213,7 +213,7 @@ class LMDataModule(KslmDataModule):
             return
         if stage == "test" and self.test_files is not None:
             if self.test_set is None:
-                self.test_set = self._blocks(test=True).with_format("torch")
+                self.test_set = self._blocks(test=True)
                 log.info("LM test data: %d blocks of %d tokens", len(self.test_set), self.seq_len)
             return
         if stage == "test":
@@ -223,13 +223,12 @@ class LMDataModule(KslmDataModule):
             return
         blocks = self._blocks()
         n_val = max(1, round(len(blocks) * self.val_fraction))
-        split = blocks.train_test_split(test_size=n_val, seed=self.seed, shuffle=True)
-        if len(split["train"]) < self.batch_size:  # drop_last: not one training batch, nothing would be trained
-            raise DataError(f"{len(split['train'])} training blocks of {block_len(self)} tokens do not fill one batch of "
+        train, val = split_blocks(blocks, n_val, self.seed)
+        if len(train) < self.batch_size:  # drop_last: not one training batch, nothing would be trained
+            raise DataError(f"{len(train)} training blocks of {block_len(self)} tokens do not fill one batch of "
                             f"data.batch_size {self.batch_size}; lower data.batch_size or data.seq_len, or add text",
                             path=(self.files or [self.dataset_name or "the embedded corpus"])[0], field="data.batch_size")
-        self.train_set = split["train"].with_format("torch")
-        self.val_set = split["test"].with_format("torch")
+        self.train_set, self.val_set = train, val
         log.info("LM data: %d train / %d val blocks of %d tokens", len(self.train_set), len(self.val_set), self.seq_len)
 
     # ------------------------------------------------------------ dataloaders
