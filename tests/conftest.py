@@ -6,7 +6,16 @@ import os
 import sys
 
 import pytest
-from helpers import fit_in, ner_args, re_args, tiny_args
+
+# pytest-xdist's workers share the cores: one intra-op thread each, also in the CLI runs they start (the OpenMP
+# threads of two processes fighting over 2 cores make every step several times slower than one thread each).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+
+from helpers import fit_in, ner_args, re_args, tiny_args  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
