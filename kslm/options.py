@@ -180,7 +180,18 @@ def check_fit(cfg, fresh: bool) -> None:
     metrics = getattr(model_class(model.get("class_path")), "logged_metrics", None)
     if monitor and metrics and monitor not in metrics and not str(monitor).startswith("lr-"):
         raise ConfigError(f"checkpoint.monitor {monitor!r} is not a metric this task logs (one of: {', '.join(metrics)})")
+    penalty = (model.get("init_args") or {}).get("penalty") or {}
+    kind = penalty.get("kind") if hasattr(penalty, "get") else getattr(penalty, "kind", None)
+    if str(trainer.get("strategy")).lower() == "fsdp2" and kind not in (None, "none"):
+        raise ConfigError(f"model.penalty.kind {kind} with trainer.strategy fsdp2: a gradient penalty differentiates the "
+                          "loss twice, and FSDP2 frees each block's gathered weights after the first backward; use "
+                          "--trainer.strategy ddp, or --model.penalty.kind none")
     optim = (model.get("init_args") or {}).get("optim") or {}
+    name = optim.get("name") if hasattr(optim, "get") else getattr(optim, "name", None)
+    if str(trainer.get("strategy")).lower() == "fsdp2" and name == "amos":
+        raise ConfigError("model.optim.name amos with trainer.strategy fsdp2: Amos keeps per-row / per-column statistics "
+                          "that kslm does not shard; use --trainer.strategy ddp, or model.optim.name amos_adamw, "
+                          "eg_adamw or adamw")
     warmup, total = optim.get("warmup_steps"), optim.get("total_steps")
     if fresh and isinstance(warmup, int) and isinstance(total, int) and total > 0 and warmup > total:
         raise ConfigError(f"model.optim.warmup_steps {warmup} exceeds model.optim.total_steps {total}: the learning "

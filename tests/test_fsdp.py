@@ -113,6 +113,18 @@ def test_fsdp_on_cpu_is_one_line(small_corpus, tmp_path, capsys, monkeypatch):
     assert code == 2 and "--trainer.strategy fsdp2" in err and "Traceback" not in err, err
 
 
+@pytest.mark.parametrize("option", [["--model.penalty.kind", "input"], ["--model.penalty.kind", "parameter"],
+                                    ["--model.optim.name", "amos"]])
+def test_fsdp2_refuses_what_it_cannot_shard_in_one_line(small_corpus, tmp_path, capsys, monkeypatch, option):
+    """A gradient penalty (a second backward through blocks FSDP2 has resharded: a segmentation fault in gloo) and
+    Amos (per-slot statistics of unsharded shape) stop before any rank starts, naming the options."""
+    monkeypatch.chdir(tmp_path)
+    code, err = run_cli(["fit", *tiny_args(small_corpus, tmp_path, "--trainer.strategy", "fsdp2", "--trainer.devices", "2",
+                                           "--trainer.accelerator", "cpu", *option)], capsys)
+    assert code == 2 and f"{option[0][2:]} {option[1]}" in err and "trainer.strategy fsdp2" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_mixed_precision_policy_only_for_bf16_on_a_bf16_device(monkeypatch):
     from kslm.fsdp import mixed_precision
 
