@@ -31,6 +31,9 @@ What it measures (bench/README.md has the results and how to read them):
    score matrix, logits included; embedding lookups, norms and elementwise ops not counted). The same count is
    made here for Llama (q/k/v/o projections + 3·d·I SwiGLU + 4·T·d attention per layer, 2·d·V logits, ×3).
    MFU vs measured peak = achieved FLOP/s / measured peak matmul FLOP/s.
+   MFU vs its GEMMs replayed = achieved FLOP/s / the FLOP/s of the same step's own matrix products run alone right
+   after it (bench/gemm_replay.py: one extra untimed step under torch.profiler lists them), the median over the
+   quiet step/replay pairs: the share of the matmul rate the step keeps, with the host's drift paired out.
 
 Shared machines: with all cores in use, one other busy process stalls every OpenMP barrier and a step takes
 several times longer. Each timed step therefore records the CPU share other processes took during it
@@ -63,6 +66,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gemm_replay import GemmReplay, record_gemms  # noqa: E402
 from machine import (  # noqa: E402
     RESULTS,
     cpu_busy_s,
@@ -83,7 +87,8 @@ REPO = Path(__file__).resolve().parent.parent
 MODELS = ("kslm-transformer", "kslm-gau", "llama-same-ffn", "llama-equal-params")
 RESULT_PREFIX = "BENCH_RESULT "
 STORED = [RESULTS / "throughput.json", RESULTS / "throughput_repeat.json", RESULTS / "throughput_cuda_h100.json",
-          RESULTS / "throughput_d256.json", RESULTS / "throughput_d512_1128.json"]
+          RESULTS / "throughput_d256.json", RESULTS / "throughput_d512_1128.json", RESULTS / "throughput_d512_paired.json",
+          RESULTS / "throughput_d256_paired.json"]
 
 
 # ---------------------------------------------------------------------------------------------------- workers
@@ -136,7 +141,10 @@ def run_model(name: str, args) -> dict:
         return dt, own, max(0.0, busy - own) / (dt * os.cpu_count()), float(loss)
 
     losses = [timed_step()[3] for _ in range(args.warmup)]
-    times, cpu, background = [], [], []
+    # the step's own GEMMs (one more untimed step, under the profiler), replayed after each timed step
+    replay = GemmReplay(record_gemms(step, device.type), device, torch.bfloat16 if use_autocast else torch.float32)
+    replay.run()
+    times, cpu, background, replay_s, replay_background = [], [], [], [], []
     run_started = time.perf_counter()
     # timed steps until --steps of them were quiet, or --max-steps, or --run-budget s (after at least --steps)
     while sum(b <= args.quiet_threshold for b in background) < args.steps and len(times) < args.max_steps:
@@ -145,13 +153,18 @@ def run_model(name: str, args) -> dict:
         if args.quiet_wait > 0 and device.type == "cpu":
             wait_for_quiet(args.step_quiet_wait, args.quiet_threshold, window_s=0.5)
         dt, own, bg, loss = timed_step()
+        busy0, own0 = cpu_busy_s(), own_cpu_s()
+        replay_s.append(replay.run())
+        replay_background.append(max(0.0, (cpu_busy_s() - busy0) - (own_cpu_s() - own0)) / (replay_s[-1] * os.cpu_count()))
         times.append(dt)
         cpu.append(own)
         background.append(bg)
         losses.append(loss)
     out = {"model": name, **desc, "params": n_params, "params_non_embedding": n_params - n_embed,
            "flops_per_token": flops_per_token, "flops_per_step": args.batch * args.seq * flops_per_token,
-           "step_times_s": times, "step_cpu_s": cpu, "background_cpu_share": background, "losses": losses}
+           "step_times_s": times, "step_cpu_s": cpu, "background_cpu_share": background, "losses": losses,
+           "gemm_calls_per_step": len(replay.calls), "gemm_flops_per_step": replay.flops, "gemm_replay_s": replay_s,
+           "gemm_replay_background_cpu_share": replay_background}
     if device.type == "cuda":
         out["peak_mem_mib"] = torch.cuda.max_memory_allocated() / 2**20
         out["peak_mem_kind"] = "torch.cuda.max_memory_allocated"

@@ -19,7 +19,8 @@ def merge_rounds(rounds: list, peak: float, args) -> dict:
     if not ok:
         return {"model": rounds[0]["model"], "error": rounds[0]["error"]}
     per_round = ("step_times_s", "step_cpu_s", "background_cpu_share", "losses", "peak_mem_mib",
-                 "rss_before_train_mib", "train_rss_growth_mib", "subprocess_wall_s", "waited_for_quiet_s")
+                 "rss_before_train_mib", "train_rss_growth_mib", "subprocess_wall_s", "waited_for_quiet_s",
+                 "gemm_replay_s", "gemm_replay_background_cpu_share")
     row = {k: v for k, v in ok[0].items() if k not in per_round}
     times = [t for r in ok for t in r["step_times_s"]]
     quiet = quiet_steps(ok, args.quiet_threshold)
@@ -39,6 +40,16 @@ def merge_rounds(rounds: list, peak: float, args) -> dict:
         subprocess_wall_s=[r["subprocess_wall_s"] for r in ok],
         waited_for_quiet_s=[r["waited_for_quiet_s"] for r in ok],
     )
+    if all("gemm_replay_s" in r for r in ok):  # each step against the rate of its own GEMMs replayed right after it
+        pairs = [(t, g) for r in ok for t, b, g, gb in zip(r["step_times_s"], r["background_cpu_share"], r["gemm_replay_s"],
+                                                           r["gemm_replay_background_cpu_share"], strict=False)
+                 if contended or (b <= args.quiet_threshold and gb <= args.quiet_threshold)]
+        if pairs:
+            gemm = row["gemm_flops_per_step"]
+            row.update(gemm_replay_s=[g for r in ok for g in r["gemm_replay_s"]], paired_pairs=len(pairs),
+                       paired_matmul_flops=statistics.median(gemm / g for _, g in pairs),
+                       mfu_vs_paired_matmul=statistics.median(row["flops_per_step"] / t / (gemm / g) for t, g in pairs),
+                       matmul_share_of_step=statistics.median(g / t for t, g in pairs))
     if "train_rss_growth_mib" in ok[0]:
         row["rss_before_train_mib"] = max(r["rss_before_train_mib"] for r in ok)
         row["train_rss_growth_mib"] = max(r["train_rss_growth_mib"] for r in ok)
@@ -57,8 +68,13 @@ def targets(report: dict) -> list:
             out.append({"target": f"kslm Transformer ≥ 1.2× the tokens/s of {name}", "measured": f"{ratio:.2f}×",
                         "value": ratio, "met": ratio >= 1.2, "contended": ref["contended"] or other["contended"]})
     cfg, mfu = report["config"], ref["mfu_vs_measured_peak"]
-    out.append({"target": f"kslm Transformer ≥ 60 % of the measured matmul rate (d={cfg['d']}, T={cfg['seq']})",
-                "measured": f"{100 * mfu:.1f} %", "value": mfu, "met": mfu >= 0.6, "contended": ref["contended"]})
+    out.append({"target": f"kslm Transformer ≥ 75 % of the measured matmul peak (d={cfg['d']}, T={cfg['seq']})",
+                "measured": f"{100 * mfu:.1f} %", "value": mfu, "met": mfu >= 0.75, "contended": ref["contended"]})
+    if "mfu_vs_paired_matmul" in ref:
+        paired = ref["mfu_vs_paired_matmul"]
+        out.append({"target": f"kslm Transformer ≥ 75 % of the rate its own GEMMs reach, replayed after each step "
+                              f"(d={cfg['d']}, T={cfg['seq']})", "measured": f"{100 * paired:.1f} %", "value": paired,
+                    "met": paired >= 0.75, "contended": ref["contended"]})
     return out
 
 
@@ -86,22 +102,25 @@ def markdown(report: dict) -> str:
          f"the quiet steps pooled over ≥ {cfg['rounds']} runs"),
         "",
         ("| model | FFN | params (non-emb.) | step s median (min) | tokens/s | GFLOP/step | GFLOP/s | "
-         f"MFU vs measured peak | kslm-T ÷ this | {mem_hdr} | quiet / timed steps |"),
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+         f"MFU vs measured peak | MFU vs its GEMMs replayed (their GFLOP/s) | kslm-T ÷ this | {mem_hdr} | "
+         "quiet / timed steps |"),
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["models"]:
         if "error" in r:
-            lines.append(f"| {r['model']} | failed: {r['error']} | | | | | | | | | |")
+            lines.append(f"| {r['model']} | failed: {r['error']} | | | | | | | | | | |")
             continue
         ratio = f"{ref['tokens_per_s'] / r['tokens_per_s']:.2f}×" if ref else "–"
         mem = f"{r['peak_mem_mib']:.0f}"
+        paired = (f"{100 * r['mfu_vs_paired_matmul']:.1f} % ({r['paired_matmul_flops'] / 1e9:.0f})"
+                  if "mfu_vs_paired_matmul" in r else "–")
         if "train_rss_growth_mib" in r:
             mem += f" (+{r['train_rss_growth_mib']:.0f})"
         lines.append(
             f"| {r['model']} | {r['ffn']} | {r['params'] / 1e6:.2f}M ({r['params_non_embedding'] / 1e6:.2f}M) | "
             f"{r['step_s_median']:.3g} ({r['step_s_min']:.3g}) | {r['tokens_per_s']:.0f} | "
             f"{r['flops_per_step'] / 1e9:.1f} | {r['achieved_flops'] / 1e9:.1f} | "
-            f"{100 * r['mfu_vs_measured_peak']:.1f} % | {ratio} | {mem} | {r['quiet_steps']} / {r['timed_steps']}"
+            f"{100 * r['mfu_vs_measured_peak']:.1f} % | {paired} | {ratio} | {mem} | {r['quiet_steps']} / {r['timed_steps']}"
             f"{' (contended: all steps used)' if r['contended'] else ''} |")
     if report.get("targets"):
         lines += ["", "Targets:"]
