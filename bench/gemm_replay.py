@@ -64,27 +64,51 @@ class GemmReplay:
         return time.perf_counter() - t0
 
 
+RESULT = "gemm_replay.json"
+
+
+def markdown(results: dict) -> str:
+    cfg = results["config"]
+    rows = [f"d {cfg['d']}, T {cfg['seq']}, batch {cfg['batch']}, {cfg['reps']} alternating replays "
+            f"({results['started_utc']})", "", "| model | GEMM calls per step | GFLOP per step | median s | GFLOP/s |",
+            "|---|---:|---:|---:|---:|"]
+    for name, r in results["models"].items():
+        rows.append(f"| {name} | {r['calls']} | {r['gflop']:.2f} | {r['median_s']:.4f} | {r['gflops']:.2f} |")
+    return "\n".join(rows)
+
+
 def main(argv=None):
     """Replay the GEMMs of several models' training steps alternately in one process: do their own matrix products
     run at the same rate? (bench/README.md, issue 16's CPU targets.)"""
     import argparse
-    import statistics
     import sys
+    from datetime import datetime, timezone
     from pathlib import Path
 
-    import torch
-    from torch.nn import functional as F
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from throughput_models import build
+    here = Path(__file__).resolve().parent
+    sys.path.insert(0, str(here))
+    from machine import print_tables, table_flag
 
     ap = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
     for flag, default in (("--d", 256), ("--heads", 4), ("--layers", 4), ("--seq", 256), ("--batch", 4), ("--vocab", 8000),
                           ("--reps", 15)):
         ap.add_argument(flag, type=int, default=default)
     ap.add_argument("--models", default="kslm-transformer,llama-equal-params")
+    ap.add_argument("--out", default=str(here / "results" / RESULT))
+    table_flag(ap, [ap.get_default("out")])
     args = ap.parse_args(argv)
+    if args.table is not None:
+        return print_tables(args.table, [args.out], markdown)
+    import statistics
+
+    import torch
+    from throughput_models import build
+    from torch.nn import functional as F
+
+    from kslm.io import write_json
+
     args.d_ff, args.gau_attention = 4 * args.d, "softmax"
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     replays = {}
     for name in args.models.split(","):
         torch.manual_seed(0)
@@ -103,10 +127,15 @@ def main(argv=None):
     for _ in range(args.reps):
         for name, replay in replays.items():
             times[name].append(replay.run())
+    results = {"started_utc": started, "command": " ".join(["python", *sys.argv]),
+               "config": {k: getattr(args, k) for k in ("d", "heads", "layers", "seq", "batch", "vocab", "reps")},
+               "models": {}}
     for name, replay in replays.items():
         med = statistics.median(times[name])
-        print(f"{name}: {len(replay.calls)} GEMMs, {replay.flops / 1e9:.1f} GFLOP per step, median {med:.3f} s "
-              f"({replay.flops / med / 1e9:.1f} GFLOP/s) over {args.reps} alternating replays")
+        results["models"][name] = {"calls": len(replay.calls), "gflop": replay.flops / 1e9, "median_s": med,
+                                   "gflops": replay.flops / med / 1e9, "replay_s": times[name]}
+    write_json(args.out, results)
+    print(markdown(results))
 
 
 __all__ = ["record_gemms", "GemmReplay", "gemm_flops"]
