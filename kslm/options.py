@@ -188,10 +188,9 @@ def check_fit(cfg, fresh: bool) -> None:
                           "--trainer.strategy ddp, or --model.penalty.kind none")
     optim = (model.get("init_args") or {}).get("optim") or {}
     name = optim.get("name") if hasattr(optim, "get") else getattr(optim, "name", None)
-    if str(trainer.get("strategy")).lower() == "fsdp2" and name == "amos":
-        raise ConfigError("model.optim.name amos with trainer.strategy fsdp2: Amos keeps per-row / per-column statistics "
-                          "that kslm does not shard; use --trainer.strategy ddp, or model.optim.name amos_adamw, "
-                          "eg_adamw or adamw")
+    if str(trainer.get("strategy")).lower() == "fsdp2" and name in ("amos", "eg_adamw"):
+        raise ConfigError(f"model.optim.name {name} with trainer.strategy fsdp2: its state does not resume exactly from "
+                          "a sharded checkpoint yet; use --trainer.strategy ddp, or model.optim.name adamw or amos_adamw")
     warmup, total = optim.get("warmup_steps"), optim.get("total_steps")
     if fresh and isinstance(warmup, int) and isinstance(total, int) and total > 0 and warmup > total:
         raise ConfigError(f"model.optim.warmup_steps {warmup} exceeds model.optim.total_steps {total}: the learning "

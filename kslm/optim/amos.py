@@ -15,8 +15,14 @@ Per tensor θ with model-oriented scale η (kslm.optim.roles) and global learnin
 v and b have the slot's reduced shape: a Linear weight [out, in] keeps one number per output unit, an
 embedding [V, d] one per row, everything else one scalar — that and no momentum is Amos's memory saving.
 State is fp32 whatever the parameter dtype.
+
+Sharded parameters (DTensors, as FSDP2 makes them) work as they are: v and b are DTensors shaped like the slot,
+sharded like the parameter when the slot keeps the sharded dimension and replicated when it reduces it; a reduction
+over a sharded dimension is a sum of every shard's partial sum (all-reduced) divided by the global count, so the
+update equals the unsharded one.
 """
 
+import math
 from typing import Optional
 
 import torch
@@ -82,17 +88,17 @@ class Amos(Optimizer):
                 if group["clip_value"]:
                     g = g.clamp(-group["clip_value"], group["clip_value"])
                 state = self.state[p]
+                shape = slot_shape(p.shape, group["slot"])
+                reduced = [i for i in range(g.dim()) if not shape or shape[i] < g.shape[i]]
+                g2 = _slot_mean_square(g, reduced, keepdim=bool(shape))
                 if not state:
-                    shape = slot_shape(p.shape, group["slot"])
                     state["step"] = 0
-                    state["v"] = torch.zeros(shape, dtype=fp32_or_wider(p), device=p.device)
-                    state["b"] = torch.zeros(shape, dtype=fp32_or_wider(p), device=p.device)
+                    state["v"] = torch.zeros_like(g2)  # fp32 (g is), the slot's shape, a DTensor's placement
+                    state["b"] = torch.zeros_like(g2)
                     if group["momentum"]:
                         state["m"] = torch.zeros_like(p, dtype=fp32_or_wider(p))
                 state["step"] += 1
                 v, b = state["v"], state["b"]
-                reduced = [i for i in range(g.dim()) if v.dim() == 0 or v.shape[i] < g.shape[i]]
-                g2 = g.square().mean(dim=reduced, keepdim=v.dim() > 0) if reduced else g.square()
                 v.mul_(beta).add_(g2, alpha=1 - beta)
                 r = (1 - beta ** state["step"]) / v.clamp(min=group["epsilon"])
                 gamma = xi**2 * r * g2 / torch.sqrt(1 + group["c_coef"] * xi**0.5 * b)
@@ -104,6 +110,22 @@ class Amos(Optimizer):
                     update = state["m"].mul_(group["momentum"]).add_(update, alpha=1 - group["momentum"])
                 p.add_(update.to(p.dtype))
         return loss
+
+
+def _slot_mean_square(g: torch.Tensor, reduced: list, keepdim: bool) -> torch.Tensor:
+    """mean(g², over `reduced`). For a DTensor: the sum of the shards' partial sums (all-reduced: shards may be
+    uneven) over the global count."""
+    if not reduced:
+        return g.square()
+    placements = getattr(g, "placements", None)
+    if placements is None:
+        return g.square().mean(dim=reduced, keepdim=keepdim)
+    out = g.square().sum(dim=reduced, keepdim=keepdim) / math.prod(g.shape[i] for i in reduced)
+    if any(pl.is_partial() for pl in out.placements):
+        from torch.distributed.tensor import Replicate
+
+        out = out.redistribute(out.device_mesh, [Replicate() if pl.is_partial() else pl for pl in out.placements])
+    return out
 
 
 __all__ = ["Amos", "slot_shape"]

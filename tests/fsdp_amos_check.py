@@ -1,0 +1,60 @@
+"""Run by tests/test_fsdp.py in 2 processes (gloo): Amos on FSDP2-sharded parameters (DTensors, one of them sharded
+unevenly) against Amos on an unsharded copy, same gradients, every slot and momentum. Rank 0 writes the largest
+difference of the parameters after 3 steps to the JSON file named on the command line."""
+
+import copy
+import json
+import sys
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+
+from kslm.optim.amos import Amos
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(7, 4)  # 7 rows over 2 ranks: uneven shards
+        self.lin = nn.Linear(4, 5)
+        self.full = nn.Linear(5, 3, bias=False)
+
+    def forward(self, x):
+        return self.full(torch.tanh(self.lin(self.emb(x)))).square().mean()
+
+
+def groups(net):
+    return [{"params": [net.emb.weight], "eta": 0.5, "slot": "row"},
+            {"params": [net.lin.weight], "eta": 0.3, "slot": "column"},
+            {"params": [net.lin.bias], "eta": 0.1, "slot": "scalar"},
+            {"params": [net.full.weight], "eta": 0.2, "slot": "full"}]
+
+
+def main(out):
+    dist.init_process_group("gloo")
+    torch.manual_seed(0)
+    ref = Net()
+    init, sharded = copy.deepcopy(ref), copy.deepcopy(ref)
+    fully_shard(sharded, mesh=init_device_mesh("cpu", (dist.get_world_size(),)))
+    opts = [Amos(groups(m), lr=0.05, momentum=0.9) for m in (ref, sharded)]
+    x = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 1]])  # the same batch on every rank: FSDP's averaged gradient = ref's
+    for _ in range(3):
+        for m, opt in zip((ref, sharded), opts, strict=True):
+            m(x).backward()
+            opt.step()
+            opt.zero_grad()
+    diff = max((a.detach() - b.full_tensor().detach()).abs().max().item()
+               for a, b in zip(ref.parameters(), sharded.parameters(), strict=True))
+    moved = max((a - b).abs().max().item() for a, b in zip(ref.parameters(), init.parameters(), strict=True))
+    v = opts[1].state[sharded.emb.weight]["v"]
+    if dist.get_rank() == 0:
+        with open(out, "w", encoding="utf-8") as f:
+            json.dump({"max_abs_diff": diff, "moved": moved, "v_placements": [str(p) for p in v.placements]}, f)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
