@@ -246,8 +246,10 @@ with sigterm_raises():
 def test_killed_writer_leaves_no_partial_file(tmp_path, sig, left):
     target = tmp_path / "out.jsonl"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    # SIGINT as from a terminal: pytest-xdist's workers ignore it, and an ignored SIGINT is inherited through exec
+    # (Python then installs no KeyboardInterrupt handler); the child starts with the default disposition instead
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+                            text=True, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
     assert len(list(tmp_path.glob(".out.jsonl.*.tmp"))) == 1
     proc.send_signal(sig)
