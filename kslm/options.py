@@ -188,9 +188,14 @@ def check_fit(cfg, fresh: bool) -> None:
                           "--trainer.strategy ddp, or --model.penalty.kind none")
     optim = (model.get("init_args") or {}).get("optim") or {}
     name = optim.get("name") if hasattr(optim, "get") else getattr(optim, "name", None)
-    if str(trainer.get("strategy")).lower() == "fsdp2" and name in ("amos", "eg_adamw"):
-        raise ConfigError(f"model.optim.name {name} with trainer.strategy fsdp2: its state does not resume exactly from "
-                          "a sharded checkpoint yet; use --trainer.strategy ddp, or model.optim.name adamw or amos_adamw")
+    options = (optim.get("options") if hasattr(optim, "get") else getattr(optim, "options", None)) or {}
+    if str(trainer.get("strategy")).lower() == "fsdp2" and name == "eg_adamw":
+        raise ConfigError("model.optim.name eg_adamw with trainer.strategy fsdp2: its nested state does not survive a "
+                          "sharded checkpoint yet; use --trainer.strategy ddp, or model.optim.name adamw or amos_adamw")
+    if str(trainer.get("strategy")).lower() == "fsdp2" and name == "amos" and not options.get("xi"):
+        raise ConfigError("model.optim.name amos with trainer.strategy fsdp2 needs model.optim.options.xi (e.g. "
+                          "--model.optim.options '{\"xi\": 0.01}'): its default, 1/√(batches per epoch), comes out "
+                          "differently when a sharded checkpoint resumes")
     warmup, total = optim.get("warmup_steps"), optim.get("total_steps")
     if fresh and isinstance(warmup, int) and isinstance(total, int) and total > 0 and warmup > total:
         raise ConfigError(f"model.optim.warmup_steps {warmup} exceeds model.optim.total_steps {total}: the learning "
