@@ -180,26 +180,29 @@ def check_fit(cfg, fresh: bool) -> None:
     metrics = getattr(model_class(model.get("class_path")), "logged_metrics", None)
     if monitor and metrics and monitor not in metrics and not str(monitor).startswith("lr-"):
         raise ConfigError(f"checkpoint.monitor {monitor!r} is not a metric this task logs (one of: {', '.join(metrics)})")
-    penalty = (model.get("init_args") or {}).get("penalty") or {}
-    kind = penalty.get("kind") if hasattr(penalty, "get") else getattr(penalty, "kind", None)
-    if str(trainer.get("strategy")).lower() == "fsdp2" and kind not in (None, "none"):
-        raise ConfigError(f"model.penalty.kind {kind} with trainer.strategy fsdp2: a gradient penalty differentiates the "
-                          "loss twice, and FSDP2 frees each block's gathered weights after the first backward; use "
-                          "--trainer.strategy ddp, or --model.penalty.kind none")
-    optim = (model.get("init_args") or {}).get("optim") or {}
-    name = optim.get("name") if hasattr(optim, "get") else getattr(optim, "name", None)
-    options = (optim.get("options") if hasattr(optim, "get") else getattr(optim, "options", None)) or {}
-    if str(trainer.get("strategy")).lower() == "fsdp2" and name == "eg_adamw":
-        raise ConfigError("model.optim.name eg_adamw with trainer.strategy fsdp2: its nested state does not survive a "
-                          "sharded checkpoint yet; use --trainer.strategy ddp, or model.optim.name adamw or amos_adamw")
-    if str(trainer.get("strategy")).lower() == "fsdp2" and name == "amos" and not options.get("xi"):
-        raise ConfigError("model.optim.name amos with trainer.strategy fsdp2 needs model.optim.options.xi (e.g. "
-                          "--model.optim.options '{\"xi\": 0.01}'): its default, 1/√(batches per epoch), comes out "
-                          "differently when a sharded checkpoint resumes")
+    init = model.get("init_args") or {}
+    optim = init.get("optim") or {}
+    if str(trainer.get("strategy")).lower() == "fsdp2":
+        check_fsdp2_options((init.get("penalty") or {}).get("kind"), optim.get("name"), optim.get("options") or {})
     warmup, total = optim.get("warmup_steps"), optim.get("total_steps")
     if fresh and isinstance(warmup, int) and isinstance(total, int) and total > 0 and warmup > total:
         raise ConfigError(f"model.optim.warmup_steps {warmup} exceeds model.optim.total_steps {total}: the learning "
                           "rate would never reach its peak")
+
+
+def check_fsdp2_options(penalty_kind, optim_name, optim_options) -> None:
+    """What `--trainer.strategy fsdp2` cannot train (or resume) yet, refused before any rank starts."""
+    if penalty_kind not in (None, "none"):
+        raise ConfigError(f"model.penalty.kind {penalty_kind} with trainer.strategy fsdp2: a gradient penalty "
+                          "differentiates the loss twice, and FSDP2 frees each block's gathered weights after the first "
+                          "backward; use --trainer.strategy ddp, or --model.penalty.kind none")
+    if optim_name == "eg_adamw":
+        raise ConfigError("model.optim.name eg_adamw with trainer.strategy fsdp2: its nested state does not survive a "
+                          "sharded checkpoint yet; use --trainer.strategy ddp, or model.optim.name adamw or amos_adamw")
+    if optim_name == "amos" and not optim_options.get("xi"):
+        raise ConfigError("model.optim.name amos with trainer.strategy fsdp2 needs model.optim.options.xi (e.g. "
+                          "--model.optim.options '{\"xi\": 0.01}'): its default, 1/√(batches per epoch), comes out "
+                          "differently when a sharded checkpoint resumes")
 
 
 def check_output_path(path, option: str = "predictions.path") -> None:
