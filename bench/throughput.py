@@ -130,15 +130,20 @@ def run_model(name: str, args) -> dict:
     rss_before = vm_rss_kib()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    def timed_step():
+    def timed(fn):
+        """(seconds, own CPU seconds, the CPU share other processes took meanwhile — 0 = we had the machine alone,
+        fn's result)."""
         sync(device)
         busy0, own0, t0 = cpu_busy_s(), own_cpu_s(), time.perf_counter()
-        loss = step()
+        result = fn()
         sync(device)
         dt = time.perf_counter() - t0
         busy, own = cpu_busy_s() - busy0, own_cpu_s() - own0
-        # CPU time other processes took during the step, as a share of the machine (0 = we had it alone)
-        return dt, own, max(0.0, busy - own) / (dt * os.cpu_count()), float(loss)
+        return dt, own, max(0.0, busy - own) / (dt * os.cpu_count()), result
+
+    def timed_step():
+        dt, own, bg, loss = timed(step)
+        return dt, own, bg, float(loss)
 
     losses = [timed_step()[3] for _ in range(args.warmup)]
     # the step's own GEMMs (one more untimed step, under the profiler), replayed after each timed step
@@ -153,9 +158,9 @@ def run_model(name: str, args) -> dict:
         if args.quiet_wait > 0 and device.type == "cpu":
             wait_for_quiet(args.step_quiet_wait, args.quiet_threshold, window_s=0.5)
         dt, own, bg, loss = timed_step()
-        busy0, own0 = cpu_busy_s(), own_cpu_s()
-        replay_s.append(replay.run())
-        replay_background.append(max(0.0, (cpu_busy_s() - busy0) - (own_cpu_s() - own0)) / (replay_s[-1] * os.cpu_count()))
+        replay_dt, _, replay_bg, _ = timed(replay.run)
+        replay_s.append(replay_dt)
+        replay_background.append(replay_bg)
         times.append(dt)
         cpu.append(own)
         background.append(bg)
