@@ -5,12 +5,12 @@ jsonargparse sees them. Used by kslm.cli before the classes are built."""
 import copy
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 from jsonargparse import Namespace
 
 from kslm.checkpoint import read_payload
-from kslm.errors import CheckpointError
+from kslm.errors import CheckpointError, ConfigError
 
 LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")  # ckpt_path values Lightning resolves itself
 # model options a checkpoint fixes: they shape the weights it holds (--ckpt_path with a different value is refused)
@@ -49,6 +49,76 @@ def checkpoint_config_args(argv: list) -> list:
     given_data = any(a == "--data" or a.startswith("--data=") for a in rest)
     injected = ["--model", json.dumps(model)] + ([] if given_data else ["--data", json.dumps(data)])
     return [argv[0], *injected, *rest]
+
+
+def nested_nulls(argv: list) -> Tuple[list, list]:
+    """`--model.optim.total_steps null` (any empty value: null, ~, Null) as `--model.optim '{"total_steps": null}'`:
+    jsonargparse takes a null for a field of a nested dataclass only inside its section's dict (on the dotted form
+    it refuses the value as "not an int"); the dict form merges with what the config and earlier options set. It
+    does not check the field's type there, so the dotted keys rewritten come back too, for `check_nulls`."""
+    import yaml
+
+    out, keys, i = [], [], 0
+    while i < len(argv):
+        a = argv[i]
+        if "=" in a:
+            (name, value), step = a.split("=", 1), 1
+        else:
+            name, value, step = a, argv[i + 1] if i + 1 < len(argv) else None, 2
+        parts = name[2:].split(".") if name.startswith(("--model.", "--data.")) else []
+        if parts[1:2] == ["init_args"]:
+            parts = [parts[0], *parts[2:]]
+        if len(parts) >= 3 and value is not None and _yaml_null(yaml, value):
+            tree: dict = {}
+            _assign(tree, ".".join(parts[2:]), None)
+            out.extend([f"--{parts[0]}.{parts[1]}", json.dumps(tree)])
+            keys.append(".".join(parts))
+            i += step
+            continue
+        out.append(a)
+        i += 1
+    return out, keys
+
+
+def check_nulls(cfg, keys: list) -> None:
+    """A null given (through `nested_nulls`) to a dataclass field that does not take one: a one-line error."""
+    import dataclasses
+    import importlib
+    import typing
+
+    for key in keys:
+        section, group, *rest = key.split(".")
+        class_path = _lookup(cfg, f"{section}.class_path") if cfg is not None else _MISSING
+        if not isinstance(class_path, str) or "." not in class_path or len(rest) != 1:
+            continue
+        module, _, name = class_path.rpartition(".")
+        try:
+            classes = getattr(importlib.import_module(module), name).__mro__
+            owner = next((h[group] for h in map(_init_hints, classes) if group in h), None)
+        except (ImportError, AttributeError):
+            continue
+        if not dataclasses.is_dataclass(owner):
+            continue
+        hint = typing.get_type_hints(owner).get(rest[0])
+        if hint is not None and hint is not typing.Any and type(None) not in typing.get_args(hint):
+            shown = getattr(hint, "__name__", str(hint))
+            raise ConfigError(f"{key}: expected {shown}, got null")
+
+
+def _init_hints(cls) -> dict:
+    import typing
+
+    try:
+        return typing.get_type_hints(cls.__init__)
+    except (NameError, TypeError):
+        return {}
+
+
+def _yaml_null(yaml, value: str) -> bool:
+    try:
+        return yaml.safe_load(value) is None and value.strip() != ""
+    except yaml.YAMLError:
+        return False
 
 
 def check_config_files(argv) -> None:
@@ -149,4 +219,4 @@ def checkpoint_model_config(payload, given: list, configured, sub: str, ckpt) ->
 
 
 __all__ = ["LIGHTNING_CKPT_NAMES", "checkpoint_config_args", "check_config_files", "given_model_options",
-           "checkpoint_model_config"]
+           "checkpoint_model_config", "nested_nulls", "check_nulls"]

@@ -29,8 +29,10 @@ from kslm.argv import (
     LIGHTNING_CKPT_NAMES,
     check_config_files,
     checkpoint_config_args,
+    check_nulls,
     checkpoint_model_config,
     given_model_options,
+    nested_nulls,
 )
 from kslm.callbacks import JsonlPredictionWriter, KslmCheckpoint, SharedLearningRate, TokenThroughput
 from kslm.checkpoint import check_restorable, consolidate, is_sharded, payload_of, read_checkpoint, task_name
@@ -66,8 +68,9 @@ class KslmCLI(LightningCLI):
         else:
             argv = list(sys.argv[1:] if args is None else args)
             check_config_files(argv)
+            argv_nulls, nulls = nested_nulls(checkpoint_config_args(argv))
             try:
-                self.config = parser.parse_args(checkpoint_config_args(argv))
+                self.config = parser.parse_args(argv_nulls)
             except ArgumentError as exc:  # a misspelt option, value or class: one line with the closest spelling
                 line = explain_parse_error(exc, parser, getattr(self, "_subcommand_parsers", {}), argv)
                 if line is None:
@@ -75,6 +78,8 @@ class KslmCLI(LightningCLI):
                 raise ConfigError(line) from None
         sub = self.config.get("subcommand")
         cfg = self.config[sub] if sub else None
+        if argv:
+            check_nulls(cfg, nulls)
         if cfg is not None:
             check_seed(cfg.get("seed_everything"))  # LightningCLI seeds right after parsing
             if sub == "predict":  # before the checkpoint is read

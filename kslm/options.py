@@ -196,13 +196,6 @@ def check_fsdp2_options(penalty_kind, optim_name, optim_options) -> None:
         raise ConfigError(f"model.penalty.kind {penalty_kind} with trainer.strategy fsdp2: a gradient penalty "
                           "differentiates the loss twice, and FSDP2 frees each block's gathered weights after the first "
                           "backward; use --trainer.strategy ddp, or --model.penalty.kind none")
-    if optim_name == "eg_adamw":
-        raise ConfigError("model.optim.name eg_adamw with trainer.strategy fsdp2: its nested state does not survive a "
-                          "sharded checkpoint yet; use --trainer.strategy ddp, or model.optim.name adamw or amos_adamw")
-    if optim_name == "amos" and not optim_options.get("xi"):
-        raise ConfigError("model.optim.name amos with trainer.strategy fsdp2 needs model.optim.options.xi (e.g. "
-                          "--model.optim.options '{\"xi\": 0.01}'): its default, 1/√(batches per epoch), comes out "
-                          "differently when a sharded checkpoint resumes")
 
 
 def check_output_path(path, option: str = "predictions.path") -> None:

@@ -69,6 +69,10 @@ LM_FIT = [
     (["--model.optim.warmup_steps", "10", "--model.optim.total_steps", "5"], "model.optim.warmup_steps 10"),
     (["--model.penalty.weight", "-1"], "model.penalty.weight"),
     (["--model.penalty.step", "0"], "model.penalty.step"),
+    # an empty value where the field takes none (where it takes one, test_nested_null_options_parse)
+    (["--model.backbone.qk_dim", "null"], "model.backbone.qk_dim: expected int, got null"),
+    (["--model.optim.lr=~"], "model.optim.lr: expected float, got null"),
+    (["--model.init_args.backbone.n_layers", "Null"], "model.backbone.n_layers: expected int, got null"),
 ]
 
 
@@ -104,3 +108,19 @@ def test_nbce_model_option_before_the_model_is_loaded(workdir, capsys, extra, na
             "--data.predict_file", str(REPO / "data/samples/nbce.jsonl"), *extra]
     line = one_error_line(*cli(["predict", *args], capsys), names)
     assert "none.ckpt" not in line
+
+
+def test_nested_null_options_parse():
+    """`--model.optim.total_steps null` empties a nested field that takes None (jsonargparse alone refuses the dotted
+    form in a subclass section); the rewrite keeps every other value the config and earlier options gave."""
+    from jsonargparse import Namespace
+
+    from kslm.argv import check_nulls, nested_nulls
+
+    argv, keys = nested_nulls(["fit", "--model.backbone.d_model", "64", "--model.optim.total_steps", "null",
+                               "--model.init_args.backbone.d_ff=~", "--data.batch_size", "null", "--model.lr", "null"])
+    assert argv == ["fit", "--model.backbone.d_model", "64", "--model.optim", '{"total_steps": null}',
+                    "--model.backbone", '{"d_ff": null}', "--data.batch_size", "null", "--model.lr", "null"]
+    assert keys == ["model.optim.total_steps", "model.backbone.d_ff"]
+    cfg = Namespace(model=Namespace(class_path="kslm.tasks.lm.LanguageModel"))
+    check_nulls(cfg, keys)  # both fields are Optional[int]

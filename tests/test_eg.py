@@ -1,6 +1,7 @@
 """Exponentiated-gradient step-size adaptation against a float64 re-computation of its formula
 (kexue.fm/archives/8968: ν_{t+1} = ν_t ⊙ exp(γ g_{t−1} ⊙ g_t), here RMS-normalised and clamped; arXiv 2202.00145)."""
 
+import copy
 import io
 
 import numpy as np
@@ -32,7 +33,7 @@ def run_eg(theta0, grads, **eg):
     for g in grads:
         p.grad = torch.tensor(g)
         opt.step()
-    return p.detach().numpy(), opt.state[p]["gain"].numpy(), opt.scale
+    return p.detach().numpy(), opt.state[p]["eg_gain"].numpy(), opt.scale
 
 
 @pytest.mark.parametrize("pattern", ["consistent", "alternating", "random"])
@@ -92,8 +93,36 @@ def test_eg_resume_from_state_dict_continues_identically():
     m3.load_state_dict(saved["model"])
     opt3.load_state_dict(saved["opt"])
     sched3.load_state_dict(saved["sched"])
-    assert opt3.param_groups is opt3.base.param_groups and opt3.scale == opt2.scale != 1.0
+    assert opt3.param_groups is opt3.base.param_groups and opt3.state is opt3.base.state
+    assert opt3.scale == opt2.scale != 1.0
     _train(m3, opt3, sched3, 4, start=4)
     for a, b in zip(full, m3.parameters(), strict=True):
         assert torch.equal(a, b.detach())
     assert state_bytes(opt3) == state_bytes(opt2) > 0
+
+
+def test_eg_state_is_flat_and_an_old_nested_state_still_loads():
+    """One state dict per parameter (AdamW's exp_avg … beside eg_gain / eg_prev) and the scale in the param groups: the
+    form torch.distributed.checkpoint saves and loads (fsdp2); a state written in the old nested form
+    ({"base": AdamW's, "eg": {"scale"}}) resumes the same."""
+    m, opt, sched = _model_and_opt()
+    _train(m, opt, sched, 3)
+    sd = copy.deepcopy(opt.state_dict())  # (the loads below would otherwise share, and step, opt's own tensors)
+    assert set(sd) == {"state", "param_groups"}
+    assert {"exp_avg", "exp_avg_sq", "step", "eg_gain", "eg_prev"} <= set(sd["state"][0])
+    assert all(g["eg_scale"] == opt.scale != 1.0 for g in sd["param_groups"])
+    base = {"state": {k: {n: v for n, v in st.items() if not n.startswith("eg_")} for k, st in sd["state"].items()},
+            "param_groups": [{k: v for k, v in g.items() if k != "eg_scale"} for g in sd["param_groups"]]}
+    old = {"state": {k: {n[3:]: v for n, v in st.items() if n.startswith("eg_")} for k, st in sd["state"].items()},
+           "param_groups": base["param_groups"], "base": base, "eg": {"scale": opt.scale}}
+    loaded = []
+    for state in (sd, old):
+        m2, opt2, sched2 = _model_and_opt(seed=1)
+        m2.load_state_dict(m.state_dict())
+        opt2.load_state_dict(copy.deepcopy(state))
+        sched2.load_state_dict(sched.state_dict())
+        _train(m2, opt2, sched2, 2, start=3)
+        loaded.append([p.detach() for p in m2.parameters()])
+    _train(m, opt, sched, 2, start=3)
+    for a, b, c in zip(m.parameters(), *loaded, strict=True):
+        assert torch.equal(a.detach(), b) and torch.equal(a.detach(), c)

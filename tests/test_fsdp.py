@@ -114,11 +114,13 @@ def test_fsdp_on_cpu_is_one_line(small_corpus, tmp_path, capsys, monkeypatch):
     assert code == 2 and "--trainer.strategy fsdp2" in err and "Traceback" not in err, err
 
 
-def test_amos_on_sharded_parameters_equals_amos_unsharded(tmp_path):
-    """tests/fsdp_amos_check.py in 2 gloo processes: Amos on FSDP2 DTensors (an unevenly sharded embedding, row,
-    column, scalar and full slots, momentum) leaves the same parameters after 3 steps as on an unsharded copy."""
-    out, port = tmp_path / "amos.json", free_ports(1)[0]
-    procs = [subprocess.Popen([sys.executable, str(REPO / "tests" / "fsdp_amos_check.py"), str(out)],
+@pytest.mark.parametrize("name", ["amos", "eg_adamw"])
+def test_optimiser_on_sharded_parameters_equals_it_unsharded(tmp_path, name):
+    """tests/fsdp_optim_check.py in 2 gloo processes: Amos (an unevenly sharded embedding, row, column, scalar and full
+    slots, momentum) and EG-AdamW (a global scale and RMS-normalised gains: sums over the whole tensor) on FSDP2
+    DTensors leave the same parameters after 3 steps as on an unsharded copy."""
+    out, port = tmp_path / "optim.json", free_ports(1)[0]
+    procs = [subprocess.Popen([sys.executable, str(REPO / "tests" / "fsdp_optim_check.py"), name, str(out)],
                               env={**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(r),
                                    "LOCAL_RANK": str(r), "WORLD_SIZE": "2"},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
@@ -126,7 +128,9 @@ def test_amos_on_sharded_parameters_equals_amos_unsharded(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], logs
     result = json.loads(out.read_text(encoding="utf-8"))
     assert result["moved"] > 1e-3 and result["max_abs_diff"] <= 1e-6, result
-    assert result["v_placements"] == ["S(0)"]  # the row slot of the embedding stays sharded like its rows
+    assert result["slot_placements"] == ["S(0)"]  # the embedding's slot stays sharded like its rows
+    if name == "eg_adamw":
+        assert result["scale"][0] == pytest.approx(result["scale"][1], rel=1e-6) and result["scale"][0] != 1.0, result
 
 
 @pytest.mark.parametrize("option,says", [

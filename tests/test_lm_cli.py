@@ -115,6 +115,27 @@ def test_resume_reproduces_uninterrupted_run(small_corpus, workdir, capsys, stop
         assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
 
 
+@pytest.mark.parametrize("stop", [3, 9])  # mid epoch 1, mid epoch 2
+def test_resume_across_the_end_of_the_data(small_corpus, workdir, capsys, stop):
+    """Without limit_train_batches an epoch ends where the training blocks do (7 batches here): the resumed epoch
+    still has its full length (a sampler that reported only its unserved batches ended it early by that many)."""
+    corpus = workdir / "short.txt"
+    corpus.write_text(small_corpus.read_text(encoding="utf-8")[:9000], encoding="utf-8")
+    common = ["--model.backbone.dropout", "0.1", "--trainer.val_check_interval", "1000", "--trainer.max_epochs", "100",
+              "--data.batch_size", "16", "--model.optim.total_steps", "16"]
+    full = tiny_args(corpus, workdir / "a", *common, steps=16)
+    assert run_cli(["fit", *full], capsys)[0] == 0
+    half = tiny_args(corpus, workdir / "b", *common, steps=stop)
+    assert run_cli(["fit", *half], capsys)[0] == 0
+    rest = tiny_args(corpus, workdir / "b", *common, "--ckpt_path", str(workdir / "b" / "ckpt" / "last.ckpt"), steps=16)
+    assert run_cli(["fit", *rest], capsys)[0] == 0
+    a = torch.load(workdir / "a" / "ckpt" / "last.ckpt", weights_only=True)
+    b = torch.load(workdir / "b" / "ckpt" / "last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 16 and a["epoch"] == b["epoch"] == 2, (a["epoch"], b["epoch"])
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+
+
 def test_untrained_tied_rescaled_loss_is_near_log_2v(small_corpus, workdir, capsys, monkeypatch):
     """Acceptance: rescaled tied init gives a val loss in [0.9 ln V, 1.1 ln 2V]; plain tying clearly more."""
     base = tiny_args(small_corpus, workdir, "--model.backbone.d_model", "256", "--model.backbone.n_heads", "4",

@@ -108,7 +108,14 @@ class KslmDataModule(pl.LightningDataModule):
         return {"epoch": sampler.data_epoch, "batches": progress.current.processed, "batch_size": self.batch_size}
 
     def load_state_dict(self, state):
-        self._resume = state or None  # checked and applied when training starts (predict / validate ignore it)
+        """Kept until the training loader is built (predict / validate ignore it). A loader built before the
+        checkpoint was read is dropped, so that training builds it again at the checkpoint's position: Lightning's
+        ModelParallelStrategy (fsdp2) restores after setup, and setup builds the loader when the schedule's horizon
+        (no optim.total_steps) or Amos's default ξ needs the epoch's length."""
+        self._resume = state or None
+        if self._resume is not None and self._sampler is not None and self.trainer is not None:
+            self._sampler = None
+            self.trainer.fit_loop._combined_loader = None  # (Lightning's own test for "build the loader again")
 
 
 __all__ = ["KslmDataModule", "default_cache_dir"]

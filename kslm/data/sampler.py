@@ -53,8 +53,10 @@ class ResumableSampler(DistributedSampler):
         return indices[self.rank : self.total_size : self.num_replicas]
 
     def __len__(self):
-        skip = self._resume[1] if self._resume is not None else self._skip
-        return self.num_samples - skip
+        """The whole epoch's samples, also while resuming: Lightning counts a restarted epoch's batches from the
+        checkpoint's position (its fetcher starts at the batches already served), so a shorter length would end
+        the resumed epoch early by that many batches."""
+        return self.num_samples
 
 
 def _iterate(indices: torch.Tensor):

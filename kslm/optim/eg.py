@@ -13,9 +13,12 @@ For plain GD, d = −ηg and h_t ∝ g_{t−1} ⊙ g_t: Su's ν_{t+1} = ν_t ⊙
 the same sign raise a coordinate's step, alternating signs lower it. The RMS normalisation makes γ unit-free
 (exp(γ Σ g g) is otherwise scale-dependent and can explode); the clamps bound what is left. The cosine between
 the current gradient and the previous (momentum) update drives the global scale, as the paper's global step-size.
-Gains, previous updates and the scale live in this optimiser's state_dict (with the base's), so a resumed run
-continues identically; under DDP the gradients are all-reduced before the step, so the state is identical on
-every rank (sharded optimisers — FSDP/ZeRO — would need an all-reduce of the global cosine: not supported).
+The state is flat, as torch.distributed.checkpoint expects of an optimiser: the base's per-parameter state and
+EG's (`eg_gain`, `eg_prev`) share one dict per parameter, and s_t is a value of every param group (`eg_scale`), so
+a resumed run continues identically from a plain or a sharded (fsdp2) checkpoint. Under DDP the gradients are
+all-reduced before the step, so the state is identical on every rank; on FSDP2's sharded parameters (DTensors) the
+sums and RMS above are over the whole tensor (each reduction all-reduced), so the gains and the scale are those of
+the unsharded run.
 """
 
 from typing import Tuple
@@ -45,8 +48,18 @@ class ExponentiatedGradient(Optimizer):
         self.base = base
         self.eg = dict(gain_lr=gain_lr, scale_lr=scale_lr, gain_bounds=tuple(gain_bounds), scale_bounds=tuple(scale_bounds))
         super().__init__(base.param_groups, base.defaults)
-        self.param_groups = base.param_groups  # one set of groups: the scheduler's LR reaches the base
-        self.scale = 1.0
+        for group in base.param_groups:
+            group.setdefault("eg_scale", 1.0)
+        self._share()
+
+    def _share(self) -> None:
+        """One set of param groups (the scheduler's LR reaches the base) and one state dict per parameter."""
+        self.param_groups = self.base.param_groups
+        self.base.state = self.state
+
+    @property
+    def scale(self) -> float:
+        return float(self.param_groups[0]["eg_scale"])
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -59,47 +72,58 @@ class ExponentiatedGradient(Optimizer):
         # global scale from the alignment of the current gradient with the previous update
         dot, gg, dd = 0.0, 0.0, 0.0
         for p in params:
-            prev = self.state[p].get("prev")
+            prev = self.state[p].get("eg_prev")
             if prev is not None:
-                dot -= float((grads[p] * prev).sum())
-                gg += float(grads[p].square().sum())
-                dd += float(prev.square().sum())
+                dot -= _whole((grads[p] * prev).sum())
+                gg += _whole(grads[p].square().sum())
+                dd += _whole(prev.square().sum())
+        scale = self.scale
         if gg > 0 and dd > 0:
             lo, hi = self.eg["scale_bounds"]
-            self.scale = min(max(self.scale * torch.exp(torch.tensor(self.eg["scale_lr"] * dot / (gg * dd) ** 0.5,
-                                                                     dtype=torch.float64)).item(), lo), hi)
+            scale = min(max(scale * torch.exp(torch.tensor(self.eg["scale_lr"] * dot / (gg * dd) ** 0.5,
+                                                           dtype=torch.float64)).item(), lo), hi)
+            for group in self.param_groups:
+                group["eg_scale"] = scale
+        before = {p: p.detach().clone() for p in params}
+        self.base.step()  # first: it sets up its state when a parameter has none
         lo, hi = self.eg["gain_bounds"]
         for p in params:
             state = self.state[p]
-            if "gain" not in state:
-                state["gain"] = torch.ones_like(p, dtype=fp32_or_wider(p))
-            prev = state.get("prev")
+            if "eg_gain" not in state:
+                state["eg_gain"] = torch.ones_like(p, dtype=fp32_or_wider(p))
+            prev = state.get("eg_prev")
             if prev is not None:
                 g = grads[p]
-                denom = g.square().mean().sqrt() * prev.square().mean().sqrt()
+                denom = (_whole(g.square().sum()) * _whole(prev.square().sum())) ** 0.5 / g.numel()
                 if denom > 0:
-                    state["gain"].mul_(torch.exp(-self.eg["gain_lr"] * g * prev / denom)).clamp_(lo, hi)
-        before = {p: p.detach().clone() for p in params}
-        self.base.step()
+                    state["eg_gain"].mul_(torch.exp(-self.eg["gain_lr"] * g * prev / denom)).clamp_(lo, hi)
         for p in params:
             d = p.to(fp32_or_wider(p)) - before[p].to(fp32_or_wider(p))
-            self.state[p]["prev"] = d
-            p.copy_((before[p].to(d.dtype) + self.scale * self.state[p]["gain"] * d).to(p.dtype))
+            self.state[p]["eg_prev"] = d
+            p.copy_((before[p].to(d.dtype) + scale * self.state[p]["eg_gain"] * d).to(p.dtype))
         return loss
 
-    def state_dict(self):
-        sd = super().state_dict()
-        sd["base"] = self.base.state_dict()
-        sd["eg"] = {"scale": self.scale}
-        return sd
-
     def load_state_dict(self, state_dict):
-        state_dict = dict(state_dict)
-        base, eg = state_dict.pop("base"), state_dict.pop("eg")
+        if "base" in state_dict:  # written before the state was flat: {..., "base": base's, "eg": {"scale": s}}
+            state_dict = _flat(state_dict)
         super().load_state_dict(state_dict)
-        self.base.load_state_dict(base)
-        self.param_groups = self.base.param_groups
-        self.scale = float(eg["scale"])
+        self.base.param_groups = self.param_groups
+        self._share()
+
+
+def _whole(x: torch.Tensor) -> float:
+    """A reduction's value over the whole tensor: a DTensor's partial result is all-reduced first."""
+    full = getattr(x, "full_tensor", None)
+    return float(full() if full is not None else x)
+
+
+def _flat(old: dict) -> dict:
+    """An old nested EG state dict in the flat form."""
+    base, eg = old["base"], old["eg"]
+    state = {k: {**base["state"].get(k, {}), **{f"eg_{n}": v for n, v in old["state"].get(k, {}).items()}}
+             for k in set(base["state"]) | set(old["state"])}
+    groups = [{**g, "eg_scale": float(eg["scale"])} for g in base["param_groups"]]
+    return {"state": state, "param_groups": groups}
 
 
 __all__ = ["ExponentiatedGradient"]

@@ -93,11 +93,11 @@ def build_optimizer(name: str, module: nn.Module, lr: float, weight_decay: float
 
 
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Bytes of the optimiser's state tensors (slots), the wrapped base's included."""
+    """Bytes of the optimiser's state tensors (slots), a wrapped base's included (EG shares its state dict)."""
     total = sum(v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values()
                 if isinstance(v, torch.Tensor))
     base = getattr(optimizer, "base", None)
-    return total + (state_bytes(base) if base is not None else 0)
+    return total + (state_bytes(base) if base is not None and base.state is not optimizer.state else 0)
 
 
 __all__ = ["OPTIMIZERS", "OPTIONS", "adamw_implementation", "amos_groups", "amos_adamw_groups", "build_optimizer",

@@ -1,6 +1,7 @@
-"""Run by tests/test_fsdp.py in 2 processes (gloo): Amos on FSDP2-sharded parameters (DTensors, one of them sharded
-unevenly) against Amos on an unsharded copy, same gradients, every slot and momentum. Rank 0 writes the largest
-difference of the parameters after 3 steps to the JSON file named on the command line."""
+"""Run by tests/test_fsdp.py in 2 processes (gloo): an optimiser on FSDP2-sharded parameters (DTensors, one of them
+sharded unevenly) against the same optimiser on an unsharded copy, same gradients — Amos (every slot, momentum) or
+EG-AdamW (its global scale and per-coordinate RMS are sums over the whole tensor). Usage: fsdp_optim_check.py
+amos|eg_adamw OUT.json; rank 0 writes the largest difference of the parameters after 3 steps there."""
 
 import copy
 import json
@@ -13,6 +14,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
 from kslm.optim.amos import Amos
+from kslm.optim.eg import ExponentiatedGradient
 
 
 class Net(nn.Module):
@@ -33,13 +35,19 @@ def groups(net):
             {"params": [net.full.weight], "eta": 0.2, "slot": "full"}]
 
 
-def main(out):
+def optimizer(name, net):
+    if name == "amos":
+        return Amos(groups(net), lr=0.05, momentum=0.9)
+    return ExponentiatedGradient(torch.optim.AdamW(net.parameters(), lr=0.05), gain_lr=0.5, scale_lr=0.5)
+
+
+def main(name, out):
     dist.init_process_group("gloo")
     torch.manual_seed(0)
     ref = Net()
     init, sharded = copy.deepcopy(ref), copy.deepcopy(ref)
     fully_shard(sharded, mesh=init_device_mesh("cpu", (dist.get_world_size(),)))
-    opts = [Amos(groups(m), lr=0.05, momentum=0.9) for m in (ref, sharded)]
+    opts = [optimizer(name, m) for m in (ref, sharded)]
     x = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 1]])  # the same batch on every rank: FSDP's averaged gradient = ref's
     for _ in range(3):
         for m, opt in zip((ref, sharded), opts, strict=True):
@@ -49,12 +57,13 @@ def main(out):
     diff = max((a.detach() - b.full_tensor().detach()).abs().max().item()
                for a, b in zip(ref.parameters(), sharded.parameters(), strict=True))
     moved = max((a - b).abs().max().item() for a, b in zip(ref.parameters(), init.parameters(), strict=True))
-    v = opts[1].state[sharded.emb.weight]["v"]
+    slot = opts[1].state[sharded.emb.weight]["v" if name == "amos" else "eg_gain"]
+    extra = {"scale": [o.scale for o in opts]} if name != "amos" else {}
     if dist.get_rank() == 0:
         with open(out, "w", encoding="utf-8") as f:
-            json.dump({"max_abs_diff": diff, "moved": moved, "v_placements": [str(p) for p in v.placements]}, f)
+            json.dump({"max_abs_diff": diff, "moved": moved, "slot_placements": [str(p) for p in slot.placements], **extra}, f)
     dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2])
