@@ -48,7 +48,10 @@ class Payload:
     labels: entity types (NER) or predicates (RE); None for language models.
     head: the options that shape the head (NER: head, head_size; RE: head_size).
     data: the data module's settings prediction needs (window length, stride, batch size).
-    rng: torch's CPU RNG state at the save (dropout resumes exactly).
+    rng: torch's CPU RNG state at the save (rank 0's).
+    rngs: every rank's random state at the save, by global rank ({"cpu": …, "cuda": … where a GPU draws}): each rank
+        of a resumed run takes its own, so dropout resumes exactly on one process or many (ranks draw differently
+        when their batches differ in shape: padded extraction batches).
     """
 
     task: str
@@ -60,6 +63,7 @@ class Payload:
     head: Dict[str, Any] = field(default_factory=dict)
     data: Dict[str, Any] = field(default_factory=dict)
     rng: Optional[torch.Tensor] = None
+    rngs: Optional[List[Dict[str, torch.Tensor]]] = None
     version: int = FORMAT_VERSION
 
     # ------------------------------------------------------------ conversion

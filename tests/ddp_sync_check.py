@@ -15,17 +15,28 @@ def _flat(tensors) -> torch.Tensor:
 
 
 class RankSyncCheck(Callback):
+    """Also: each rank draws rank + 1 extra numbers per batch (ranks whose batches differ in shape draw differently),
+    and its random state at the last checkpoint save goes to `out`, for comparison with the checkpoint's."""
+
     def __init__(self, out: str):
         self.out = out
+        self.saved_rng = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        torch.rand(trainer.global_rank + 1)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        self.saved_rng = torch.get_rng_state()
 
     def on_train_end(self, trainer, pl_module):
         params = _flat(pl_module.parameters())
         state = _flat(v for s in trainer.optimizers[0].state.values() for v in s.values())
         gathered = [trainer.strategy.all_gather(x) for x in (params, state)]  # [world, n] each
+        rngs = trainer.strategy.all_gather(self.saved_rng if self.saved_rng is not None else torch.get_rng_state())
         if trainer.is_global_zero:
             diff = {name: (g - g[0]).abs().max().item() for name, g in zip(("params", "optimizer_state"), gathered, strict=True)}
             Path(self.out).write_text(json.dumps({"world_size": int(gathered[0].shape[0]), "numel": params.numel(),
-                                                  "max_abs_diff": diff}), encoding="utf-8")
+                                                  "max_abs_diff": diff, "saved_rng": rngs.tolist()}), encoding="utf-8")
 
 
 class MarkWhenTraining(Callback):

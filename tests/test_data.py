@@ -141,6 +141,28 @@ def test_resumable_sampler_skips_and_keeps_permutation():
     assert list(iter(s)) == list(iter(ref))
 
 
+@pytest.mark.parametrize("workers", [False, True])
+def test_resumed_sampler_numbers_later_epochs_whichever_comes_first(workers):
+    """Resumed into data epoch 3 while Lightning numbers it 1: without workers Lightning's set_epoch(1) comes before
+    the iteration begins, with workers after it (the iterator prefetches when it is created); either way the next
+    epoch serves data epoch 4."""
+    data = list(range(30))
+    ref = {e: ResumableSampler(data, seed=5) for e in (3, 4)}
+    for e, r in ref.items():
+        r.set_epoch(e)
+    s = ResumableSampler(data, seed=5)
+    s.resume(3, 6)
+    if workers:
+        first = list(iter(s))
+        s.set_epoch(1)
+    else:
+        s.set_epoch(1)
+        first = list(iter(s))
+    assert first == list(iter(ref[3]))[6:] and s.data_epoch == 3
+    s.set_epoch(2)
+    assert list(iter(s)) == list(iter(ref[4])) and s.data_epoch == 4
+
+
 def test_read_prompts(tmp_path):
     txt = tmp_path / "p.txt"
     txt.write_text("one\n\ntwo\n")

@@ -115,14 +115,16 @@ def test_resume_reproduces_uninterrupted_run(small_corpus, workdir, capsys, stop
         assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
 
 
-@pytest.mark.parametrize("stop", [3, 9])  # mid epoch 1, mid epoch 2
-def test_resume_across_the_end_of_the_data(small_corpus, workdir, capsys, stop):
+@pytest.mark.parametrize("stop,workers", [(3, 0), (9, 0), (7, 1)])  # mid epoch 1, mid epoch 2, at the end of epoch 1
+def test_resume_across_the_end_of_the_data(small_corpus, workdir, capsys, stop, workers):
     """Without limit_train_batches an epoch ends where the training blocks do (7 batches here): the resumed epoch
-    still has its full length (a sampler that reported only its unserved batches ended it early by that many)."""
+    still has its full length (a sampler that reported only its unserved batches ended it early by that many), and
+    with a loader worker (whose iterator starts before Lightning numbers the epoch) the epochs after it still get
+    their own permutations."""
     corpus = workdir / "short.txt"
     corpus.write_text(small_corpus.read_text(encoding="utf-8")[:9000], encoding="utf-8")
     common = ["--model.backbone.dropout", "0.1", "--trainer.val_check_interval", "1000", "--trainer.max_epochs", "100",
-              "--data.batch_size", "16", "--model.optim.total_steps", "16"]
+              "--data.batch_size", "16", "--model.optim.total_steps", "16", "--data.num_workers", str(workers)]
     full = tiny_args(corpus, workdir / "a", *common, steps=16)
     assert run_cli(["fit", *full], capsys)[0] == 0
     half = tiny_args(corpus, workdir / "b", *common, steps=stop)

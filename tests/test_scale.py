@@ -99,6 +99,10 @@ def test_ddp_ranks_stay_in_sync_with_penalties_and_optimisers(ddp_runs, name):
     sync = json.loads((tmp / "sync.json").read_text(encoding="utf-8"))
     assert sync["world_size"] == 2 and sync["numel"] > 1000
     assert sync["max_abs_diff"] == {"params": 0.0, "optimizer_state": 0.0}, sync
+    # the checkpoint keeps each rank's random state (they differ: rank 1 draws more), so a resume restores each its own
+    last = next(tmp.rglob("last.ckpt"))
+    rngs = torch.load(last, weights_only=True)["kslm"]["rngs"]
+    assert [r["cpu"].tolist() for r in rngs] == sync["saved_rng"] and sync["saved_rng"][0] != sync["saved_rng"][1]
 
 
 def test_surviving_rank_reports_the_lost_rank_in_one_line(small_corpus, tmp_path):
@@ -137,3 +141,16 @@ def test_bf16_mixed_few_steps(small_corpus, tmp_path, capsys, monkeypatch):
         assert code == 0, err
         ckpt = torch.load(tmp_path / block / "ckpt" / "last.ckpt", weights_only=True)
         assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+
+
+def test_each_rank_resumes_with_its_own_random_state():
+    from kslm.checkpoint import Payload
+    from kslm.tasks.base import own_random_state
+
+    states = [{"cpu": torch.tensor([r], dtype=torch.uint8)} for r in range(2)]
+    p = Payload(task="LanguageModel", tokenizer="{}", rng=states[0]["cpu"], rngs=states)
+    assert own_random_state(p, 1, 2) is states[1] and own_random_state(p, 0, 2) is states[0]
+    assert own_random_state(p, 2, 4)["cpu"] is states[0]["cpu"]  # another number of ranks: rank 0's
+    old = Payload(task="LanguageModel", tokenizer="{}", rng=states[0]["cpu"])  # written before rngs existed
+    assert own_random_state(old, 1, 2)["cpu"] is states[0]["cpu"]
+    assert own_random_state(Payload(task="LanguageModel", tokenizer="{}"), 0, 1) is None

@@ -20,9 +20,17 @@ class ResumableSampler(DistributedSampler):
         self._resume = None  # (epoch, samples to skip)
         self._offset = 0  # true epoch − Lightning's epoch number
         self._skip = 0
+        self._numbered = False  # set_epoch was called since the last iteration began
+        self._unnumbered = None  # the resumed epoch, when its iteration began before Lightning numbered it
 
     def resume(self, epoch: int, n_samples: int) -> None:
         self._resume = (epoch, n_samples)
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        if self._unnumbered is not None:
+            self._offset, self._unnumbered = self._unnumbered - epoch, None
+        self._numbered = True
 
     @property
     def data_epoch(self) -> int:
@@ -30,10 +38,18 @@ class ResumableSampler(DistributedSampler):
         return self.epoch + self._offset
 
     def __iter__(self):
+        """A loader without workers starts iterating at its first batch, after Lightning's set_epoch for that epoch; a
+        loader with workers starts when Lightning creates its iterator, before it: a resumed epoch then learns its
+        number from the set_epoch that follows."""
+        epoch = self.data_epoch
         if self._resume is not None:
             (epoch, self._skip), self._resume = self._resume, None
-            self._offset = epoch - self.epoch
-        indices = self.shard_indices(self.data_epoch)
+            if self._numbered:
+                self._offset = epoch - self.epoch
+            else:
+                self._unnumbered = epoch
+        self._numbered = False
+        indices = self.shard_indices(epoch)
         skip, self._skip = self._skip, 0
         return _iterate(indices[skip:])
 

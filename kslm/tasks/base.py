@@ -82,7 +82,7 @@ class KslmTask(pl.LightningModule):
         self.tokenizer: Optional[Tokenizer] = None
         self._payload: Optional[Payload] = None  # the checkpoint the weights will come from (--ckpt_path)
         self.data_settings: Dict[str, Any] = {}
-        self._pending_rng: Optional[torch.Tensor] = None
+        self._pending_rng: Optional[dict] = None  # {"cpu": state, "cuda": state?} of this rank
         self._tokens_per_batch = None
 
     # ----------------------------------------------------------- connection
@@ -228,7 +228,7 @@ class KslmTask(pl.LightningModule):
         store(checkpoint, Payload(task=type(self).__name__, tokenizer=self.tokenizer.to_str(),
                                   backbone=None if hf else self.backbone_config.to_dict(), hf_config=self.hf_config,
                                   settings=self.settings(), data=self.data_settings, rng=torch.get_rng_state(),
-                                  **self.payload_extras()))
+                                  rngs=_every_rank(_random_state()), **self.payload_extras()))
         # the payload is the one record of the task's settings: Lightning's copy would be applied over the command
         # line by LightningCLI (whatever the task) and needs the class importable to load
         checkpoint.pop("hyper_parameters", None)
@@ -256,9 +256,10 @@ class KslmTask(pl.LightningModule):
             if self.hf_config is None or not same_architecture(self.hf_config, payload.hf_config):
                 raise CheckpointError("the checkpoint's Hugging Face encoder differs from the configured one")
         self._check_weights(checkpoint)
-        # dropout's RNG: restored just before the next training batch, so that nothing Lightning does between
-        # restoring and training (sanity validation, setting up loaders) can draw from it
-        self._pending_rng = payload.rng
+        # dropout's RNG (this rank's): restored just before the next training batch, so that nothing Lightning does
+        # between restoring and training (sanity validation, setting up loaders) can draw from it
+        rank, world = (self.global_rank, self.trainer.world_size) if _attached(self) else (0, 1)
+        self._pending_rng = own_random_state(payload, rank, world)
 
     def _check_weights(self, checkpoint) -> None:
         """The checkpoint's weights must be those of the model its payload describes (Lightning's strict loading
@@ -279,7 +280,9 @@ class KslmTask(pl.LightningModule):
 
     def on_train_batch_start(self, batch, batch_idx):
         if self._pending_rng is not None:
-            torch.set_rng_state(self._pending_rng)
+            torch.set_rng_state(self._pending_rng["cpu"])
+            if self._pending_rng.get("cuda") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state(self._pending_rng["cuda"])
             self._pending_rng = None
 
     # ------------------------------------------------------------- training
@@ -355,6 +358,34 @@ def _batches_per_epoch(trainer, fallback: int) -> int:
     trainer.fit_loop.setup_data()  # what trainer.estimated_stepping_batches does too; a no-op once loaded
     n = trainer.num_training_batches
     return int(n) if n and math.isfinite(n) else max(fallback, 1)
+
+
+def _random_state() -> dict:
+    """This process's random state: the CPU generator's, and the current GPU's where one has been used."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def own_random_state(payload: Payload, rank: int, world: int) -> Optional[dict]:
+    """The random state rank `rank` of `world` resumes with: its own from the checkpoint's ranks, else (another
+    number of ranks, or a checkpoint from before each rank's was kept) rank 0's CPU state."""
+    if payload.rngs and len(payload.rngs) == world:
+        return payload.rngs[rank]
+    return {"cpu": payload.rng} if payload.rng is not None else None
+
+
+def _every_rank(obj) -> list:
+    """[obj of rank 0, obj of rank 1, …]: every rank saves a checkpoint together (Lightning's save), so gathering
+    here is safe; one process: [obj]."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def _rng_state():
