@@ -28,8 +28,8 @@ import kslm.tasks.re  # noqa: F401
 from kslm.argv import (
     LIGHTNING_CKPT_NAMES,
     check_config_files,
-    checkpoint_config_args,
     check_nulls,
+    checkpoint_config_args,
     checkpoint_model_config,
     given_model_options,
     nested_nulls,

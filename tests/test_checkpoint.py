@@ -56,13 +56,23 @@ def test_load_from_checkpoint_outside_a_trainer(ckpts, task):
         other.load_from_checkpoint(ckpts[task])
 
 
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(map(_same, a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a == b
+
+
 def test_payload_round_trip_and_versions(ckpts):
     ckpt = torch.load(ckpts["ner"], weights_only=True)
     p = payload_of(ckpt)
     again = Payload.from_dict(p.to_dict())
     assert again.to_dict().keys() == p.to_dict().keys()
-    assert all(torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
-               for a, b in zip(again.to_dict().values(), p.to_dict().values(), strict=True))
+    assert all(_same(a, b) for a, b in zip(again.to_dict().values(), p.to_dict().values(), strict=True))
+    assert len(p.rngs) == 1 and torch.equal(p.rngs[0]["cpu"], p.rng)  # one process: its own state, as rank 0's
     flat = {"backbone": p.backbone, "tokenizer": p.tokenizer, "types": p.labels, "head": "egp", "head_size": 16}
     old = Payload.from_dict(flat)  # written before the payload had a version
     assert old.task == "EntityExtraction" and old.labels == p.labels and old.head == p.head
@@ -172,4 +182,5 @@ def test_window_checked_against_the_checkpoints_backbone(ckpts, workdir, capsys)
 def test_payload_is_json_safe_but_for_the_rng(ckpts):
     d = read_payload(ckpts["re"]).to_dict()
     d.pop("rng")
+    d.pop("rngs")  # (each rank's random state)
     json.dumps(d)
