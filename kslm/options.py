@@ -183,19 +183,20 @@ def check_fit(cfg, fresh: bool) -> None:
     init = model.get("init_args") or {}
     optim = init.get("optim") or {}
     if str(trainer.get("strategy")).lower() == "fsdp2":
-        check_fsdp2_options((init.get("penalty") or {}).get("kind"), optim.get("name"), optim.get("options") or {})
+        check_fsdp2_options((init.get("penalty") or {}).get("kind"))
     warmup, total = optim.get("warmup_steps"), optim.get("total_steps")
     if fresh and isinstance(warmup, int) and isinstance(total, int) and total > 0 and warmup > total:
         raise ConfigError(f"model.optim.warmup_steps {warmup} exceeds model.optim.total_steps {total}: the learning "
                           "rate would never reach its peak")
 
 
-def check_fsdp2_options(penalty_kind, optim_name, optim_options) -> None:
-    """What `--trainer.strategy fsdp2` cannot train (or resume) yet, refused before any rank starts."""
+def check_fsdp2_options(penalty_kind) -> None:
+    """What `--trainer.strategy fsdp2` cannot train yet, refused before any rank starts (every optimiser trains and
+    resumes there; a gradient penalty does not)."""
     if penalty_kind not in (None, "none"):
         raise ConfigError(f"model.penalty.kind {penalty_kind} with trainer.strategy fsdp2: a gradient penalty "
-                          "differentiates the loss twice, and FSDP2 frees each block's gathered weights after the first "
-                          "backward; use --trainer.strategy ddp, or --model.penalty.kind none")
+                          "differentiates the loss twice, and FSDP2 reduces and frees each block's gathered weights in the "
+                          "first backward; use --trainer.strategy ddp, or --model.penalty.kind none")
 
 
 def check_output_path(path, option: str = "predictions.path") -> None:
