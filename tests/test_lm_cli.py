@@ -102,17 +102,21 @@ def test_resume_reproduces_uninterrupted_run(small_corpus, workdir, capsys, stop
     Epochs are 5 batches long (limit_train_batches) so that resuming crosses an epoch boundary."""
     common = ["--model.optim.total_steps", "9", "--model.backbone.dropout", "0.1", "--trainer.val_check_interval", "3",
               "--trainer.limit_train_batches", "5"]
-    full = tiny_args(small_corpus, workdir / "a", *common, steps=9)
-    assert run_cli(["fit", *full], capsys)[0] == 0
-    half = tiny_args(small_corpus, workdir / "b", *common, steps=stop)
-    assert run_cli(["fit", *half], capsys)[0] == 0
-    rest = tiny_args(small_corpus, workdir / "b", *common, "--ckpt_path", str(workdir / "b" / "ckpt" / "last.ckpt"), steps=9)
-    assert run_cli(["fit", *rest], capsys)[0] == 0
-    a = torch.load(workdir / "a" / "ckpt" / "last.ckpt", weights_only=True)
-    b = torch.load(workdir / "b" / "ckpt" / "last.ckpt", weights_only=True)
+    a, b = _uninterrupted_and_resumed(small_corpus, workdir, capsys, common, stop, 9)
     assert a["global_step"] == b["global_step"] == 9
+
+
+def _uninterrupted_and_resumed(corpus, workdir, capsys, common, stop, steps):
+    """Fit `steps` in workdir/a; fit `stop` in workdir/b, then resume it to `steps`; both last.ckpt (the weights checked
+    identical)."""
+    assert run_cli(["fit", *tiny_args(corpus, workdir / "a", *common, steps=steps)], capsys)[0] == 0
+    assert run_cli(["fit", *tiny_args(corpus, workdir / "b", *common, steps=stop)], capsys)[0] == 0
+    last = str(workdir / "b" / "ckpt" / "last.ckpt")
+    assert run_cli(["fit", *tiny_args(corpus, workdir / "b", *common, "--ckpt_path", last, steps=steps)], capsys)[0] == 0
+    a, b = (torch.load(workdir / run / "ckpt" / "last.ckpt", weights_only=True) for run in "ab")
     for k in a["state_dict"]:
         assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    return a, b
 
 
 @pytest.mark.parametrize("stop,workers", [(3, 0), (9, 0), (7, 1)])  # mid epoch 1, mid epoch 2, at the end of epoch 1
@@ -125,17 +129,8 @@ def test_resume_across_the_end_of_the_data(small_corpus, workdir, capsys, stop, 
     corpus.write_text(small_corpus.read_text(encoding="utf-8")[:9000], encoding="utf-8")
     common = ["--model.backbone.dropout", "0.1", "--trainer.val_check_interval", "1000", "--trainer.max_epochs", "100",
               "--data.batch_size", "16", "--model.optim.total_steps", "16", "--data.num_workers", str(workers)]
-    full = tiny_args(corpus, workdir / "a", *common, steps=16)
-    assert run_cli(["fit", *full], capsys)[0] == 0
-    half = tiny_args(corpus, workdir / "b", *common, steps=stop)
-    assert run_cli(["fit", *half], capsys)[0] == 0
-    rest = tiny_args(corpus, workdir / "b", *common, "--ckpt_path", str(workdir / "b" / "ckpt" / "last.ckpt"), steps=16)
-    assert run_cli(["fit", *rest], capsys)[0] == 0
-    a = torch.load(workdir / "a" / "ckpt" / "last.ckpt", weights_only=True)
-    b = torch.load(workdir / "b" / "ckpt" / "last.ckpt", weights_only=True)
+    a, b = _uninterrupted_and_resumed(corpus, workdir, capsys, common, stop, 16)
     assert a["global_step"] == b["global_step"] == 16 and a["epoch"] == b["epoch"] == 2, (a["epoch"], b["epoch"])
-    for k in a["state_dict"]:
-        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
 
 
 def test_untrained_tied_rescaled_loss_is_near_log_2v(small_corpus, workdir, capsys, monkeypatch):
