@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from lightning.fabric.utilities.throughput import Throughput, get_available_flops
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from kslm.io import write_jsonl
@@ -227,6 +228,16 @@ class TokenThroughput(Callback):
         peak = get_available_flops(trainer.strategy.root_device, trainer.precision)
         mfu = f"MFU {flops_s / peak:.1%}" if peak and flops_s else "MFU n/a"
         print(f"kslm: {tokens_s:,.0f} tokens/s per device, {flops_s / 1e9:,.1f} GFLOP/s, {mfu}", file=sys.stderr)
+
+
+class RunConfig(SaveConfigCallback):
+    """The run's full config as config.yaml beside its logs (logs/NAME/version_N). A run without a logger (NBCE's
+    predict, `--trainer.logger false`) writes none: Lightning would put it in the working directory, over any
+    config.yaml of the user's there."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if trainer.logger is not None:
+            super().setup(trainer, pl_module, stage)
 
 
 class SharedLearningRate(LearningRateMonitor):

@@ -34,7 +34,7 @@ from kslm.argv import (
     given_model_options,
     nested_nulls,
 )
-from kslm.callbacks import JsonlPredictionWriter, KslmCheckpoint, SharedLearningRate, TokenThroughput
+from kslm.callbacks import JsonlPredictionWriter, KslmCheckpoint, RunConfig, SharedLearningRate, TokenThroughput
 from kslm.checkpoint import check_restorable, consolidate, is_sharded, payload_of, read_checkpoint, task_name
 from kslm.connect import connect
 from kslm.errors import CheckpointError, ConfigError, KslmError
@@ -349,6 +349,7 @@ def main(args=None):
             KslmCLI(
                 subclass_mode_model=True,
                 subclass_mode_data=True,
+                save_config_callback=RunConfig,
                 save_config_kwargs={"overwrite": True},
                 parser_kwargs={"exit_on_error": False, "allow_abbrev": False},
                 args=args,

@@ -13,6 +13,8 @@ def test_fit_writes_tensorboard_and_self_contained_checkpoint(small_corpus, work
     assert code == 0, err
     events = list((workdir / "logs" / "transformer").rglob("events.out.tfevents.*"))
     assert events, "no TensorBoard event file"
+    assert (events[0].parent / "config.yaml").is_file()  # the run's resolved config beside its logs
+    assert not (workdir / "config.yaml").exists()
     ckpt = torch.load(workdir / "ckpt" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 12
     assert ckpt["kslm"]["backbone"]["d_model"] == 32 and ckpt["kslm"]["backbone"]["vocab_size"] > 100

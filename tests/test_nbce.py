@@ -243,6 +243,8 @@ def test_an_empty_answer_says_why(ckpts, tmp_path, monkeypatch, capsys):
         return ([], []) if len(calls) == 1 else real(*args, **kwargs)
 
     monkeypatch.setattr(task, "nbce_generate", first_ends_at_once)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.yaml").write_text("mine: 1\n", encoding="utf-8")  # a user's own file where kslm runs
     src, out = write_records(tmp_path / "in.jsonl", RECORDS[:1] * 2), tmp_path / "out.jsonl"
     code, err = run_cli(["predict", "--config", str(REPO / "configs/nbce/kslm-lm.yaml"), "--model.checkpoint",
                          str(ckpts["lm"]), "--data.predict_file", str(src), "--predictions.path", str(out),
@@ -253,6 +255,8 @@ def test_an_empty_answer_says_why(ckpts, tmp_path, monkeypatch, capsys):
     assert got[1]["answer_token_ids"] and "note" not in got[1]
     notes = [line for line in err.splitlines() if line.startswith("kslm: note:")]
     assert len(notes) == 1 and "1 empty answer(s) (lines 1)" in notes[0]
+    # a run without a logger saves no config: Lightning's would have replaced the user's config.yaml
+    assert (tmp_path / "config.yaml").read_text(encoding="utf-8") == "mine: 1\n"
 
 # --------------------------------------------------------------------------------- Hugging Face Llama
 @pytest.fixture(scope="module")
