@@ -70,13 +70,13 @@ class ExponentiatedGradient(Optimizer):
         params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
         grads = {p: p.grad.to(fp32_or_wider(p)) for p in params}
         # global scale from the alignment of the current gradient with the previous update
-        dot, gg, dd = 0.0, 0.0, 0.0
+        dot, squares = 0.0, {}  # squares: Σg², Σd²_{t−1} of each tensor (each a collective on a DTensor: once)
         for p in params:
             prev = self.state[p].get("eg_prev")
             if prev is not None:
                 dot -= _whole((grads[p] * prev).sum())
-                gg += _whole(grads[p].square().sum())
-                dd += _whole(prev.square().sum())
+                squares[p] = _whole(grads[p].square().sum()), _whole(prev.square().sum())
+        gg, dd = sum(g for g, _ in squares.values()), sum(d for _, d in squares.values())
         scale = self.scale
         if gg > 0 and dd > 0:
             lo, hi = self.eg["scale_bounds"]
@@ -91,16 +91,13 @@ class ExponentiatedGradient(Optimizer):
             state = self.state[p]
             if "eg_gain" not in state:
                 state["eg_gain"] = torch.ones_like(p, dtype=fp32_or_wider(p))
-            prev = state.get("eg_prev")
-            if prev is not None:
-                g = grads[p]
-                denom = (_whole(g.square().sum()) * _whole(prev.square().sum())) ** 0.5 / g.numel()
+            if p in squares:
+                denom = (squares[p][0] * squares[p][1]) ** 0.5 / p.numel()  # rms(g) · rms(d_{t−1})
                 if denom > 0:
-                    state["eg_gain"].mul_(torch.exp(-self.eg["gain_lr"] * g * prev / denom)).clamp_(lo, hi)
-        for p in params:
+                    state["eg_gain"].mul_(torch.exp(-self.eg["gain_lr"] * grads[p] * state["eg_prev"] / denom)).clamp_(lo, hi)
             d = p.to(fp32_or_wider(p)) - before[p].to(fp32_or_wider(p))
-            self.state[p]["eg_prev"] = d
-            p.copy_((before[p].to(d.dtype) + scale * self.state[p]["eg_gain"] * d).to(p.dtype))
+            state["eg_prev"] = d
+            p.copy_((before[p].to(d.dtype) + scale * state["eg_gain"] * d).to(p.dtype))
         return loss
 
     def load_state_dict(self, state_dict):
