@@ -45,10 +45,23 @@ def checkpoint_config_args(argv: list) -> list:
     ckpt = _option(rest, "--ckpt_path")
     if not ckpt or ckpt in LIGHTNING_CKPT_NAMES:
         return argv
+    refuse_sharded(ckpt, argv[0], None)
     model, data = read_payload(ckpt, "ckpt_path").predict_config()
     given_data = any(a == "--data" or a.startswith("--data=") for a in rest)
     injected = ["--model", json.dumps(model)] + ([] if given_data else ["--data", json.dumps(data)])
     return [argv[0], *injected, *rest]
+
+
+def refuse_sharded(ckpt, sub: str, strategy) -> None:
+    """A sharded checkpoint folder is read only to resume `fit --trainer.strategy fsdp2`; anything else is refused
+    before a byte of the folder is read."""
+    from kslm.checkpoint import is_sharded
+    from kslm.strategy import NAME as FSDP2
+
+    if is_sharded(ckpt) and not (sub == "fit" and strategy == FSDP2):
+        what = f"resume from it with --trainer.strategy {FSDP2}, or" if sub == "fit" else f"kslm {sub} takes"
+        raise CheckpointError(f"{ckpt}: a sharded checkpoint (folder): {what} its consolidated file (kslm fit "
+                              f"writes one beside it; `kslm consolidate {ckpt}` makes one) (field 'ckpt_path')")
 
 
 def nested_nulls(argv: list) -> Tuple[list, list]:

@@ -3,8 +3,14 @@
 This module is the payload's only writer and reader. `Payload` names the task that trained the weights (so a
 checkpoint given to another task's config is refused), the task's settings (so `kslm predict --ckpt_path X` needs
 no `--config`), the backbone config (or the Hugging Face config of an HF encoder), the tokenizer JSON, the label
-set (entity types / predicates), the head options and the data settings prediction needs. Files are read with
-`torch.load(weights_only=True)`: a checkpoint may come from someone else, and loading one never runs code.
+set (entity types / predicates), the head options and the data settings prediction needs.
+
+A checkpoint may come from a stranger, so it is data and nothing else (SECURITY.md): files are read with
+`torch.load(weights_only=True)`, sharded folders through kslm.sharded's safe reader, and the payload is validated
+against its schema (`validate`: known keys, plain JSON values of the right types, no `class_path` anywhere, data
+settings that are numbers, never paths) before anything uses it. `open_checkpoint` builds the one validated
+`Checkpoint` of a path (read once per process); every reader of `--ckpt_path`, `--model.pretrained` and
+`kslm export` goes through it.
 """
 
 from dataclasses import asdict, dataclass, field, fields
@@ -14,8 +20,11 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from tokenizers import Tokenizer
 
+from kslm import payload_schema as schema
 from kslm.errors import CheckpointError
-from kslm.nn import BackboneConfig
+from kslm.nn import Backbone, BackboneConfig
+from kslm.sharded import META as SHARDED_META
+from kslm.sharded import holds_optimizer, is_sharded, read_sharded
 
 FORMAT_VERSION = 1
 KEY = "kslm"  # the payload's key in Lightning's checkpoint dict
@@ -72,26 +81,31 @@ class Payload:
 
     @classmethod
     def from_dict(cls, d: Any, source="<checkpoint>") -> "Payload":
+        """The payload of a checkpoint dict, validated (kslm.payload_schema) before anything uses it."""
         if not isinstance(d, dict) or not isinstance(d.get("tokenizer"), str):
             raise CheckpointError(f"{source}: not a kslm checkpoint (no tokenizer inside)")
         if "version" not in d:  # the payload before it had an owner: flat keys, no task name
-            d = _from_unversioned(d)
-        if d["version"] > FORMAT_VERSION:
+            d = _from_unversioned(d, source)
+        if isinstance(d.get("version"), int) and d["version"] > FORMAT_VERSION:
             raise CheckpointError(f"{source}: checkpoint format {d['version']} is newer than this kslm's "
                                   f"({FORMAT_VERSION}); upgrade kslm")
-        if d.get("task") not in TASKS:
-            raise CheckpointError(f"{source}: unknown task {d.get('task')!r} in the checkpoint")
+        d = {"settings": {}, "head": {}, "data": {}, **d}
+        schema.validate(d, source, {f.name for f in fields(cls)})
         if d.get("backbone") is None and d.get("hf_config") is None:
             raise CheckpointError(f"{source}: not a kslm checkpoint (no backbone config inside)")
         if d["task"] != "LanguageModel" and not d.get("labels"):
             raise CheckpointError(f"{source}: a {d['task']} checkpoint without its labels")
+        if d.get("backbone") is not None:
+            try:
+                BackboneConfig.from_dict(d["backbone"])
+            except Exception as exc:  # the config's own checks (ConfigError), or a type it cannot compare
+                raise CheckpointError(f"{source}: invalid checkpoint payload: backbone: {exc}") from None
         try:
             Tokenizer.from_str(d["tokenizer"])
         except Exception as exc:  # tokenizers raises a bare Exception
             raise CheckpointError(f"{source}: the checkpoint's tokenizer is unreadable ({str(exc).splitlines()[0][:200]})") \
                 from None
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**d)
 
     # ------------------------------------------------------------- accessors
     @property
@@ -119,9 +133,13 @@ class Payload:
         return model, {"class_path": DATA_MODULES[self.task], "init_args": dict(self.data)}
 
 
-def _from_unversioned(d: dict) -> dict:
+def _from_unversioned(d: dict, source) -> dict:
     """Checkpoints written before the payload had a format version: {backbone, tokenizer, rng, hf_config?,
     types | predicates, head options}."""
+    known = {"backbone", "tokenizer", "rng", "hf_config", "types", "predicates", "head", "head_size"}
+    if set(d) - known:
+        raise CheckpointError(f"{source}: invalid checkpoint payload: {sorted(set(d) - known)[0]}: not a field of "
+                              "kslm's payload")
     task = "EntityExtraction" if "types" in d else "RelationExtraction" if "predicates" in d else "LanguageModel"
     head = {k: d[k] for k in ("head", "head_size") if k in d}
     return {"task": task, "tokenizer": d["tokenizer"], "backbone": d.get("backbone"), "hf_config": d.get("hf_config"),
@@ -134,11 +152,14 @@ def _from_unversioned(d: dict) -> dict:
 def read_checkpoint(path, field_name: Optional[str] = None) -> dict:
     """The raw checkpoint dict (weights_only loading). Any unreadable file is a one-line CheckpointError. A sharded
     checkpoint folder (FSDP2) reads as its consolidated form: Lightning's state and the payload with whole weights
-    (the optimiser's shards stay on disk)."""
+    (the optimiser's shards stay on disk), through kslm.sharded's safe reader."""
     p = Path(str(path))
     where = f" (field '{field_name}')" if field_name else ""
     if is_sharded(p):
-        return _read_sharded(p, where)
+        try:
+            return read_sharded(p)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc}{where}") from None
     if p.is_dir():
         raise CheckpointError(f"{p}: a folder, not a checkpoint file (a sharded checkpoint folder holds "
                               f"{SHARDED_META}){where}")
@@ -154,43 +175,81 @@ def read_checkpoint(path, field_name: Optional[str] = None) -> dict:
     return ckpt
 
 
-SHARDED_META = "meta.pt"  # Lightning's name for the non-tensor part of a sharded checkpoint folder
+@dataclass(frozen=True)
+class Checkpoint:
+    """One kslm checkpoint, read and validated once: its path, whether it is a sharded folder, Lightning's dict
+    (whole weights) and the validated payload. `open_checkpoint` builds it."""
+
+    path: Path
+    sharded: bool
+    raw: dict = field(repr=False)
+    payload: Payload = field(repr=False)
+
+    @property
+    def state_dict(self) -> dict:
+        state = self.raw.get("state_dict")
+        return state if isinstance(state, dict) else {}
+
+    def tensors(self, prefix: str) -> Dict[str, torch.Tensor]:
+        """The weights under `prefix` (e.g. "backbone."), with the prefix removed."""
+        return {k[len(prefix):]: v for k, v in self.state_dict.items() if k.startswith(prefix)}
 
 
-def is_sharded(path) -> bool:
-    """A sharded checkpoint (ModelParallelStrategy / FSDP2): a folder of torch.distributed.checkpoint files + meta.pt."""
+_OPENED: Dict[tuple, Checkpoint] = {}  # the last checkpoints opened in this process, by (path, size, mtime)
+
+
+def open_checkpoint(path, field_name: Optional[str] = None) -> Checkpoint:
+    """The validated Checkpoint of `path`, read once per process (a file changed since is read again)."""
     p = Path(str(path))
-    return p.is_dir() and (p / SHARDED_META).is_file()
-
-
-def _read_sharded(p: Path, where: str = "", keys=("state_dict",)) -> dict:
-    """meta.pt plus the entries `keys` of the sharded state, gathered whole in this process (no process group)."""
-    from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
-    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
-
+    sharded = is_sharded(p)
     try:
-        meta = torch.load(p / SHARDED_META, map_location="cpu", weights_only=True)
-        state: dict = {}
-        _load_state_dict(state, storage_reader=FileSystemReader(str(p)), planner=_EmptyStateDictLoadPlanner(keys=set(keys)),
-                         no_dist=True)
-    except Exception as exc:  # a missing shard, a torn .metadata, a foreign pickle
-        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise CheckpointError(f"{p}: cannot read sharded checkpoint ({detail}){where}") from None
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{p}: not a Lightning checkpoint ({SHARDED_META} holds a {type(meta).__name__}){where}")
-    return {**meta, **state}
+        stat = (p / SHARDED_META if sharded else p).stat()
+        key = (str(p.resolve()), stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        key = None
+    if key in _OPENED:
+        return _OPENED[key]
+    raw = read_checkpoint(p, field_name)
+    try:
+        ckpt = Checkpoint(p, sharded, raw, payload_of(raw, p))
+    except CheckpointError as exc:
+        where = f" (field '{field_name}')" if field_name and "(field '" not in str(exc) else ""
+        raise CheckpointError(f"{exc}{where}") from None
+    if key is not None:
+        _OPENED.clear()  # one at a time: a process works with one checkpoint, and the weights are large
+        _OPENED[key] = ckpt
+    return ckpt
+
+
+def check_shapes(expected: Dict[str, Tuple[int, ...]], state: dict, source, what: str = "the model",
+                 field_name: Optional[str] = "ckpt_path") -> None:
+    """The stored weights must be exactly those `expected` (name → shape, from a model built on the meta device):
+    a checkpoint that claims a larger model than its weights is refused before anything is allocated."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k}: stored {tuple(state[k].shape)}, described {expected[k]}" for k in expected
+              if k in state and isinstance(state[k], torch.Tensor) and tuple(state[k].shape) != expected[k]]
+    shapes += [f"{k}: not a tensor" for k in expected if k in state and not isinstance(state[k], torch.Tensor)]
+    if missing or unexpected or shapes:
+        where = f" (field '{field_name}')" if field_name else ""
+        raise CheckpointError(f"{source}: the checkpoint's weights do not fit {what} its payload describes (missing "
+                              f"{missing[:3]}, unexpected {unexpected[:3]}, other shapes {shapes[:3]}){where}")
+
+
+def meta_shapes(module: torch.nn.Module) -> Dict[str, Tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+def check_backbone(cfg: BackboneConfig, state: dict, source) -> None:
+    """`state` must be exactly the weights of Backbone(cfg), checked on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        expected = meta_shapes(Backbone(cfg))
+    check_shapes(expected, state, source, "the backbone", None)
 
 
 def sharded_optimizer(path) -> bool:
     """Whether a sharded checkpoint folder holds optimiser state (Lightning stores it as optimizer_0, …)."""
-    from torch.distributed.checkpoint import FileSystemReader
-
-    try:
-        names = FileSystemReader(str(path)).read_metadata().state_dict_metadata
-    except Exception:
-        return False
-    return any(k.startswith("optimizer_") for k in names)
+    return holds_optimizer(path)
 
 
 def consolidate(src, out=None) -> Path:
@@ -202,7 +261,7 @@ def consolidate(src, out=None) -> Path:
     src = Path(str(src))
     if not is_sharded(src):
         raise CheckpointError(f"{src}: not a sharded checkpoint folder (no {SHARDED_META} inside)")
-    ckpt = _read_sharded(src)
+    ckpt = read_sharded(src)
     payload_of(ckpt, src)  # a kslm checkpoint, or a one-line error
     out = Path(str(out)) if out else src.with_name(f"{src.name.removesuffix('.ckpt')}.consolidated.ckpt")
     with atomic_open(out, "wb") as f:
@@ -218,7 +277,7 @@ def payload_of(ckpt: dict, source="<checkpoint>") -> Payload:
 
 
 def read_payload(path, field_name: Optional[str] = None) -> Payload:
-    return payload_of(read_checkpoint(path, field_name), path)
+    return open_checkpoint(path, field_name).payload
 
 
 RESUME_KEYS = ("optimizer_states", "lr_schedulers", "loops")  # what Lightning restores a training run from
@@ -248,14 +307,17 @@ def store(ckpt: dict, payload: Payload) -> None:
 
 
 def load_backbone(path, prefix: str = "backbone.") -> Tuple[BackboneConfig, dict, Tokenizer]:
-    """→ (BackboneConfig, backbone state_dict, tokenizer) of a kslm checkpoint with a kslm backbone."""
-    ckpt = read_checkpoint(path)
-    payload = payload_of(ckpt, path)
+    """→ (BackboneConfig, backbone state_dict, tokenizer) of a kslm checkpoint with a kslm backbone, its weights
+    checked against the config before anything is built."""
+    ckpt = open_checkpoint(path)
+    payload = ckpt.payload
     if payload.backbone is None:
         raise CheckpointError(f"{path}: the checkpoint's backbone is a Hugging Face encoder, not a kslm backbone")
-    state = {k[len(prefix):]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith(prefix)}
-    return payload.backbone_config(), state, payload.load_tokenizer()
+    cfg, state = payload.backbone_config(), ckpt.tensors(prefix)
+    check_backbone(cfg, state, path)
+    return cfg, state, payload.load_tokenizer()
 
 
-__all__ = ["Payload", "FORMAT_VERSION", "TASKS", "read_checkpoint", "read_payload", "payload_of", "check_restorable", "store",
-           "load_backbone", "task_name", "is_sharded", "consolidate"]
+__all__ = ["Payload", "Checkpoint", "FORMAT_VERSION", "TASKS", "read_checkpoint", "open_checkpoint", "read_payload",
+           "payload_of", "check_restorable", "check_shapes", "check_backbone", "meta_shapes", "store", "load_backbone",
+           "task_name", "is_sharded", "consolidate"]

@@ -33,9 +33,10 @@ from kslm.argv import (
     checkpoint_model_config,
     given_model_options,
     nested_nulls,
+    refuse_sharded,
 )
 from kslm.callbacks import JsonlPredictionWriter, KslmCheckpoint, RunConfig, SharedLearningRate, TokenThroughput
-from kslm.checkpoint import check_restorable, consolidate, is_sharded, payload_of, read_checkpoint, task_name
+from kslm.checkpoint import check_restorable, consolidate, is_sharded, open_checkpoint, task_name
 from kslm.connect import connect
 from kslm.errors import CheckpointError, ConfigError, KslmError
 from kslm.io import Terminated, sigterm_raises
@@ -54,6 +55,8 @@ from kslm.strategy import NAME as FSDP2
 from kslm.strategy import FSDP2Strategy
 from kslm.suggest import explain_parse_error
 
+TASK_CLASSES = {cls.__name__: cls for cls in (kslm.tasks.lm.LanguageModel, kslm.tasks.ner.EntityExtraction,
+                                              kslm.tasks.re.RelationExtraction)}
 _RUN: dict = {}  # the running command's subcommand and config (for the SIGTERM handler and error messages)
 
 
@@ -87,17 +90,15 @@ class KslmCLI(LightningCLI):
         ckpt = self._ckpt_file(cfg) if cfg is not None else None
         if ckpt is None:
             return
-        if is_sharded(ckpt) and (cfg.get("trainer") or {}).get("strategy") != FSDP2:
-            what = f"resume from it with --trainer.strategy {FSDP2}, or" if sub == "fit" else f"kslm {sub} takes"
-            raise CheckpointError(f"{ckpt}: a sharded checkpoint (folder): {what} its consolidated file (kslm fit "
-                                  f"writes one beside it; `kslm consolidate {ckpt}` makes one) (field 'ckpt_path')")
-        raw = read_checkpoint(ckpt, "ckpt_path")
-        payload = payload_of(raw, ckpt)
+        refuse_sharded(ckpt, sub, (cfg.get("trainer") or {}).get("strategy"))
+        opened = open_checkpoint(ckpt, "ckpt_path")
+        payload = opened.payload
         configured = task_name((cfg.get("model") or {}).get("class_path", ""))
         if configured != payload.task:
             raise CheckpointError(f"{ckpt}: a {payload.task} checkpoint cannot be used with a {configured} config "
                                   "(field 'ckpt_path')")
-        check_restorable(raw, ckpt, resume=sub == "fit")
+        check_restorable(opened.raw, ckpt, resume=sub == "fit")
+        TASK_CLASSES[payload.task].check_checkpoint(opened)  # shapes on the meta device, before any allocation
         configured = (cfg.get("model") or {}).get("init_args") or Namespace()
         model = checkpoint_model_config(payload, given_model_options(argv), configured, sub, ckpt)
         self.config = parser.parse_object({sub: {"model": model}}, self.config)

@@ -16,7 +16,7 @@ import lightning.pytorch as pl
 import torch
 from tokenizers import Tokenizer
 
-from kslm.checkpoint import Payload, payload_of, read_checkpoint, store
+from kslm.checkpoint import Checkpoint, Payload, check_shapes, meta_shapes, open_checkpoint, payload_of, store
 from kslm.data.tokenizer import fingerprint
 from kslm.errors import CheckpointError, ConfigError
 from kslm.nn import Backbone, BackboneConfig
@@ -108,27 +108,73 @@ class KslmTask(pl.LightningModule):
         return AttributeDict(self.settings())
 
     @classmethod
-    def init_args(cls, settings: Dict[str, Any]) -> Dict[str, Any]:
-        """Constructor arguments from recorded settings (the typed configs rebuilt from their dicts)."""
+    def init_args(cls, settings: Dict[str, Any], source=None) -> Dict[str, Any]:
+        """Constructor arguments from recorded settings (the typed configs rebuilt from their dicts); with `source`
+        (a checkpoint's path) a setting this task does not take is a CheckpointError."""
         args = dict(settings)
+        if source is not None:
+            unknown = sorted(set(args) - cls.init_parameters())
+            if unknown:
+                raise CheckpointError(f"{source}: invalid checkpoint payload: settings.{unknown[0]}: not an option of "
+                                      f"{cls.__name__}")
         for key, config in (("backbone", BackboneConfig), ("optim", OptimConfig), ("penalty", PenaltyConfig)):
             if isinstance(args.get(key), dict):
                 args[key] = config.from_dict(args[key])
         return args
 
     @classmethod
+    def init_parameters(cls) -> set:
+        """The names of the task's init arguments (its own and its base classes')."""
+        import inspect
+
+        names = set()
+        for klass in cls.__mro__:
+            init = klass.__dict__.get("__init__")
+            if init is None or klass is pl.LightningModule or not issubclass(klass, KslmTask):
+                continue
+            names.update(p.name for p in inspect.signature(init).parameters.values()
+                         if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
+        return names
+
+    @classmethod
+    def check_checkpoint(cls, ckpt: Checkpoint) -> None:
+        """Before anything is allocated: the payload's settings and head options are this task's, and the stored
+        weights are exactly those of the model the payload describes — built on the meta device, so a checkpoint
+        claiming a larger model than it holds is one line, not an allocation of its claimed size."""
+        payload = ckpt.payload
+        if payload.task != cls.__name__:
+            raise CheckpointError(f"{ckpt.path}: a {payload.task} checkpoint cannot be loaded into {cls.__name__}")
+        foreign = sorted(set(payload.head) - set(getattr(cls, "head_options", ())))
+        if foreign:
+            raise CheckpointError(f"{ckpt.path}: invalid checkpoint payload: head.{foreign[0]}: not a head option of "
+                                  f"{cls.__name__}")
+        settings = payload.settings or ({"backbone": payload.backbone} if payload.backbone else {})
+        try:
+            with torch.device("meta"):
+                model = cls(**cls.init_args(settings, ckpt.path))
+                model.connect(payload.load_tokenizer(), payload.labels, payload, payload.data)
+                model.build_from_payload(payload)
+        except CheckpointError:
+            raise
+        except (ConfigError, ValueError, TypeError, KeyError, AttributeError) as exc:  # settings the task refuses
+            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise CheckpointError(f"{ckpt.path}: invalid checkpoint payload: the model it describes cannot be built "
+                                  f"({detail})") from None
+        check_shapes(meta_shapes(model), ckpt.state_dict, ckpt.path)
+
+    @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, **kwargs):
         """The task of a kslm checkpoint, outside a Trainer: settings, tokenizer, labels and architecture from its
-        payload (kslm.checkpoint), weights from its state dict (weights_only loading; **kwargs are ignored)."""
-        ckpt = read_checkpoint(checkpoint_path)
-        payload = payload_of(ckpt, checkpoint_path)
-        if payload.task != cls.__name__:
-            raise CheckpointError(f"{checkpoint_path}: a {payload.task} checkpoint cannot be loaded into {cls.__name__}")
+        payload (kslm.checkpoint), weights from its state dict (weights_only loading, shapes checked before anything
+        is allocated; **kwargs are ignored)."""
+        ckpt = open_checkpoint(checkpoint_path)
+        cls.check_checkpoint(ckpt)
+        payload = ckpt.payload
         settings = payload.settings or ({"backbone": payload.backbone} if payload.backbone else {})
         model = cls(**cls.init_args(settings))
         model.connect(payload.load_tokenizer(), payload.labels, payload, payload.data)
         model.build_from_payload(payload)
-        model.load_state_dict(ckpt["state_dict"])
+        model.load_state_dict(ckpt.state_dict)
         return model.to(map_location) if map_location is not None else model
 
     def payload_extras(self) -> Dict[str, Any]:
