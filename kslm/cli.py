@@ -51,7 +51,6 @@ from kslm.options import (
 )
 from kslm.progress import hide_adverts, progress_bar
 from kslm.runs import next_version, resumed_version
-from kslm.strategy import NAME as FSDP2
 from kslm.strategy import FSDP2Strategy
 from kslm.suggest import explain_parse_error
 

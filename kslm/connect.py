@@ -53,9 +53,14 @@ def backbone_max_length(model, payload: Optional[Payload]) -> Optional[int]:
 
         config = local_dir(hf_path) / "config.json"  # a hub name: its files in the hub cache
         if config.is_file():
-            import json
+            from kslm.io import JsonInputError, read_json
 
-            return json.loads(config.read_text(encoding="utf-8")).get("max_position_embeddings")
+            try:
+                settings = read_json(config, 16 << 20)
+            except (OSError, UnicodeDecodeError, JsonInputError) as exc:
+                raise ConfigError(f"{config}: unreadable ({str(exc).splitlines()[0][:200]}) (field 'model.hf_path')") \
+                    from None
+            return settings.get("max_position_embeddings") if isinstance(settings, dict) else None
         return None
     return model.backbone_config.max_length
 

@@ -36,11 +36,12 @@ def _transformers():
 
 
 def _without_pooler(factory, *args):
-    """BERT-like models carry a pooler the heads never use (its unused weights would break DDP); drop it."""
+    """BERT-like models carry a pooler the heads never use (its unused weights would break DDP); drop it. A model
+    directory is data: remote code is never run (trust_remote_code=False, explicitly)."""
     try:
-        return factory(*args, add_pooling_layer=False)
+        return factory(*args, add_pooling_layer=False, trust_remote_code=False)
     except TypeError:
-        return factory(*args)
+        return factory(*args, trust_remote_code=False)
 
 
 def is_hub_name(path) -> bool:
@@ -110,7 +111,11 @@ class HFEncoder(nn.Module):
     def from_config(cls, config: dict) -> "HFEncoder":
         """Architecture only (weights come from a kslm checkpoint)."""
         tf = _transformers()
-        cfg = tf.AutoConfig.for_model(**config)
+        try:  # (the config of a checkpoint: a model type transformers has, or kslm's own; never remote code)
+            cfg = tf.AutoConfig.for_model(**config)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"the checkpoint's Hugging Face config builds no model ({str(exc).splitlines()[0][:200]})") \
+                from None
         return cls(_without_pooler(tf.AutoModel.from_config, cfg))
 
     @classmethod
@@ -133,7 +138,7 @@ class HFEncoder(nn.Module):
 
     @staticmethod
     def read_config(path) -> dict:
-        return _transformers().AutoConfig.from_pretrained(str(config_dir(path))).to_dict()
+        return _transformers().AutoConfig.from_pretrained(str(config_dir(path)), trust_remote_code=False).to_dict()
 
     @property
     def config_dict(self) -> dict:

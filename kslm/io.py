@@ -25,10 +25,29 @@ from typing import Any, Callable, Iterable, Iterator, Union
 PathLike = Union[str, os.PathLike]
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def _read_umask() -> int:
+    """The process umask, read without changing it where the system says it (Linux ≥ 4.7: /proc/self/status);
+    elsewhere os.umask's set-and-restore, once, at import (before any thread of kslm's starts)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+_UMASK_AT_IMPORT = _read_umask()
+
+
+def _umask() -> int:
+    try:
+        return _read_umask() if os.path.exists("/proc/self/status") else _UMASK_AT_IMPORT
+    except OSError:
+        return _UMASK_AT_IMPORT
 
 
 class Terminated(SystemExit):
@@ -79,6 +98,8 @@ def remove_stale_temps(path: PathLike) -> int:
     if not path.parent.is_dir():
         return 0
     for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if tmp.is_symlink():
+            continue  # never ours: kslm writes files and folders
         pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             if tmp.is_dir():
@@ -138,8 +159,13 @@ def write_jsonl(path: PathLike, records: Iterable[Any]) -> int:
 @contextmanager
 def atomic_dir(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
     """`with atomic_dir(out) as tmp: write files into tmp`: the directory appears at `path`, complete, when the
-    block ends without an exception. An existing non-empty `path` is replaced only with `overwrite`."""
+    block ends without an exception, its files and folders with the modes a plain write would give (0666 / 0777
+    less the umask). An existing non-empty `path` is replaced only with `overwrite` (the caller decides whether
+    its content may go: see kslm.export.writer); the old directory is moved aside as `.NAME.PID.XXXX.old.tmp`,
+    removed at once, and — should the process die before that — by the next write of `path`, like any temporary."""
     path = Path(path)
+    if path.is_symlink():
+        raise FileExistsError(f"{path} is a symbolic link")
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} exists and is not a directory")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
@@ -149,10 +175,10 @@ def atomic_dir(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp"))
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())
+        _plain_modes(tmp)
         if path.is_dir():
-            old = path.with_name(f".{path.name}.old.{os.getpid()}")
-            os.replace(path, old)
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".old.tmp"))
+            os.replace(path, old)  # (onto the empty folder just made: a name nobody else holds)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
         else:
@@ -160,6 +186,60 @@ def atomic_dir(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _plain_modes(folder: Path) -> None:
+    """Files 0666 and folders 0777, less the umask, under `folder` (mkdtemp's 0700 and some writers' 0600 are not
+    what a user expects of an output)."""
+    mask = _umask()
+    os.chmod(folder, 0o777 & ~mask)
+    for root, dirs, files in os.walk(folder):
+        for names, mode in ((dirs, 0o777), (files, 0o666)):
+            for name in names:
+                full = os.path.join(root, name)
+                if not os.path.islink(full):
+                    os.chmod(full, mode & ~mask)
+
+
+# ------------------------------------------------------------------------------- reading JSON (bounded)
+
+MAX_JSON_DEPTH = 100  # arrays / objects nested deeper are refused (a record, a config, an export's kslm.json)
+MAX_JSON_FILE_BYTES = 1 << 30  # a whole-file JSON document (a JSON array of records, an export's files)
+
+
+class JsonInputError(ValueError):
+    """JSON that kslm does not read: invalid, nested deeper than MAX_JSON_DEPTH, or larger than its limit. The
+    message is one line; `line` is the 1-based line of an invalid document's error, where known."""
+
+    def __init__(self, message: str, line=None):
+        super().__init__(message)
+        self.line = line
+
+
+def json_loads(text: str) -> Any:
+    """json.loads, bounded: nesting deeper than MAX_JSON_DEPTH is a JsonInputError (not a RecursionError)."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise JsonInputError(f"invalid JSON ({exc.msg} at column {exc.colno})", exc.lineno) from None
+    except RecursionError:
+        raise JsonInputError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels (kslm's limit)") from None
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise JsonInputError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels (kslm's limit)")
+            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
+    return obj
+
+
+def read_json(path: PathLike, max_bytes: int = MAX_JSON_FILE_BYTES) -> Any:
+    """A whole JSON file (UTF-8), bounded in size and depth; OSError / UnicodeDecodeError / JsonInputError."""
+    path = Path(path)
+    if path.stat().st_size > max_bytes:
+        raise JsonInputError(f"larger than {max_bytes >> 20} MiB (kslm's limit for a JSON file)")
+    return json_loads(path.read_text(encoding="utf-8-sig"))
 
 
 # ------------------------------------------------------- reading stored results back (bench/, experiments/)
@@ -185,5 +265,6 @@ def print_tables(files, stored, render) -> None:
         print(render(json.loads(path.read_text(encoding="utf-8"))))
 
 
-__all__ = ["atomic_open", "remove_stale_temps", "sigterm_raises", "Terminated",
-           "write_text", "write_bytes", "write_json", "write_jsonl", "atomic_dir", "table_flag", "print_tables"]
+__all__ = ["json_loads", "read_json", "JsonInputError", "MAX_JSON_DEPTH", "MAX_JSON_FILE_BYTES", "atomic_open",
+           "remove_stale_temps", "sigterm_raises", "Terminated", "write_text", "write_bytes", "write_json", "write_jsonl",
+           "atomic_dir", "table_flag", "print_tables"]

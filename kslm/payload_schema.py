@@ -81,7 +81,7 @@ def _fits(value, hint) -> bool:
         if not isinstance(value, (tuple, list)):
             return False
         if origin is tuple and args and args[-1] is not Ellipsis:
-            return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args))
+            return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args, strict=True))
         return all(_fits(v, args[0]) for v in value) if args else True
     if origin is dict:
         return isinstance(value, dict)

@@ -234,8 +234,15 @@ def test_bad_exports_are_one_line(tokenizer, tmp_path, capsys):
         assert code == 2 and len(lines) == 1 and expected in lines[0], err
     assert (tmp_path / "full" / "keep.txt").is_file() and not (tmp_path / "o1").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp directory left behind
+    # --overwrite replaces a kslm export, never a directory of the user's (its keep.txt is named, nothing touched)
     code, err = run_cli(["export", "--ckpt_path", str(ckpt), "--out", str(tmp_path / "full"), "--overwrite"], capsys)
-    assert code == 0 and not (tmp_path / "full" / "keep.txt").exists()
+    assert code == 2 and "keep.txt" in err and (tmp_path / "full" / "keep.txt").read_text() == "x"
+    code, err = run_cli(["export", "--ckpt_path", str(ckpt), "--out", str(tmp_path / "o5")], capsys)
+    assert code == 0, err
+    (tmp_path / "o5" / "README.md").write_text("edited by the user")
+    code, err = run_cli(["export", "--ckpt_path", str(ckpt), "--out", str(tmp_path / "o5"), "--overwrite"], capsys)
+    assert code == 0 and "edited" not in (tmp_path / "o5" / "README.md").read_text(encoding="utf-8")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # the old export is gone too
 
 
 def test_model_card_and_files(tokenizer, tmp_path):

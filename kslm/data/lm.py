@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from kslm.data.base import KslmDataModule, default_cache_dir
 from kslm.data.corpus import embedded_corpus_path
-from kslm.data.formats.jsonl import check_utf8_file, iter_jsonl, iter_lines
+from kslm.data.formats.jsonl import check_utf8_file, iter_jsonl, iter_lines, parse_json, read_text
 from kslm.data.token_cache import cache_key, packed_blocks, split_blocks
 from kslm.data.tokenizer import cached_tokenizer, check_vocab_size, tokenizer_from_source
 from kslm.errors import DataError
@@ -276,10 +276,7 @@ def read_prompts(path) -> List[dict]:
 
 
 def _json_prompts(p: Path) -> List[dict]:
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"invalid JSON ({exc.msg} at column {exc.colno})", path=p, line=exc.lineno) from None
+    data = parse_json(read_text(p), p)
     if not isinstance(data, list):
         raise DataError(f"a .json prompt file holds a JSON array of records {{\"prompt\": …}} (or of strings), got "
                         f"{type(data).__name__}", path=p)

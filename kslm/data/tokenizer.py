@@ -10,14 +10,13 @@ NFC folds into the char before them.
 """
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Iterable, Tuple
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from kslm.errors import DataError
-from kslm.io import write_text
+from kslm.io import MAX_JSON_FILE_BYTES, JsonInputError, read_json, write_text
 
 SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>", "<mask>"]
 PAD_ID, UNK_ID, BOS_ID, EOS_ID, MASK_ID = range(5)
@@ -85,7 +84,13 @@ def load_tokenizer(path: str, kslm_specials: bool = True) -> Tokenizer:
             from tokenizers.implementations import BertWordPieceTokenizer
 
             cfg = p / "tokenizer_config.json"
-            lower = json.loads(cfg.read_text(encoding="utf-8")).get("do_lower_case", True) if cfg.is_file() else True
+            lower = True
+            if cfg.is_file():
+                try:
+                    settings = read_json(cfg, 16 << 20)
+                except (OSError, UnicodeDecodeError, JsonInputError) as exc:
+                    raise DataError(f"unreadable ({str(exc).splitlines()[0][:200]})", path=cfg, field="tokenizer") from None
+                lower = settings.get("do_lower_case", True) if isinstance(settings, dict) else True
             tok = BertWordPieceTokenizer(str(p / "vocab.txt"), lowercase=lower)._tokenizer
             special_ids(tok)
             return tok
@@ -93,6 +98,8 @@ def load_tokenizer(path: str, kslm_specials: bool = True) -> Tokenizer:
             raise DataError("directory has neither tokenizer.json nor vocab.txt", path=p, field="tokenizer")
     if not p.is_file():
         raise DataError("tokenizer file not found", path=p, field="tokenizer")
+    if p.stat().st_size > MAX_JSON_FILE_BYTES:
+        raise DataError(f"larger than {MAX_JSON_FILE_BYTES >> 20} MiB: not a tokenizer", path=p, field="tokenizer")
     try:
         tok = Tokenizer.from_file(str(p))
     except Exception as exc:  # tokenizers raises a bare Exception on bad JSON

@@ -2,15 +2,15 @@
 `model.checkpoint DIR`, and `--model.hf_path DIR` (kslm.hf). kslm.json says how the weights are laid out; weights are
 read with safetensors (never pickle), so reading an export runs no code from it."""
 
-import json
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import torch
 from tokenizers import Tokenizer
 
-from kslm.checkpoint import Payload, load_backbone, read_payload
+from kslm.checkpoint import FORMAT_VERSION, Payload, check_backbone, load_backbone, read_payload
 from kslm.errors import CheckpointError
+from kslm.io import read_json
 from kslm.nn import BackboneConfig
 
 KSLM_JSON = "kslm.json"
@@ -38,32 +38,46 @@ def read_export(path, field: str = "model.pretrained") -> Tuple[Payload, Dict[st
     """→ (payload as a checkpoint would hold it, backbone state in kslm's names, head state or None)."""
     folder = Path(str(path))
     try:
-        rec = json.loads((folder / KSLM_JSON).read_text(encoding="utf-8"))
+        rec = read_json(folder / KSLM_JSON)
         tokenizer = (folder / "tokenizer.json").read_text(encoding="utf-8")
         Tokenizer.from_str(tokenizer)
-    except Exception as exc:  # OSError, JSON errors, tokenizers' bare Exception
+        layout = rec.get("layout") if isinstance(rec, dict) else None
+        hf_config = read_json(folder / "config.json") if layout == "hf_encoder" else None
+    except Exception as exc:  # OSError, JSON errors (bounded: kslm.io.read_json), tokenizers' bare Exception
         detail = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
         raise CheckpointError(f"{folder}: not a readable kslm export ({detail}) (field '{field}')") from None
+    if not isinstance(rec, dict):
+        raise CheckpointError(f"{folder / KSLM_JSON}: not a kslm export record (a {type(rec).__name__}) (field '{field}')")
+    if layout not in ("native", "kslm", "hf_encoder"):
+        raise CheckpointError(f"{folder}: unknown export layout {layout!r} in {KSLM_JSON} (field '{field}')")
+    try:  # the same schema as a checkpoint's payload: data, never class paths or paths to write
+        payload = Payload.from_dict({"task": rec.get("task", "LanguageModel"), "tokenizer": tokenizer,
+                                     "backbone": rec.get("backbone"), "hf_config": hf_config,
+                                     "settings": rec.get("settings") or {}, "labels": rec.get("labels"),
+                                     "head": rec.get("head") or {}, "data": rec.get("data") or {},
+                                     "version": FORMAT_VERSION}, folder / KSLM_JSON)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc} (field '{field}')") from None
+    if layout != "hf_encoder" and payload.backbone is None:
+        raise CheckpointError(f"{folder / KSLM_JSON}: a {layout} export without its backbone config (field '{field}')")
     weights = _weights(folder, "model.safetensors", field)
     if weights is None:
         raise CheckpointError(f"{folder}: the export has no model.safetensors (field '{field}')")
-    layout = rec.get("layout")
-    hf_config = None
     if layout == "native":
         from kslm.export.native import from_arcee
 
         extra = _weights(folder, "kslm_embedding.safetensors", field) or {}
-        state = from_arcee(BackboneConfig.from_dict(rec["backbone"]), weights, extra)
+        try:  # (no allocation: it renames and concatenates the stored tensors; shapes are checked below)
+            state = from_arcee(payload.backbone_config(), weights, extra)
+        except (KeyError, RuntimeError) as exc:
+            raise CheckpointError(f"{folder}: the export's weights do not fit its kslm.json ({type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0][:120]}) (field '{field}')") from None
     elif layout == "kslm":
         state = {k[len("backbone."):]: v for k, v in weights.items() if k.startswith("backbone.")}
-    elif layout == "hf_encoder":
-        state = weights
-        hf_config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     else:
-        raise CheckpointError(f"{folder}: unknown export layout {layout!r} in {KSLM_JSON} (field '{field}')")
-    payload = Payload(task=rec.get("task", "LanguageModel"), tokenizer=tokenizer, backbone=rec.get("backbone"),
-                      hf_config=hf_config, settings=rec.get("settings") or {}, labels=rec.get("labels"),
-                      head=rec.get("head") or {}, data=rec.get("data") or {})
+        state = weights
+    if payload.backbone is not None:
+        check_backbone(payload.backbone_config(), state, folder)  # before anything of the claimed size is built
     return payload, state, _weights(folder, "head.safetensors", field)
 
 

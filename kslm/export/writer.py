@@ -142,14 +142,46 @@ def _metrics(ckpt: dict) -> dict:
     return out
 
 
-def export(ckpt_path, out, overwrite: bool = False) -> dict:
-    """Write the export of `ckpt_path` to `out` (atomically); returns kslm.json's record plus the files written."""
-    out = Path(str(out))
+# every name `export` may write: --overwrite replaces a directory only when it holds these alone (and kslm.json)
+WRITTEN = frozenset({"config.json", "model.safetensors", EXTRA_WEIGHTS, HEAD_WEIGHTS, *REMOTE_FILES, "tokenizer.json",
+                     "tokenizer_config.json", "special_tokens_map.json", "generation_config.json", KSLM_JSON,
+                     "README.md"})
+
+
+def check_out(out, overwrite: bool) -> Path:
+    """--out as a directory export may write: not a link, not the working directory or one above it, and — to
+    replace it with --overwrite — a kslm export (kslm.json) holding nothing kslm did not write."""
+    text = str(out)
+    if not text.strip():
+        raise ConfigError("--out is empty: give the directory to write (field '--out')")
+    out = Path(text)
+    if out.is_symlink():
+        raise ConfigError(f"{out}: a symbolic link; give the directory itself (field '--out')")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: exists and is not a directory (field '--out')")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    here = Path.cwd().resolve()
+    if out.resolve() == here or out.resolve() in here.parents:
+        raise ConfigError(f"{out}: the working directory (or a folder holding it) cannot be the export; give a new "
+                          "directory, e.g. --out exports/NAME (field '--out')")
+    if not out.is_dir() or not any(out.iterdir()):
+        return out
+    if not overwrite:
         raise ConfigError(f"{out}: the output directory exists and is not empty; give --overwrite to replace it "
                           "(field '--out')")
+    entries = sorted(out.iterdir())
+    foreign = [e.name + ("/" if e.is_dir() and not e.is_symlink() else "") for e in entries
+               if e.name not in WRITTEN or not e.is_file() or e.is_symlink()]
+    if not (out / KSLM_JSON).is_file() or foreign:
+        why = f"it holds {', '.join(foreign[:5])}{' …' if len(foreign) > 5 else ''}, which kslm did not write" \
+            if foreign else f"it has no {KSLM_JSON}"
+        raise ConfigError(f"{out}: --overwrite replaces only a kslm export, and {why}; nothing was touched: move "
+                          "them away or choose another --out (field '--out')")
+    return out
+
+
+def export(ckpt_path, out, overwrite: bool = False) -> dict:
+    """Write the export of `ckpt_path` to `out` (atomically); returns kslm.json's record plus the files written."""
+    out = check_out(out, overwrite)
     tf = _transformers()
     ckpt = read_checkpoint(ckpt_path, "--ckpt_path")
     payload = payload_of(ckpt, ckpt_path)

@@ -104,9 +104,9 @@ class NBCE(pl.LightningModule):
             raise CheckpointError(f"{path}: not a Hugging Face model directory (no config.json) (field 'model.hf_path')")
         local = not hub or offline()
         try:
-            self.hf_model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype),
-                                                                 local_files_only=local).eval()
-            self.hf_tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=local)
+            self.hf_model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, dtype), local_files_only=local,
+                                                                 trust_remote_code=False).eval()
+            self.hf_tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=local, trust_remote_code=False)
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"{path}: cannot load the model or its tokenizer ({str(exc).splitlines()[0]})") from None
         self.lm = HFCausalLM(self.hf_model)

@@ -27,7 +27,6 @@ labelled record may hold only its format's keys (plus "id"): a misspelled label 
 without labels. Hints name the command-line options (`--data.format`, `--data.skip_unlocatable`, `--data.repair`).
 """
 
-import json
 import logging
 from dataclasses import dataclass
 from typing import Callable, Iterator, List
@@ -49,6 +48,7 @@ from kslm.data.formats.jsonl import (
 )
 from kslm.data.formats.webnlg import read_webnlg
 from kslm.errors import DataError
+from kslm.io import JsonInputError, json_loads
 
 log = logging.getLogger(__name__)
 
@@ -126,10 +126,10 @@ def sniff_format(path) -> str:
         return _sniff_keys(rec[1].keys(), p, rec[0], array=True)
     if stripped.startswith("{"):
         try:
-            obj = json.loads(first)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"starts like JSON but is not one JSON object ({exc.msg} at column {exc.colno}); JSON Lines "
-                            "files hold one record per line, JSON files one array of records", path=p, line=n) from None
+            obj = json_loads(first)
+        except JsonInputError as exc:
+            raise DataError(f"starts like JSON but is not one JSON object ({exc}); JSON Lines files hold one record "
+                            "per line, JSON files one array of records", path=p, line=n) from None
         if not isinstance(obj, dict):
             raise DataError(f"expected a JSON object, got {type(obj).__name__}", path=p, line=n)
         return _sniff_keys(obj.keys(), p, n, array=False)

@@ -16,7 +16,6 @@ log it.
 
 import codecs
 import difflib
-import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -24,6 +23,9 @@ from pathlib import Path
 from typing import Iterator
 
 from kslm.errors import DataError
+from kslm.io import MAX_JSON_FILE_BYTES, JsonInputError, json_loads
+
+MAX_LINE_BYTES = 64 << 20  # one line of a text or JSON-lines file (one record): read no further
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,14 @@ def check_file(path) -> Path:
     return p
 
 
+def parse_json(text: str, path, line=None):
+    """One JSON document or record, bounded in depth (kslm.io.json_loads): a DataError names file and line."""
+    try:
+        return json_loads(text)
+    except JsonInputError as exc:
+        raise DataError(str(exc), path=path, line=line if line is not None else exc.line) from None
+
+
 def open_text(path):
     """`path` opened for reading UTF-8 text: a byte-order mark is dropped and bytes that are not UTF-8 come through as
     lone surrogates (`surrogateescape`), so that `check_utf8` can name their line and column."""
@@ -75,6 +85,9 @@ def read_text(path) -> str:
     """The whole of a UTF-8 text file (a byte-order mark dropped); a DataError names the line and column of the first
     byte that is not UTF-8."""
     p = check_file(path)
+    if p.stat().st_size > MAX_JSON_FILE_BYTES:
+        raise DataError(f"larger than {MAX_JSON_FILE_BYTES >> 20} MiB, kslm's limit for a file read whole (use JSON "
+                        "Lines for larger data)", path=p)
     with open_text(p) as f:
         text = f.read()
     bad = _NOT_UTF8.search(text)
@@ -84,11 +97,22 @@ def read_text(path) -> str:
     return text
 
 
-def iter_lines(path) -> Iterator[tuple[int, str]]:
-    """(1-based line, text) for every line of a UTF-8 text file; a DataError at the first line that is not UTF-8."""
+def iter_lines(path, max_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, str]]:
+    """(1-based line, text; a "\\r\\n" ending read as "\\n") for every line of a UTF-8 text file;
+    a DataError at the first line that is not UTF-8, or longer than `max_bytes` (read no further than that)."""
     p = check_file(path)
-    with open_text(p) as f:
-        for n, line in enumerate(f, 1):
+    with open(p, "rb") as f:
+        n = 0
+        while raw := f.readline(max_bytes + 1):
+            n += 1
+            if len(raw) > max_bytes and not raw.endswith(b"\n"):
+                raise DataError(f"a line longer than {max_bytes >> 20} MiB (kslm's limit for one line or record)",
+                                path=p, line=n)
+            line = raw.decode("utf-8", "surrogateescape")
+            if n == 1:
+                line = line.removeprefix("\ufeff")
+            if line.endswith("\r\n"):
+                line = line[:-2] + "\n"
             yield n, check_utf8(line, p, n)
 
 
@@ -115,10 +139,7 @@ def iter_jsonl(path) -> Iterator[tuple[int, dict]]:
     for n, line in iter_lines(p):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"invalid JSON ({exc.msg} at column {exc.colno})", path=p, line=n) from None
+        obj = parse_json(line, p, n)
         if not isinstance(obj, dict):
             raise DataError(f"expected a JSON object, got {type(obj).__name__}", path=p, line=n)
         yield n, obj
@@ -127,10 +148,7 @@ def iter_jsonl(path) -> Iterator[tuple[int, dict]]:
 def iter_json_array(path) -> Iterator[tuple[str, dict]]:
     """("record N", object) for each element of a JSON array (N is the 0-based index)."""
     p = check_file(path)
-    try:
-        data = json.loads(read_text(p))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"invalid JSON ({exc.msg} at column {exc.colno})", path=p, line=exc.lineno) from None
+    data = parse_json(read_text(p), p)
     if not isinstance(data, list):
         raise DataError(f"expected a JSON array of records, got {type(data).__name__}", path=p)
     for i, obj in enumerate(data):
