@@ -149,6 +149,33 @@ def check_config_files(argv) -> None:
         config = name in CONFIG_OPTIONS or Path(value).suffix in (".yaml", ".yml")
         if config and Path(value).is_file():
             check_utf8_file(value)
+            check_unique_keys(value)
+
+
+def check_unique_keys(path) -> None:
+    """A key given twice in one mapping of a YAML config is a one-line error naming both lines (YAML loaders keep the
+    last silently: a recipe edited by appending would run with a value the reader does not see first)."""
+    import yaml
+
+    try:
+        root = yaml.compose(Path(path).read_text(encoding="utf-8-sig"))
+    except yaml.YAMLError:
+        return  # jsonargparse reports the syntax error with its position
+    stack = [root] if root is not None else []
+    while stack:
+        node = stack.pop()
+        if isinstance(node, yaml.MappingNode):
+            seen = {}
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                    line = key.start_mark.line + 1
+                    if key.value in seen:
+                        raise ConfigError(f"{path}:{line}: key '{key.value}' given twice in one mapping (first at line "
+                                          f"{seen[key.value]}); keep one")
+                    seen[key.value] = line
+                stack.append(value)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
 
 
 def given_model_options(argv) -> list:
@@ -231,5 +258,5 @@ def checkpoint_model_config(payload, given: list, configured, sub: str, ckpt) ->
     return model
 
 
-__all__ = ["LIGHTNING_CKPT_NAMES", "checkpoint_config_args", "check_config_files", "given_model_options",
+__all__ = ["LIGHTNING_CKPT_NAMES", "checkpoint_config_args", "check_config_files", "check_unique_keys", "given_model_options",
            "checkpoint_model_config", "nested_nulls", "check_nulls"]

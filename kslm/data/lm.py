@@ -147,7 +147,22 @@ class LMDataModule(KslmDataModule):
         if self.text_field not in ds.column_names:
             raise DataError(f"records have no '{self.text_field}' field (fields: {ds.column_names})",
                             path=files[0], field="data.text_field")
-        return ds.select_columns([self.text_field])
+        ds = ds.select_columns([self.text_field])
+        feature = ds.features[self.text_field]
+        if builder == "json" and (getattr(feature, "dtype", None) not in ("string", "large_string") or
+                                  ds.data.column(self.text_field).null_count):
+            self._refuse_text(files[0])  # a record whose text is a number, a list, null or missing
+        return ds
+
+    def _refuse_text(self, path: Path) -> None:
+        """The first JSON-lines record of `path` whose text field is not a string, as a one-line DataError (found by
+        reading the file again: only when Arrow's column says one exists)."""
+        for line, rec in iter_jsonl(path):
+            value = rec.get(self.text_field)
+            if not isinstance(value, str):
+                raise DataError(f"the text must be a string, got {type(value).__name__ if value is not None else 'null'}",
+                                path=path, line=line, field=self.text_field)
+        raise DataError(f"the '{self.text_field}' values are not all strings", path=path, field=self.text_field)
 
     def _source_key(self, test: bool = False) -> str:
         if self.dataset_name and not test:

@@ -6,7 +6,7 @@ besides "text", "entities" and "triples" it may carry an "id" and the "line" ksl
 
 from typing import Iterator
 
-from kslm.data.formats.jsonl import check_keys, check_span, iter_jsonl, record_text
+from kslm.data.formats.jsonl import check_keys, check_label, check_span, iter_jsonl, record_text
 from kslm.errors import DataError
 
 KEYS = ("text", "entities", "triples", "id", "line")
@@ -24,9 +24,11 @@ def check_record(rec: dict, path=None, line=None) -> dict:
             fld = f"entities[{k}]"
             if not isinstance(e, dict) or not {"start", "end", "type"} <= e.keys():
                 raise DataError("must be an object with start, end, type", path=path, line=line, field=fld)
-            if not (isinstance(e["type"], str) and e["type"]):
-                raise DataError("must be a non-empty string", path=path, line=line, field=f"{fld}.type")
-            check_span(text, e["start"], e["end"], path, line, fld)
+            check_label(e["type"], path, line, f"{fld}.type")
+            if "text" in e and not isinstance(e["text"], str):
+                raise DataError(f"must be a string (the text the span covers), got {e['text']!r}", path=path, line=line,
+                                field=f"{fld}.text")
+            check_span(text, e["start"], e["end"], path, line, fld, e.get("text"))  # its "text", if any, is the span's
     if "triples" in rec:
         triples = rec["triples"]
         if not isinstance(triples, list):
@@ -38,6 +40,7 @@ def check_record(rec: dict, path=None, line=None) -> dict:
             for name in ("subject", "predicate", "object"):
                 if not (isinstance(t.get(name), str) and t[name]):
                     raise DataError("must be a non-empty string", path=path, line=line, field=f"{fld}.{name}")
+            check_label(t["predicate"], path, line, f"{fld}.predicate")
             for name in ("subject", "object"):
                 span = t.get(f"{name}_span")
                 if not (isinstance(span, list) and len(span) == 2):

@@ -3,7 +3,7 @@ INCLUSIVE (text[s:e+1] == entity); test.json lines are `{"id", "text"}` with no 
 
 from typing import Iterator
 
-from kslm.data.formats.jsonl import check_keys, check_span, is_int, iter_jsonl, record_text, sorted_entities
+from kslm.data.formats.jsonl import check_keys, check_label, check_span, is_int, iter_jsonl, record_text, sorted_entities
 from kslm.errors import DataError
 
 KEYS = ("text", "label", "id")
@@ -19,6 +19,7 @@ def read_cluener(path) -> Iterator[dict]:
             raise DataError("must be an object {type: {entity: [[start, end], ...]}}", path=path, line=n, field="label")
         ents = []
         for typ, by_entity in label.items():
+            check_label(typ, path, n, f"label.{typ}")
             if not isinstance(by_entity, dict):
                 raise DataError("must be an object {entity: [[start, end], ...]}", path=path, line=n, field=f"label.{typ}")
             for entity, spans in by_entity.items():

@@ -4,7 +4,7 @@ Its dev split."""
 
 from typing import Iterator
 
-from kslm.data.formats.jsonl import check_keys, check_span, is_int, iter_json_array, record_text, sorted_entities
+from kslm.data.formats.jsonl import check_keys, check_label, check_span, is_int, iter_json_array, record_text, sorted_entities
 from kslm.errors import DataError
 
 KEYS = ("text", "entities", "id")
@@ -27,8 +27,7 @@ def read_cmeee(path) -> Iterator[dict]:
                 if key not in ent:
                     raise DataError("missing", path=path, line=where, field=f"{fld}.{key}")
             s, e, typ = ent["start_idx"], ent["end_idx"], ent["type"]
-            if not (isinstance(typ, str) and typ):
-                raise DataError("must be a non-empty string", path=path, line=where, field=f"{fld}.type")
+            check_label(typ, path, where, f"{fld}.type")
             check_span(text, s, e + 1 if is_int(e) else e, path, where, fld, ent.get("entity"))
             ents.append({"start": s, "end": e + 1, "type": typ})
         yield {"text": text, "entities": sorted_entities(ents)}

@@ -1,6 +1,6 @@
 """What every format reader shares: file access (JSON Lines, JSON arrays), `ReadStats`, record validation helpers
-and the placing of entity strings in a text (DuIE, CMeIE, WebNLG). Imports nothing from kslm but kslm.errors, so
-every reader module can import it and none needs another.
+and the placing of entity strings in a text (DuIE, CMeIE, WebNLG). Imports nothing from kslm but kslm.errors and kslm.io
+(its bounded JSON parser), so every reader module can import it and none needs another.
 
 Canonical records (character offsets, `end` EXCLUSIVE):
     NER  {"text": str, "entities": [{"start": int, "end": int, "type": str}]}
@@ -207,6 +207,14 @@ def is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+def check_label(value, path, line, fld: str) -> str:
+    """An entity type or predicate: a string with something besides whitespace (an empty one would be a label
+    nobody can name)."""
+    if not (isinstance(value, str) and value.strip()):
+        raise DataError(f"must be a non-empty name, got {value!r}", path=path, line=line, field=fld)
+    return value
+
+
 def check_span(text: str, start, end, path, line, fld: str, entity=None) -> None:
     """`start`, `end` exclusive must lie inside the text, non-empty; if `entity` is given it must be the covered text."""
     if not (is_int(start) and is_int(end)):
@@ -249,6 +257,7 @@ def locate_triples(text, raw_triples, path, line, all_occurrences, skip_unlocata
         for name, val in (("subject", subj), ("predicate", pred), ("object", obj)):
             if not (isinstance(val, str) and val):
                 raise DataError(f"must be a non-empty string, got {val!r}", path=path, line=line, field=f"{fld}.{name}")
+        check_label(pred, path, line, f"{fld}.predicate")
         found = {}
         for name, val in (("subject", subj), ("object", obj)):
             found[name] = occurrences(text, val, word_boundary)
@@ -291,4 +300,4 @@ def read_located(records, p, raw_triples, all_occurrences, skip_unlocatable, sta
 
 __all__ = ["ReadStats", "check_file", "open_text", "check_utf8", "check_utf8_file", "read_text", "iter_lines",
            "iter_jsonl", "iter_json_array", "nonblank_lines", "record_text", "LABEL_KEYS", "key_hint", "check_keys",
-           "is_int", "check_span", "sorted_entities", "occurrences", "locate_triples", "read_located"]
+           "is_int", "check_span", "check_label", "sorted_entities", "occurrences", "locate_triples", "read_located"]
