@@ -325,12 +325,25 @@ def consolidate_main(argv) -> None:
     print(f"kslm: wrote {consolidate(args.checkpoint, args.out)}", file=sys.stderr)
 
 
+def _parsing_safety() -> None:
+    """jsonargparse's import safety where this version has it: a `class_path` inside a value typed Any (e.g.
+    model.optim.options) stays a plain dict, never an instance (its import denylist of os, subprocess, … is on by
+    default). Configs still name classes: they are code (SECURITY.md); checkpoints never reach the parser with one."""
+    from jsonargparse import set_parsing_settings
+
+    try:
+        set_parsing_settings(instantiate_subclass_spec_in_any=False)
+    except TypeError:  # a jsonargparse before the setting existed
+        pass
+
+
 def main(args=None):
     """`kslm …`: a user mistake is one line `kslm: error: …` and exit code 2; a DDP rank that loses another rank
     says so in one line and exits 1; SIGTERM / Ctrl-C stop with exit 143 / 130 and leave no temporary file."""
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)  # "Seed set to …" is noise
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # lightning's own deprecation noise on torch 2.13
     _RUN.clear()
+    _parsing_safety()
     argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else None
     try:
         if argv and argv[0] == "score":  # kslm's own verb: no Trainer

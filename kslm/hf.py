@@ -45,8 +45,12 @@ def _without_pooler(factory, *args):
 
 
 def is_hub_name(path) -> bool:
-    """`path` names a hub model rather than a local directory (it does not exist here and reads as a repo id)."""
-    return not Path(str(path)).expanduser().exists() and bool(HUB_ID.fullmatch(str(path))) and ".." not in str(path)
+    """`path` names a hub model rather than a local directory: it does not exist here, reads as a repo id, and its
+    first part is no folder here (`checkpoints/export`, missing, is a local path that is not there, not a hub id)."""
+    text = str(path)
+    if Path(text).expanduser().exists() or not HUB_ID.fullmatch(text) or ".." in text:
+        return False
+    return "/" not in text or not Path(text.split("/", 1)[0]).is_dir()
 
 
 def offline() -> bool:
