@@ -195,11 +195,16 @@ class Checkpoint:
         return {k[len(prefix):]: v for k, v in self.state_dict.items() if k.startswith(prefix)}
 
 
-_OPENED: Dict[tuple, Checkpoint] = {}  # the last checkpoints opened in this process, by (path, size, mtime)
+_OPENED: Dict[tuple, Checkpoint] = {}
+# task name → its check of an opened checkpoint (KslmTask.check_checkpoint: settings it takes, weights that fit the
+# model built on the meta device); tasks register themselves, so this module imports none of them
+TASK_CHECKS: Dict[str, Any] = {}  # the last checkpoints opened in this process, by (path, size, mtime)
 
 
 def open_checkpoint(path, field_name: Optional[str] = None) -> Checkpoint:
-    """The validated Checkpoint of `path`, read once per process (a file changed since is read again)."""
+    """The validated Checkpoint of `path`, read once per process (a file changed since is read again): Lightning's
+    dict, the payload validated against its schema and — where its task's module is loaded — the task's own check
+    (TASK_CHECKS), so a checkpoint that claims a larger model than it holds is refused before anything is built."""
     p = Path(str(path))
     sharded = is_sharded(p)
     try:
@@ -212,6 +217,9 @@ def open_checkpoint(path, field_name: Optional[str] = None) -> Checkpoint:
     raw = read_checkpoint(p, field_name)
     try:
         ckpt = Checkpoint(p, sharded, raw, payload_of(raw, p))
+        check = TASK_CHECKS.get(ckpt.payload.task)
+        if check is not None:  # the task's own check: its settings, and its shapes on the meta device
+            check(ckpt)
     except CheckpointError as exc:
         where = f" (field '{field_name}')" if field_name and "(field '" not in str(exc) else ""
         raise CheckpointError(f"{exc}{where}") from None

@@ -54,8 +54,6 @@ from kslm.runs import next_version, resumed_version
 from kslm.strategy import FSDP2Strategy
 from kslm.suggest import explain_parse_error
 
-TASK_CLASSES = {cls.__name__: cls for cls in (kslm.tasks.lm.LanguageModel, kslm.tasks.ner.EntityExtraction,
-                                              kslm.tasks.re.RelationExtraction)}
 _RUN: dict = {}  # the running command's subcommand and config (for the SIGTERM handler and error messages)
 
 
@@ -97,7 +95,6 @@ class KslmCLI(LightningCLI):
             raise CheckpointError(f"{ckpt}: a {payload.task} checkpoint cannot be used with a {configured} config "
                                   "(field 'ckpt_path')")
         check_restorable(opened.raw, ckpt, resume=sub == "fit")
-        TASK_CLASSES[payload.task].check_checkpoint(opened)  # shapes on the meta device, before any allocation
         configured = (cfg.get("model") or {}).get("init_args") or Namespace()
         model = checkpoint_model_config(payload, given_model_options(argv), configured, sub, ckpt)
         self.config = parser.parse_object({sub: {"model": model}}, self.config)

@@ -26,6 +26,14 @@ DATA_KEYS = {  # the data settings prediction takes from a checkpoint (all posit
     "RelationExtraction": ("max_length", "stride", "batch_size"),
 }
 CONFIGS = {"backbone": BackboneConfig, "optim": OptimConfig, "penalty": PenaltyConfig}
+_COMMON = ("backbone", "optim", "penalty", "pretrained", "hf_path")
+SETTINGS = {  # the init arguments each task records (its run-time options apart); tests/test_payload_schema.py keeps
+    # these equal to the tasks' signatures
+    "LanguageModel": (*_COMMON, "mlm_probability", "seed", "aux_objective", "aux_weight", "heat_mode"),
+    "EntityExtraction": (*_COMMON, "head", "head_size", "types", "loss", "token_dropout"),
+    "RelationExtraction": (*_COMMON, "head_size", "predicates", "loss", "token_dropout"),
+}
+HEAD = {"LanguageModel": (), "EntityExtraction": ("head", "head_size"), "RelationExtraction": ("head_size",)}
 
 
 def fail(source, where: str, message: str):
@@ -125,6 +133,9 @@ def validate(d: dict, source, payload_fields) -> None:
     settings = d.get("settings")
     if not isinstance(settings, dict):
         fail(source, "settings", "not a dict")
+    for key in settings:
+        if key not in SETTINGS[task]:
+            fail(source, f"settings.{key}", f"not an option of {task}")
     for name, cls in CONFIGS.items():
         if settings.get(name) is not None:
             check_config(cls, settings[name], source, f"settings.{name}")
@@ -136,6 +147,11 @@ def validate(d: dict, source, payload_fields) -> None:
             fail(source, "labels", "a name listed twice")
     if not isinstance(d.get("head"), dict):
         fail(source, "head", "not a dict")
+    for key, value in d["head"].items():
+        if key not in HEAD[task]:
+            fail(source, f"head.{key}", f"not a head option of {task}")
+        if key in settings and settings[key] != value:
+            fail(source, f"head.{key}", f"{value!r} differs from settings.{key} {settings[key]!r}")
     data = d.get("data")
     if not isinstance(data, dict):
         fail(source, "data", "not a dict")
@@ -154,4 +170,4 @@ def validate(d: dict, source, payload_fields) -> None:
         fail(source, "rngs", "not a list of random states")
 
 
-__all__ = ["validate", "check_plain", "check_config", "DATA_KEYS", "FORBIDDEN_KEYS", "MAX_DEPTH"]
+__all__ = ["validate", "check_plain", "check_config", "DATA_KEYS", "SETTINGS", "HEAD", "FORBIDDEN_KEYS", "MAX_DEPTH"]

@@ -3,7 +3,6 @@ is pinned, every pin lies in its range, torch's floor is where weights_only load
 .ci/run installs exactly as the README says."""
 
 import tomllib
-
 from helpers import REPO
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name

@@ -145,7 +145,7 @@ def test_bf16_mixed_few_steps(small_corpus, tmp_path, capsys, monkeypatch):
 
 def test_each_rank_resumes_with_its_own_random_state():
     from kslm.checkpoint import Payload
-    from kslm.tasks.base import own_random_state
+    from kslm.tasks.random_state import own_random_state
 
     states = [{"cpu": torch.tensor([r], dtype=torch.uint8)} for r in range(2)]
     p = Payload(task="LanguageModel", tokenizer="{}", rng=states[0]["cpu"], rngs=states)

@@ -20,10 +20,10 @@ from typing import Dict
 import torch
 
 import kslm
-from kslm.checkpoint import Payload, payload_of, read_checkpoint
+from kslm.checkpoint import Payload, check_backbone, open_checkpoint
 from kslm.errors import CheckpointError, ConfigError
 from kslm.io import atomic_dir
-from kslm.nn import Backbone, BackboneConfig
+from kslm.nn import BackboneConfig
 
 HERE = Path(__file__).parent
 REMOTE_FILES = ("modeling_kslm.py", "configuration_kslm.py")
@@ -44,11 +44,9 @@ def save_safetensors(path: Path, tensors: Dict[str, torch.Tensor]) -> None:
 
 
 def _checked_backbone(cfg: BackboneConfig, state: dict, source) -> None:
-    """The weights must be exactly those of the stored config (a one-line error otherwise)."""
-    missing, unexpected = Backbone(cfg).load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{source}: the checkpoint's backbone weights do not fit its config (missing {missing[:3]}, "
-                              f"unexpected {unexpected[:3]})")
+    """The weights must be exactly those of the stored config, checked on the meta device (a checkpoint claiming a
+    larger model than it holds allocates nothing)."""
+    check_backbone(cfg, state, source)
 
 
 def _transformers():
@@ -183,8 +181,8 @@ def export(ckpt_path, out, overwrite: bool = False) -> dict:
     """Write the export of `ckpt_path` to `out` (atomically); returns kslm.json's record plus the files written."""
     out = check_out(out, overwrite)
     tf = _transformers()
-    ckpt = read_checkpoint(ckpt_path, "--ckpt_path")
-    payload = payload_of(ckpt, ckpt_path)
+    opened = open_checkpoint(ckpt_path, "--ckpt_path")
+    ckpt, payload = opened.raw, opened.payload
     if not ckpt.get("state_dict"):
         raise CheckpointError(f"{ckpt_path}: the checkpoint holds no weights (field '--ckpt_path')")
     p = plan(ckpt, payload, ckpt_path)

@@ -5,7 +5,6 @@ tokenizer (so nothing else is needed to reuse it).
 Data flows one way: the CLI (kslm.connect) hands the task its tokenizer, labels, the checkpoint payload its weights
 will come from, and the data settings to record (`connect`); the task never reads the Trainer's data module."""
 
-import hashlib
 import logging
 import math
 from contextlib import contextmanager
@@ -16,20 +15,16 @@ import lightning.pytorch as pl
 import torch
 from tokenizers import Tokenizer
 
-from kslm.checkpoint import Checkpoint, Payload, check_shapes, meta_shapes, open_checkpoint, payload_of, store
+from kslm.checkpoint import TASK_CHECKS, Checkpoint, Payload, check_shapes, meta_shapes, open_checkpoint, payload_of, store
 from kslm.data.tokenizer import fingerprint
 from kslm.errors import CheckpointError, ConfigError
 from kslm.nn import Backbone, BackboneConfig
 from kslm.nn.attention import KERNELS
 from kslm.optim import OptimConfig, PenaltyConfig, build
 from kslm.optim.gradient_penalty import double_backward_attention, input_gradient_penalty, parameter_penalty_gradients
+from kslm.tasks.random_state import every_rank, own_random_state, random_state, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
-
-
-def stable_seed(*keys) -> int:
-    """A seed from keys that is the same in every process (Python's hash() of str is salted per process)."""
-    return int.from_bytes(hashlib.sha256(repr(keys).encode()).digest()[:8], "little") >> 1
 
 
 class KslmTask(pl.LightningModule):
@@ -58,6 +53,10 @@ class KslmTask(pl.LightningModule):
     # what the task logs (checkpoint.monitor must be one of them, or lr-*)
     logged_metrics: Tuple[str, ...] = ("train/loss", "train/penalty", "val/loss", "test/loss", "train/tokens_per_sec",
                                        "train/flops_per_sec", "train/mfu")
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        TASK_CHECKS[cls.__name__] = cls.check_checkpoint  # kslm.checkpoint.open_checkpoint runs it
 
     def __init__(self, backbone: BackboneConfig = BackboneConfig(), optim: OptimConfig = OptimConfig(),
                  penalty: PenaltyConfig = PenaltyConfig(), pretrained: Optional[str] = None,
@@ -108,15 +107,9 @@ class KslmTask(pl.LightningModule):
         return AttributeDict(self.settings())
 
     @classmethod
-    def init_args(cls, settings: Dict[str, Any], source=None) -> Dict[str, Any]:
-        """Constructor arguments from recorded settings (the typed configs rebuilt from their dicts); with `source`
-        (a checkpoint's path) a setting this task does not take is a CheckpointError."""
+    def init_args(cls, settings: Dict[str, Any]) -> Dict[str, Any]:
+        """Constructor arguments from recorded settings (the typed configs rebuilt from their dicts)."""
         args = dict(settings)
-        if source is not None:
-            unknown = sorted(set(args) - cls.init_parameters())
-            if unknown:
-                raise CheckpointError(f"{source}: invalid checkpoint payload: settings.{unknown[0]}: not an option of "
-                                      f"{cls.__name__}")
         for key, config in (("backbone", BackboneConfig), ("optim", OptimConfig), ("penalty", PenaltyConfig)):
             if isinstance(args.get(key), dict):
                 args[key] = config.from_dict(args[key])
@@ -130,10 +123,9 @@ class KslmTask(pl.LightningModule):
         names = set()
         for klass in cls.__mro__:
             init = klass.__dict__.get("__init__")
-            if init is None or klass is pl.LightningModule or not issubclass(klass, KslmTask):
-                continue
-            names.update(p.name for p in inspect.signature(init).parameters.values()
-                         if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
+            if init is not None and issubclass(klass, KslmTask):
+                names.update(p.name for p in inspect.signature(init).parameters.values()
+                             if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
         return names
 
     @classmethod
@@ -141,17 +133,13 @@ class KslmTask(pl.LightningModule):
         """Before anything is allocated: the payload's settings and head options are this task's, and the stored
         weights are exactly those of the model the payload describes — built on the meta device, so a checkpoint
         claiming a larger model than it holds is one line, not an allocation of its claimed size."""
-        payload = ckpt.payload
+        payload = ckpt.payload  # (its settings and head options already checked against the task's: payload_schema)
         if payload.task != cls.__name__:
             raise CheckpointError(f"{ckpt.path}: a {payload.task} checkpoint cannot be loaded into {cls.__name__}")
-        foreign = sorted(set(payload.head) - set(getattr(cls, "head_options", ())))
-        if foreign:
-            raise CheckpointError(f"{ckpt.path}: invalid checkpoint payload: head.{foreign[0]}: not a head option of "
-                                  f"{cls.__name__}")
         settings = payload.settings or ({"backbone": payload.backbone} if payload.backbone else {})
         try:
             with torch.device("meta"):
-                model = cls(**cls.init_args(settings, ckpt.path))
+                model = cls(**cls.init_args(settings))
                 model.connect(payload.load_tokenizer(), payload.labels, payload, payload.data)
                 model.build_from_payload(payload)
         except CheckpointError:
@@ -160,15 +148,16 @@ class KslmTask(pl.LightningModule):
             detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise CheckpointError(f"{ckpt.path}: invalid checkpoint payload: the model it describes cannot be built "
                                   f"({detail})") from None
-        check_shapes(meta_shapes(model), ckpt.state_dict, ckpt.path)
+        check_shapes(meta_shapes(model), ckpt.state_dict, ckpt.path, field_name=None)  # (the caller names the field)
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, **kwargs):
         """The task of a kslm checkpoint, outside a Trainer: settings, tokenizer, labels and architecture from its
         payload (kslm.checkpoint), weights from its state dict (weights_only loading, shapes checked before anything
         is allocated; **kwargs are ignored)."""
-        ckpt = open_checkpoint(checkpoint_path)
-        cls.check_checkpoint(ckpt)
+        ckpt = open_checkpoint(checkpoint_path)  # (which ran check_checkpoint)
+        if ckpt.payload.task != cls.__name__:
+            raise CheckpointError(f"{checkpoint_path}: a {ckpt.payload.task} checkpoint cannot be loaded into {cls.__name__}")
         payload = ckpt.payload
         settings = payload.settings or ({"backbone": payload.backbone} if payload.backbone else {})
         model = cls(**cls.init_args(settings))
@@ -274,7 +263,7 @@ class KslmTask(pl.LightningModule):
         store(checkpoint, Payload(task=type(self).__name__, tokenizer=self.tokenizer.to_str(),
                                   backbone=None if hf else self.backbone_config.to_dict(), hf_config=self.hf_config,
                                   settings=self.settings(), data=self.data_settings, rng=torch.get_rng_state(),
-                                  rngs=_every_rank(_random_state()), **self.payload_extras()))
+                                  rngs=every_rank(random_state()), **self.payload_extras()))
         # the payload is the one record of the task's settings: Lightning's copy would be applied over the command
         # line by LightningCLI (whatever the task) and needs the class importable to load
         checkpoint.pop("hyper_parameters", None)
@@ -349,12 +338,12 @@ class KslmTask(pl.LightningModule):
             penalty = input_gradient_penalty(loss, embedded[0], weight)
             out = loss + penalty
         elif kind == "parameter":
-            rng = _rng_state()
+            rng = rng_state()
             loss = self.compute_loss(batch)
             params = [p for p in self.parameters() if p.requires_grad]
 
             def recompute():
-                _set_rng_state(rng)  # the same dropout masks as the first pass
+                set_rng_state(rng)  # the same dropout masks as the first pass
                 return self.compute_loss(batch)
 
             grads, penalty = parameter_penalty_gradients(loss, params, recompute, weight, self.penalty_config.step)
@@ -404,41 +393,3 @@ def _batches_per_epoch(trainer, fallback: int) -> int:
     trainer.fit_loop.setup_data()  # what trainer.estimated_stepping_batches does too; a no-op once loaded
     n = trainer.num_training_batches
     return int(n) if n and math.isfinite(n) else max(fallback, 1)
-
-
-def _random_state() -> dict:
-    """This process's random state: the CPU generator's, and the current GPU's where one has been used."""
-    state = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def own_random_state(payload: Payload, rank: int, world: int) -> Optional[dict]:
-    """The random state rank `rank` of `world` resumes with: its own from the checkpoint's ranks, else (another
-    number of ranks, or a checkpoint from before each rank's was kept) rank 0's CPU state."""
-    if payload.rngs and len(payload.rngs) == world:
-        return payload.rngs[rank]
-    return {"cpu": payload.rng} if payload.rng is not None else None
-
-
-def _every_rank(obj) -> list:
-    """[obj of rank 0, obj of rank 1, …]: every rank saves a checkpoint together (Lightning's save), so gathering
-    here is safe; one process: [obj]."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def _rng_state():
-    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-
-
-def _set_rng_state(state):
-    torch.set_rng_state(state[0])
-    if state[1] is not None:
-        torch.cuda.set_rng_state_all(state[1])

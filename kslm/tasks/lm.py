@@ -28,7 +28,8 @@ from kslm.data.tokenizer import EOS_ID, MASK_ID, SPECIAL_TOKENS
 from kslm.errors import ConfigError
 from kslm.nn.generate import decode, sample_next
 from kslm.nn.heat import HeatPredictor
-from kslm.tasks.base import KslmTask, stable_seed
+from kslm.tasks.base import KslmTask
+from kslm.tasks.random_state import stable_seed
 
 
 class LanguageModel(KslmTask):

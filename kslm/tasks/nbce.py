@@ -15,7 +15,7 @@ import torch
 
 from kslm.errors import CheckpointError, ConfigError, DataError
 from kslm.nn.nbce import BackboneLM, HFCausalLM, nbce_generate
-from kslm.tasks.base import stable_seed
+from kslm.tasks.random_state import stable_seed
 
 TEMPLATE = "User: {context}\n\n{question}\n\nAssistant:"
 EMPTY_NOTE = "the model ended the answer at once (its first token was end-of-text)"

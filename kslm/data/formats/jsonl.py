@@ -20,7 +20,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 from kslm.errors import DataError
 from kslm.io import MAX_JSON_FILE_BYTES, JsonInputError, json_loads
@@ -97,16 +97,17 @@ def read_text(path) -> str:
     return text
 
 
-def iter_lines(path, max_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, str]]:
+def iter_lines(path, max_bytes: Optional[int] = None) -> Iterator[tuple[int, str]]:
     """(1-based line, text; a "\\r\\n" ending read as "\\n") for every line of a UTF-8 text file;
     a DataError at the first line that is not UTF-8, or longer than `max_bytes` (read no further than that)."""
     p = check_file(path)
+    max_bytes = max_bytes or MAX_LINE_BYTES
     with open(p, "rb") as f:
         n = 0
         while raw := f.readline(max_bytes + 1):
             n += 1
             if len(raw) > max_bytes and not raw.endswith(b"\n"):
-                raise DataError(f"a line longer than {max_bytes >> 20} MiB (kslm's limit for one line or record)",
+                raise DataError(f"a line longer than {max_bytes:,} bytes (kslm's limit for one line or record)",
                                 path=p, line=n)
             line = raw.decode("utf-8", "surrogateescape")
             if n == 1:

@@ -1,0 +1,297 @@
+"""The trust boundary (SECURITY.md): artefacts a stranger hands a user — checkpoint files, sharded checkpoint folders,
+export directories, data files — are data. Each case is crafted here; each asserts that no code ran (a sentinel file
+the payload would create stays absent), that the run ended with exit code 2 and one `kslm: error:` line, and that
+nothing of the user's was touched. Checkpoints are crafted from an untrained tiny model, so no case trains."""
+
+import copy
+import json
+import os
+import pickle
+import warnings
+
+import lightning
+import pytest
+import torch
+from bad_inputs import one_error_line
+from helpers import REPO, run_cli
+
+from kslm.data.tokenizer import train_tokenizer
+from kslm.nn import BackboneConfig
+from kslm.tasks.lm import LanguageModel
+from kslm.tasks.ner import EntityExtraction
+
+BB = dict(d_model=16, n_layers=1, n_heads=2, qk_dim=8)
+
+
+class _System:  # unpickled, it would run a shell command that creates the sentinel
+    def __init__(self, sentinel):
+        self.sentinel = sentinel
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.sentinel}",))
+
+
+def _save(task, path):
+    ckpt = {"state_dict": task.state_dict(), "pytorch-lightning_version": lightning.__version__, "epoch": 0,
+            "global_step": 0}
+    task.on_save_checkpoint(ckpt)
+    torch.save(ckpt, path)
+    return ckpt
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """{"ner": checkpoint dict, "lm": checkpoint dict} of untrained tiny models, as `kslm fit` writes them."""
+    tok = train_tokenizer(["张三在北京李四王五甲乙丙丁", "Alan Bean is a pilot C D"], "char", 200, 1)
+    tmp = tmp_path_factory.mktemp("made")
+    ner = EntityExtraction(backbone=BackboneConfig(**BB, mask="bidirectional"), head_size=8, types=["LOC", "PER"])
+    ner.connect(tok, ["LOC", "PER"], None, {"max_length": 32, "stride": None, "batch_size": 4})
+    ner.build(tok)
+    lm = LanguageModel(backbone=BackboneConfig(**BB))
+    lm.connect(tok, data_settings={"seq_len": 16, "batch_size": 2})
+    lm.build(tok)
+    return {"ner": _save(ner, tmp / "ner.ckpt"), "lm": _save(lm, tmp / "lm.ckpt")}
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch, capsys):
+    """The test's folder as working directory, a sentinel path no payload may create, an input file, and a file
+    of the user's that must survive."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in.jsonl").write_text('{"text": "张三在北京"}\n', encoding="utf-8")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("the user's", encoding="utf-8")
+    return tmp_path
+
+
+def _untouched(home):
+    assert not (home / "SENTINEL").exists(), "code from an artefact ran"
+    assert (home / "mine" / "notes.txt").read_text(encoding="utf-8") == "the user's"
+
+
+def _crafted(made, home, kind, edit):
+    ckpt = copy.deepcopy(made[kind])
+    edit(ckpt["kslm"], ckpt)
+    path = home / f"crafted-{kind}.ckpt"
+    torch.save(ckpt, path)
+    return path
+
+
+PREDICT = ["predict", "--data.predict_file", "in.jsonl", "--trainer.enable_progress_bar", "false"]
+
+
+# ------------------------------------------------------------------------------------------ payloads
+def _module_that_writes(home, monkeypatch):
+    """An importable module whose top-level code creates the sentinel (what `class_path` would import)."""
+    (home / "evil_mod.py").write_text(f"open({str(home / 'SENTINEL')!r}, 'w').close()\nclass Thing:\n    pass\n")
+    monkeypatch.syspath_prepend(str(home))
+
+
+PAYLOADS = {  # name → (checkpoint kind, edit of the payload, what the error names)
+    "class_path in optim.options": ("ner", lambda p, c: p["settings"]["optim"]["options"].update(
+        x={"class_path": "evil_mod.Thing"}), "settings.optim.options.x.class_path"),
+    "class_path as pretrained": ("lm", lambda p, c: p["settings"].update(
+        pretrained={"class_path": "evil_mod.Thing", "init_args": {}}), "settings.pretrained.class_path"),
+    "init_args in the head": ("ner", lambda p, c: p["head"].update(init_args={"a": 1}), "head.init_args"),
+    "class_path deep in a list": ("lm", lambda p, c: p["settings"].update(
+        mlm_probability=[[{"class_path": "evil_mod.Thing"}]]), "class_path"),
+    "cache_dir in data": ("ner", lambda p, c: p["data"].update(cache_dir="cache-of-the-ckpt"), "data.cache_dir"),
+    "a data file in data": ("lm", lambda p, c: p["data"].update(data_files="/etc/passwd"), "data.data_files"),
+    "a path as batch_size": ("lm", lambda p, c: p["data"].update(batch_size="/tmp/x"), "data.batch_size"),
+    "an unknown payload field": ("lm", lambda p, c: p.update(callbacks=[]), "callbacks"),
+    "an unknown setting": ("ner", lambda p, c: p["settings"].update(ckpt_dir="x"), "settings.ckpt_dir"),
+    "an unknown backbone field": ("lm", lambda p, c: p["backbone"].update(class_path="evil_mod.Thing"), "backbone"),
+    "a mistyped backbone field": ("lm", lambda p, c: p["backbone"].update(d_model="16"), "backbone.d_model"),
+    "an empty label": ("ner", lambda p, c: p.update(labels=["LOC", " "]), "labels"),
+    "a head option that is not one": ("ner", lambda p, c: p["head"].update(hf_path="mine"), "head.hf_path"),
+    "rng that is not a tensor": ("lm", lambda p, c: p.update(rng=[1, 2]), "rng"),
+    "NaN in a setting": ("lm", lambda p, c: p["settings"]["optim"].update(lr=float("nan")), "settings.optim.lr"),
+}
+
+
+@pytest.mark.parametrize("case", list(PAYLOADS))
+@pytest.mark.parametrize("verb", ["predict", "validate", "export"])
+def test_a_payload_never_reaches_the_parser_or_chooses_paths(made, home, monkeypatch, capsys, case, verb):
+    kind, edit, names = PAYLOADS[case]
+    _module_that_writes(home, monkeypatch)
+    path = _crafted(made, home, kind, edit)
+    args = {"predict": [*PREDICT, "--ckpt_path", str(path)],
+            "validate": ["validate", "--ckpt_path", str(path), "--data.val_file", "in.jsonl"],
+            "export": ["export", "--ckpt_path", str(path), "--out", "exported"]}[verb]
+    one_error_line(*run_cli(args, capsys), str(path), names)
+    _untouched(home)
+    assert not (home / "cache-of-the-ckpt").exists() and not (home / "exported").exists()
+
+
+# ------------------------------------------------------------------------------------------ lying shapes
+SHAPES = {
+    "d_model 60000": ("lm", lambda p, c: [p["backbone"].update(d_model=60000), p["settings"]["backbone"].update(d_model=60000)]),
+    "120 layers": ("lm", lambda p, c: [p["backbone"].update(n_layers=120), p["settings"]["backbone"].update(n_layers=120)]),
+    "head_size 2**20": ("ner", lambda p, c: [p["head"].update(head_size=1 << 20), p["settings"].update(head_size=1 << 20)]),
+    "a tokenizer of 2**30 ids": ("lm", lambda p, c: _huge_vocabulary(p)),
+    "weights dropped": ("ner", lambda p, c: c["state_dict"].pop(next(iter(c["state_dict"])))),
+}
+
+
+def _huge_vocabulary(p):
+    tok = json.loads(p["tokenizer"])
+    tok["added_tokens"].append({"id": (1 << 30) - 1, "content": "<far>", "single_word": False, "lstrip": False,
+                                "rstrip": False, "normalized": False, "special": True})
+    p["tokenizer"] = json.dumps(tok)
+    for backbone in (p["backbone"], p["settings"]["backbone"]):
+        backbone["vocab_size"] = 1 << 30
+
+
+@pytest.mark.parametrize("case", list(SHAPES))
+@pytest.mark.parametrize("verb", ["predict", "export"])
+def test_a_checkpoint_claiming_a_larger_model_is_refused_before_allocating(made, home, capsys, case, verb):
+    import resource
+
+    kind, edit = SHAPES[case]
+    path = _crafted(made, home, kind, edit)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    args = [*PREDICT, "--ckpt_path", str(path)] if verb == "predict" else ["export", "--ckpt_path", str(path), "--out", "x"]
+    line = one_error_line(*run_cli(args, capsys), str(path), "--ckpt_path" if verb == "export" else "ckpt_path")
+    assert "do not fit" in line or "cannot be built" in line, line
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mib < 500, f"the process grew by {grown_mib:.0f} MiB"
+    _untouched(home)
+
+
+# ------------------------------------------------------------------------------------------ sharded folders
+def _sharded(home, made, name="sharded.ckpt", state=None):
+    """A sharded checkpoint folder as fsdp2 writes it: torch.distributed.checkpoint shards + Lightning's meta.pt."""
+    import torch.distributed.checkpoint as dcp
+
+    folder = home / name
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "torch.distributed is disabled … assuming a single process"
+        dcp.save(state or {"state_dict": made["ner"]["state_dict"]}, checkpoint_id=str(folder), no_dist=True)
+    torch.save({k: v for k, v in made["ner"].items() if k != "state_dict"}, folder / "meta.pt")
+    return folder
+
+
+def _evil_metadata(folder, home):
+    (folder / ".metadata").write_bytes(pickle.dumps(_System(home / "SENTINEL")))
+
+
+def _escaping_shard(folder, home):
+    from kslm.sharded import SafeMetadataUnpickler
+
+    with (folder / ".metadata").open("rb") as f:
+        meta = SafeMetadataUnpickler(f).load()
+    for info in meta.storage_data.values():
+        info.relative_path = "../mine/notes.txt"
+    with (folder / ".metadata").open("wb") as f:
+        pickle.dump(meta, f)
+
+
+def _evil_bytes_entry(home, made):
+    return _sharded(home, made, "bytes.ckpt", {"state_dict": {**made["ner"]["state_dict"],
+                                                              "extra": _System(home / "SENTINEL")}})
+
+
+FOLDERS = {"an os.system .metadata": _evil_metadata, "a shard outside the folder": _escaping_shard,
+           "an os.system bytes entry": None}
+
+
+@pytest.mark.parametrize("case", list(FOLDERS))
+@pytest.mark.parametrize("verb", ["predict", "export", "consolidate", "fit-fsdp2"])
+def test_a_sharded_folder_runs_no_code(made, home, capsys, case, verb):
+    if FOLDERS[case] is None:
+        folder = _evil_bytes_entry(home, made)
+    else:
+        folder = _sharded(home, made)
+        FOLDERS[case](folder, home)
+    args = {"predict": [*PREDICT, "--ckpt_path", str(folder)],
+            "export": ["export", "--ckpt_path", str(folder), "--out", "x"],
+            "consolidate": ["consolidate", str(folder)],
+            "fit-fsdp2": ["fit", "--model", "EntityExtraction", "--data", "NERDataModule", "--data.train_file", "in.jsonl",
+                          "--trainer.strategy", "fsdp2", "--ckpt_path", str(folder)]}[verb]
+    one_error_line(*run_cli(args, capsys), str(folder))
+    _untouched(home)
+
+
+def test_a_sound_sharded_folder_still_reads(made, home, capsys):
+    from kslm.checkpoint import read_checkpoint
+
+    folder = _sharded(home, made)
+    state = read_checkpoint(folder)["state_dict"]
+    assert all(torch.equal(state[k], v) for k, v in made["ner"]["state_dict"].items())
+    code, err = run_cli(["consolidate", str(folder)], capsys)
+    assert code == 0, err
+    code, err = run_cli([*PREDICT, "--ckpt_path", str(folder.with_name("sharded.consolidated.ckpt"))], capsys)
+    assert code == 0, err
+
+
+# ------------------------------------------------------------------------------------------ export directories
+def test_an_export_directory_read_back_is_data(made, home, monkeypatch, capsys):
+    """`--model.pretrained DIR` reads kslm.json through the payload schema and checks shapes before building."""
+    path = home / "lm.ckpt"
+    torch.save(made["lm"], path)
+    code, err = run_cli(["export", "--ckpt_path", str(path), "--out", "exp"], capsys)
+    assert code == 0, err
+    _module_that_writes(home, monkeypatch)
+    rec = json.loads((home / "exp" / "kslm.json").read_text(encoding="utf-8"))
+    for edit, names in ((lambda r: r["settings"].update(pretrained={"class_path": "evil_mod.Thing"}), "class_path"),
+                        (lambda r: r["backbone"].update(d_model=60000), "do not fit"),
+                        (lambda r: r["data"].update(cache_dir="elsewhere"), "data.cache_dir")):
+        bad = copy.deepcopy(rec)
+        edit(bad)
+        (home / "exp" / "kslm.json").write_text(json.dumps(bad), encoding="utf-8")
+        from kslm.errors import CheckpointError
+        from kslm.export.reader import read_export
+
+        with pytest.raises(CheckpointError) as info:
+            read_export(home / "exp")
+        assert names in str(info.value) and "\n" not in str(info.value)
+    (home / "exp" / "kslm.json").write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
+    with pytest.raises(CheckpointError, match="nested deeper"):
+        read_export(home / "exp")
+    _untouched(home)
+
+
+# ------------------------------------------------------------------------------------------ --overwrite
+def test_overwrite_replaces_only_a_kslm_export(made, home, capsys):
+    path = home / "lm.ckpt"
+    torch.save(made["lm"], path)
+    (home / "mine" / "sub").mkdir()
+    export = ["export", "--ckpt_path", str(path), "--overwrite", "--out"]
+    line = one_error_line(*run_cli([*export, "mine"], capsys), "mine", "notes.txt", "sub/")
+    assert "nothing was touched" in line and (home / "mine" / "sub").is_dir()
+    (home / "mine" / "kslm.json").write_text("{}")  # a kslm.json does not make the user's files kslm's
+    one_error_line(*run_cli([*export, "mine"], capsys), "notes.txt")
+    (home / "mine" / "kslm.json").unlink()
+    os.symlink(home / "mine", home / "link")
+    one_error_line(*run_cli([*export, "link"], capsys), "symbolic link")
+    for here in (".", str(home), ".."):
+        one_error_line(*run_cli([*export, here], capsys), "working directory")
+    _untouched(home)
+    assert sorted(p.name for p in home.iterdir() if p.name.startswith(".")) == []
+
+
+# ------------------------------------------------------------------------------------------ data files
+@pytest.mark.parametrize("where", ["predict", "train"])
+def test_deep_json_is_one_line(made, home, capsys, where):
+    path = home / "ner.ckpt"
+    torch.save(made["ner"], path)
+    (home / "deep.jsonl").write_text('{"text": "张三"}\n{"text": "李四", "x": ' + "[" * 100_000 + "]" * 100_000 + "}\n",
+                                     encoding="utf-8")
+    if where == "predict":
+        args = ["predict", "--ckpt_path", str(path), "--data.predict_file", "deep.jsonl"]
+    else:
+        args = ["fit", "--config", str(REPO / "configs/ner/cluener-egp.yaml"), "--data.train_file", "deep.jsonl",
+                "--data.val_file", "in.jsonl", "--data.dev_split", "null"]
+    one_error_line(*run_cli(args, capsys), "deep.jsonl:2", "nested deeper than 100")
+    _untouched(home)
+
+
+def test_a_line_over_the_record_limit_is_read_no_further(home, monkeypatch):
+    """The limit (64 MiB) here lowered to 512 bytes: the same code path, a small file."""
+    from kslm.data.formats import jsonl
+    from kslm.errors import DataError
+
+    monkeypatch.setattr(jsonl, "MAX_LINE_BYTES", 512)
+    (home / "big.jsonl").write_text('{"text": "a"}\n{"text": "' + "x" * 1000 + '"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"big.jsonl:2: a line longer than 512 bytes"):
+        list(jsonl.iter_jsonl(home / "big.jsonl"))
