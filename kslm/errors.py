@@ -16,6 +16,8 @@ class DataError(KslmError):
         where = []
         if path is not None:
             where.append(str(path) + (f":{line}" if line is not None else ""))
+        elif line is not None:  # a record given in memory: "record 3"
+            where.append(str(line))
         if field is not None:
             where.append(f"field '{field}'")
         super().__init__((": ".join([", ".join(where), message])) if where else message)

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from kslm.data.base import KslmDataModule
 from kslm.data.formats import FORMATS, format_names, read_records_with_lines, read_texts_with_lines, sniff_format
+from kslm.data.formats.jsonl import record_text
 from kslm.data.tokenizer import check_vocab_size, special_ids, tokenizer_from_source, train_tokenizer
 from kslm.errors import DataError
 from kslm.io import write_text
@@ -244,9 +245,7 @@ class ExtractionDataModule(KslmDataModule):
                 if is_blank(self.predict_file):  # no records: an empty output (the CLI writes it and says so)
                     self.predict_set = []
                     return
-                records = self._read_file(self.predict_file)
-                self.check_sizes(records, self.predict_file)
-                self.predict_set = self.encode(records, self.predict_file, False)
+                self.predict_set = self.prediction_items(self._read_file(self.predict_file), self.predict_file)
             return
         if self.train_set is not None:
             return
@@ -319,7 +318,29 @@ class ExtractionDataModule(KslmDataModule):
     def predict_dataloader(self):
         if not self.predict_file:
             raise DataError("kslm predict needs records: --data.predict_file FILE", field="data.predict_file")
-        return DataLoader(self.predict_set, batch_size=self.batch_size, num_workers=self.num_workers,
+        return self.prediction_loader(self.predict_set)
+
+    # ------------------------------------------- prediction (kslm predict, kslm.load, kslm serve: one path)
+    def records_from(self, inputs: List) -> List[dict]:
+        """Records given in memory (the Python API, a server request): each a text or {"text": …} (other keys are
+        ignored, as `kslm predict` ignores them in a file) → {"text", "line"}, "line" the 1-based position. A bad
+        one is a DataError naming "record N" (0-based, as in a JSON array) and the field."""
+        out = []
+        for i, rec in enumerate(inputs):
+            rec = {"text": rec} if isinstance(rec, str) else rec
+            if not isinstance(rec, dict):
+                raise DataError(f"expected a text or an object with a string 'text', got {type(rec).__name__}",
+                                line=f"record {i}")
+            out.append({"text": record_text(rec, None, f"record {i}"), "line": i + 1})
+        return out
+
+    def prediction_items(self, records: List[dict], source) -> List[dict]:
+        """Records {"text", "line"} → what the prediction loader batches (sizes checked, windows encoded)."""
+        self.check_sizes(records, source)
+        return self.encode(records, source, False)
+
+    def prediction_loader(self, items: List[dict]) -> DataLoader:
+        return DataLoader(items, batch_size=self.batch_size, num_workers=self.num_workers,
                           collate_fn=lambda recs: self.collate_records(recs, labels=False))
 
 

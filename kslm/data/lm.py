@@ -268,7 +268,23 @@ class LMDataModule(KslmDataModule):
         if not self.predict_file:
             raise DataError("kslm predict needs prompts: --data.predict_file FILE (.txt lines or .jsonl with 'prompt')",
                             field="data.predict_file")
-        return DataLoader(read_prompts(self.predict_file), batch_size=1, collate_fn=lambda b: b[0])
+        return self.prediction_loader(read_prompts(self.predict_file))
+
+    # ------------------------------------------- prediction (kslm predict, kslm.load, kslm serve: one path)
+    @staticmethod
+    def records_from(inputs: List) -> List[dict]:
+        """Prompts given in memory: each a string or {"prompt": …, other fields kept} → {"line", "prompt", …},
+        "line" the 1-based position; a bad one is a DataError naming "record N" (0-based) and the field."""
+        return [_prompt_record({"prompt": rec} if isinstance(rec, str) else rec, None, f"record {i}", i + 1)
+                for i, rec in enumerate(inputs)]
+
+    @staticmethod
+    def prediction_items(records: List[dict], source=None) -> List[dict]:
+        return records  # (a prompt is cut to the window by the task, which says how much it left out)
+
+    @staticmethod
+    def prediction_loader(items: List[dict]) -> DataLoader:
+        return DataLoader(items, batch_size=1, collate_fn=lambda b: b[0])
 
 
 def read_prompts(path) -> List[dict]:

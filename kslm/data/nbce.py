@@ -112,22 +112,26 @@ def exceeds(text: str, limit: int, count: Callable[[str], int], slice_chars: int
 
 def read_nbce(path) -> List[dict]:
     """Validated records: {"line", "id", "context": str | [str], "question"}; `id` defaults to the line number."""
-    records = []
-    for line, rec in iter_jsonl(path):
-        ctx, q = rec.get("context"), rec.get("question")
-        if not isinstance(q, str):
-            raise DataError("record needs a string 'question'", path=path, line=line, field="question")
-        if isinstance(ctx, str):
-            if not ctx.strip():
-                raise DataError("context is empty", path=path, line=line, field="context")
-        elif isinstance(ctx, list) and ctx:
-            for i, c in enumerate(ctx):
-                if not isinstance(c, str) or not c.strip():
-                    raise DataError("every context chunk must be a non-empty string", path=path, line=line, field=f"context[{i}]")
-        else:
-            raise DataError("'context' must be a non-empty string or list of strings", path=path, line=line, field="context")
-        records.append({"line": line, "id": rec.get("id", line), "context": ctx, "question": q})
-    return records
+    return [nbce_record(rec, path, line, line) for line, rec in iter_jsonl(path)]
+
+
+def nbce_record(rec, path, where, line: int) -> dict:
+    """One validated record {"line", "id", "context", "question"} (`where`: the line or "record N" errors name)."""
+    if not isinstance(rec, dict):
+        raise DataError(f"expected a JSON object, got {type(rec).__name__}", path=path, line=where)
+    ctx, q = rec.get("context"), rec.get("question")
+    if not isinstance(q, str):
+        raise DataError("record needs a string 'question'", path=path, line=where, field="question")
+    if isinstance(ctx, str):
+        if not ctx.strip():
+            raise DataError("context is empty", path=path, line=where, field="context")
+    elif isinstance(ctx, list) and ctx:
+        for i, c in enumerate(ctx):
+            if not isinstance(c, str) or not c.strip():
+                raise DataError("every context chunk must be a non-empty string", path=path, line=where, field=f"context[{i}]")
+    else:
+        raise DataError("'context' must be a non-empty string or list of strings", path=path, line=where, field="context")
+    return {"line": line, "id": rec.get("id", line), "context": ctx, "question": q}
 
 
 def build_prompts(rec: dict, prompter, window: int, max_new_tokens: int, max_batch_tokens: int, path=None) -> dict:
@@ -224,13 +228,29 @@ class NBCEDataModule(pl.LightningDataModule):
             raise DataError("kslm predict needs records: --data.predict_file FILE.jsonl", field="data.predict_file")
         if self.prompter is None:
             raise ConfigError("the NBCE data module is not connected to an NBCE model (kslm predict does that)")
-        p = self.prompter
-        window = self.window or p.window
-        self.items = [{**build_prompts(r, p, window, p.max_new_tokens, self.max_batch_tokens, self.predict_file),
-                       "source": str(self.predict_file)} for r in read_nbce(self.predict_file)]
+        self.items = self.prediction_items(read_nbce(self.predict_file), self.predict_file)
 
     def predict_dataloader(self):
-        return DataLoader(self.items, batch_size=1, collate_fn=lambda b: b[0])
+        return self.prediction_loader(self.items)
+
+    # ------------------------------------------- prediction (kslm predict, kslm.load, kslm serve: one path)
+    @staticmethod
+    def records_from(inputs: List) -> List[dict]:
+        """Records given in memory → validated records, "line" the 1-based position; errors name "record N"."""
+        return [nbce_record(rec, None, f"record {i}", i + 1) for i, rec in enumerate(inputs)]
+
+    def prediction_items(self, records: List[dict], source) -> List[dict]:
+        """Records → their prompts (every context chunk checked against the window and data.max_batch_tokens)."""
+        if self.prompter is None:
+            raise ConfigError("the NBCE data module is not connected to an NBCE model (kslm predict does that)")
+        p = self.prompter
+        window = self.window or p.window
+        return [{**build_prompts(r, p, window, p.max_new_tokens, self.max_batch_tokens, source),
+                 "source": str(source) if source is not None else None} for r in records]
+
+    @staticmethod
+    def prediction_loader(items: List[dict]) -> DataLoader:
+        return DataLoader(items, batch_size=1, collate_fn=lambda b: b[0])
 
 
-__all__ = ["NBCEDataModule", "split_context", "exceeds", "read_nbce", "build_prompts"]
+__all__ = ["NBCEDataModule", "split_context", "exceeds", "read_nbce", "nbce_record", "build_prompts"]

@@ -151,16 +151,20 @@ class KslmTask(pl.LightningModule):
         check_shapes(meta_shapes(model), ckpt.state_dict, ckpt.path, field_name=None)  # (the caller names the field)
 
     @classmethod
-    def load_from_checkpoint(cls, checkpoint_path, map_location=None, **kwargs):
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, **options):
         """The task of a kslm checkpoint, outside a Trainer: settings, tokenizer, labels and architecture from its
         payload (kslm.checkpoint), weights from its state dict (weights_only loading, shapes checked before anything
-        is allocated; **kwargs are ignored)."""
+        is allocated). `options`: the task's run-time options (e.g. max_new_tokens, temperature for an LM)."""
         ckpt = open_checkpoint(checkpoint_path)  # (which ran check_checkpoint)
         if ckpt.payload.task != cls.__name__:
             raise CheckpointError(f"{checkpoint_path}: a {ckpt.payload.task} checkpoint cannot be loaded into {cls.__name__}")
+        unknown = sorted(set(options) - set(cls.runtime_options))
+        if unknown:
+            raise ConfigError(f"{unknown[0]}: not a run-time option of {cls.__name__} (those are "
+                              f"{', '.join(cls.runtime_options)}; the rest is fixed by the checkpoint)")
         payload = ckpt.payload
         settings = payload.settings or ({"backbone": payload.backbone} if payload.backbone else {})
-        model = cls(**cls.init_args(settings))
+        model = cls(**cls.init_args(settings), **options)
         model.connect(payload.load_tokenizer(), payload.labels, payload, payload.data)
         model.build_from_payload(payload)
         model.load_state_dict(ckpt.state_dict)
