@@ -353,6 +353,10 @@ def main(args=None):
             return export_main(argv[1:])
         if argv and argv[0] == "consolidate":
             return consolidate_main(argv[1:])
+        if argv and argv[0] == "serve":  # kslm's own verb: LitServe over kslm.inference, no Trainer
+            from kslm.serve import main as serve_main
+
+            return serve_main(argv[1:])
         # SIGTERM stops kslm at once (writers clean up), except inside fit's training loop: Lightning's own handler
         # (which calls this one too) stops there at the next batch boundary, so a checkpoint write is never cut
         with sigterm_raises(defer_when_wrapped=lambda: _RUN.get("subcommand") == "fit"):

@@ -321,7 +321,8 @@ class ExtractionDataModule(KslmDataModule):
         return self.prediction_loader(self.predict_set)
 
     # ------------------------------------------- prediction (kslm predict, kslm.load, kslm serve: one path)
-    def records_from(self, inputs: List) -> List[dict]:
+    @staticmethod
+    def records_from(inputs: List) -> List[dict]:
         """Records given in memory (the Python API, a server request): each a text or {"text": …} (other keys are
         ignored, as `kslm predict` ignores them in a file) → {"text", "line"}, "line" the 1-based position. A bad
         one is a DataError naming "record N" (0-based, as in a JSON array) and the field."""

@@ -1,0 +1,327 @@
+"""`kslm serve`: a trained model behind HTTP, on LitServe (Lightning's model server), over the one inference core.
+
+    kslm serve --ckpt_path checkpoints/cluener-egp/last.ckpt            # http://127.0.0.1:8000
+    curl -s localhost:8000/predict -d '{"text": "张三在北京"}'            # → the record `kslm predict` writes
+    curl -s localhost:8000/predict -d '["张三在北京", {"text": "李四"}]'  # → a list of records
+    curl -s localhost:8000/info                                         # task, labels, window, sha256, version
+
+POST /predict takes one record (a JSON object, or a JSON string: the text / prompt) or a JSON array of them, and
+answers exactly what `kslm predict` writes for them (kslm.inference: the same checks, windows, batches and decoding;
+"line" is the record's 1-based position in the request). Concurrent requests are batched together (LitServe's
+dynamic batching: up to --max_batch_size requests, waiting at most --batch_timeout seconds) for extraction tasks;
+language models and NBCE answer request by request (generation is per prompt).
+
+A request is untrusted input: KslmRequests (an ASGI middleware in front of LitServe) refuses, before anything reaches
+the model, a body over --max_request_bytes (413), one that is not UTF-8 or not JSON or nested over 100 levels (400),
+more than --max_records records (413) and a record of the wrong shape (422, naming "record N" and the field, as
+kslm.load's errors do). What only the model can find (a text over data.max_text_chars, an NBCE question longer than
+the window) is a 422 for that request alone: the others batched with it are answered. Every error is
+{"error": "one line"}; the server keeps serving. SIGTERM (or Ctrl-C) stops accepting, finishes the requests in flight,
+then exits 0. It binds 127.0.0.1 unless told otherwise (--host 0.0.0.0 exposes it: it has no authentication).
+"""
+
+import json
+import os
+import signal
+import sys
+import threading
+from typing import List
+
+import litserve as ls
+
+from kslm.errors import ConfigError, KslmError
+from kslm.io import JsonInputError, json_loads
+
+ERROR_KEY = "__kslm_error__"  # an inference worker's per-request error, turned into a 4xx by KslmRequests
+HOSTS = ("127.0.0.1", "0.0.0.0", "::")
+
+
+def _items(body) -> List:
+    return body if isinstance(body, list) else [body]
+
+
+def _error(message: str, status: int = 422) -> dict:
+    return {ERROR_KEY: " ".join(str(message).split()), "status": status}
+
+
+class KslmRequests:
+    """ASGI middleware: validates POST bodies of the prediction path before LitServe reads them, and turns a worker's
+    per-request error marker into its status with {"error": …}. `task` picks the record checks (the data module's
+    `records_from`, the one the inference core applies)."""
+
+    def __init__(self, app, path: str = "/predict", task: str = "ner", max_bytes: int = 16 << 20,
+                 max_records: int = 1024):
+        self.app, self.path, self.max_bytes, self.max_records = app, path, max_bytes, max_records
+        self.check = _record_check(task)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        body, problem = await self._read(scope, receive)
+        if problem is None:
+            problem = self._validate(body)
+        if problem is not None:
+            return await _send_json(send, problem[0], {"error": problem[1]})
+        headers = [(k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length")]
+        headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app({**scope, "headers": headers}, replay, _ErrorRewriter(send))
+
+    async def _read(self, scope, receive):
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return b"", (413, f"request body of {int(declared):,} bytes exceeds {self.max_bytes:,} "
+                              "(kslm serve --max_request_bytes)")
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return b"", (400, "the client closed the request")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                return b"", (413, f"request body exceeds {self.max_bytes:,} bytes (kslm serve --max_request_bytes)")
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return b"".join(chunks), None
+
+    def _validate(self, body: bytes):
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return 400, f"the body is not UTF-8 (byte 0x{body[exc.start]:02x} at position {exc.start})"
+        if not text.strip():
+            return 400, 'the body is empty: POST a JSON record, e.g. {"text": "…"}, or a JSON array of them'
+        try:
+            data = json_loads(text)
+        except JsonInputError as exc:
+            return 400, f"the body is not valid JSON: {exc}"
+        if not isinstance(data, (dict, list, str)):
+            return 422, f"expected a record (a JSON object or string) or a JSON array of them, got {type(data).__name__}"
+        items = _items(data)
+        if len(items) > self.max_records:
+            return 413, f"{len(items):,} records exceed {self.max_records:,} per request (kslm serve --max_records)"
+        try:
+            self.check(items)
+        except KslmError as exc:
+            return 422, " ".join(str(exc).split())
+        return None
+
+
+class _ErrorRewriter:
+    """Wraps `send`: a 200 whose JSON body is a worker's error marker goes out as its status and {"error": …}."""
+
+    def __init__(self, send):
+        self.send, self.start, self.parts = send, None, []
+
+    async def __call__(self, message):
+        if message["type"] == "http.response.start":
+            self.start = message
+            return
+        if message["type"] != "http.response.body" or self.start is None:
+            return await self.send(message)
+        self.parts.append(message.get("body", b""))
+        if message.get("more_body"):
+            return
+        body, start = b"".join(self.parts), self.start
+        if start["status"] == 200 and ERROR_KEY.encode() in body[:64]:
+            try:
+                marker = json.loads(body)
+            except ValueError:
+                marker = None
+            if isinstance(marker, dict) and ERROR_KEY in marker:
+                return await _send_json(self.send, int(marker.get("status", 422)), {"error": marker[ERROR_KEY]})
+        await self.send(start)
+        await self.send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _send_json(send, status: int, payload: dict):
+    body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _record_check(task: str):
+    """The record checks of the task's data module (static: no tokenizer needed), as the inference core runs them."""
+    if task == "lm":
+        from kslm.data.lm import LMDataModule as cls
+    elif task == "nbce":
+        from kslm.data.nbce import NBCEDataModule as cls
+    else:
+        from kslm.data.extraction import ExtractionDataModule as cls
+    return cls.records_from
+
+
+class KslmAPI(ls.LitAPI):
+    """The LitAPI: each inference worker loads the model once (kslm.load) and answers batches of requests."""
+
+    def __init__(self, path, options: dict, task: str, max_batch_size: int = 1, batch_timeout: float = 0.0):
+        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout)
+        self.path, self.options, self.task, self.batching = str(path), dict(options), task, max_batch_size > 1
+
+    def setup(self, device):
+        from kslm.inference import load
+
+        self.model = load(self.path, device, **self.options)
+
+    def decode_request(self, request):
+        return request  # (checked by KslmRequests before it got here)
+
+    def batch(self, inputs):
+        return list(inputs)
+
+    def predict(self, bodies):
+        return self.answer(bodies) if self.batching else self.answer([bodies])[0]
+
+    def unbatch(self, output):
+        return output
+
+    def encode_response(self, output):
+        return output
+
+    def answer(self, bodies) -> list:
+        """Per request: its records (a record for a single one) or an error marker. Extraction requests are predicted
+        together, each one's "line" its position in its own request; generation goes request by request (its seeds
+        follow the prompt's position, as in kslm predict)."""
+        lists = [_items(b) for b in bodies]
+        if self.task in ("ner", "re") and len(bodies) > 1:
+            try:
+                flat = self.model.predict_records([x for items in lists for x in items])
+            except KslmError:
+                flat = None  # one request's records are refused: answer each request on its own
+            if flat is not None:
+                out, at = [], 0
+                for body, items in zip(bodies, lists, strict=True):
+                    recs = [{**r, "line": i + 1} for i, r in enumerate(flat[at:at + len(items)])]
+                    at += len(items)
+                    out.append(recs if isinstance(body, list) else recs[0])
+                return out
+        out = []
+        for body, items in zip(bodies, lists, strict=True):
+            try:
+                recs = self.model.predict_records(items)
+                out.append(recs if isinstance(body, list) else recs[0])
+            except KslmError as exc:
+                out.append(_error(str(exc)))
+        return out
+
+
+def _parse(argv):
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):
+            raise ConfigError(f"kslm serve: {message} (see kslm serve --help)")
+
+    ap = Parser(prog="kslm serve", description="Serve a kslm model over HTTP (LitServe): POST /predict, GET /health, "
+                "GET /info.")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--ckpt_path", help="a kslm checkpoint (.ckpt) or a `kslm export` directory")
+    src.add_argument("--config", help="an NBCE config (configs/nbce/*.yaml)")
+    ap.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (default: this machine only), 0.0.0.0 or ::")
+    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--max_batch_size", type=int, default=16, help="requests batched together (1: no batching)")
+    ap.add_argument("--batch_timeout", type=float, default=0.005, help="seconds a batch waits to fill")
+    ap.add_argument("--workers", type=int, default=1, help="inference worker processes (each loads the model)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--max_request_bytes", type=int, default=16 << 20, help="largest request body (default 16 MiB)")
+    ap.add_argument("--max_records", type=int, default=1024, help="most records in one request")
+    ap.add_argument("--timeout", type=float, default=120, help="seconds a request may wait for its answer")
+    args, rest = ap.parse_known_args(argv)
+    options = _model_options(rest)
+    if args.host not in HOSTS:
+        raise ConfigError(f"kslm serve: --host {args.host}: one of {', '.join(HOSTS)} (field '--host')")
+    if not 1024 <= args.port <= 65535:
+        raise ConfigError(f"kslm serve: --port {args.port}: must be in 1024..65535 (field '--port')")
+    for name in ("max_batch_size", "workers", "max_request_bytes", "max_records"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"kslm serve: --{name} must be ≥ 1, got {getattr(args, name)}")
+    if args.batch_timeout < 0 or args.timeout <= 0:
+        raise ConfigError("kslm serve: --batch_timeout must be ≥ 0 and --timeout > 0")
+    return args, options
+
+
+def _model_options(rest: List[str]) -> dict:
+    """`--model.KEY VALUE` (or --model.KEY=VALUE): the model's run-time options (e.g. --model.max_new_tokens 32)."""
+    import yaml
+
+    options, i = {}, 0
+    while i < len(rest):
+        arg = rest[i]
+        if not arg.startswith("--model."):
+            raise ConfigError(f"kslm serve: unrecognized argument {arg} (see kslm serve --help)")
+        key, _, value = arg[len("--model."):].partition("=")
+        if not _:
+            if i + 1 >= len(rest):
+                raise ConfigError(f"kslm serve: {arg} needs a value")
+            value, i = rest[i + 1], i + 1
+        try:
+            options[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            options[key] = value
+        i += 1
+    return options
+
+
+def main(argv: List[str]) -> None:
+    """`kslm serve …` (dispatched by kslm.cli.main): load once here (a bad checkpoint is one line before any server
+    starts), then LitServe's workers load their own copy."""
+    args, options = _parse(argv)
+    from kslm.inference import load
+
+    source = args.ckpt_path or args.config
+    info = load(source, "cpu", **options).info()  # validates the checkpoint and options; freed before serving
+    from fastapi.responses import JSONResponse
+
+    api = KslmAPI(source, options, info["task"], args.max_batch_size, args.batch_timeout)
+    accelerator = "cuda" if str(args.device).startswith("cuda") else "cpu"
+    server = Server(api, accelerator=accelerator, devices=1, workers_per_device=args.workers, timeout=args.timeout,
+                     info_path="/litserve/info", disable_openapi_url=True,
+                     middlewares=[(KslmRequests, {"path": "/predict", "task": info["task"],
+                                                  "max_bytes": args.max_request_bytes, "max_records": args.max_records})])
+    info.update(max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout, workers=args.workers,
+                max_request_bytes=args.max_request_bytes, max_records=args.max_records)
+    server.app.add_api_route("/info", lambda: JSONResponse(info), methods=["GET"])
+    print(f"kslm: serving {info['task']} from {source} on http://{args.host}:{args.port} (POST /predict, GET /health, "
+          f"GET /info); Ctrl-C or SIGTERM stops it after the requests in flight", file=sys.stderr, flush=True)
+    server.run(host=args.host, port=args.port, generate_client_file=False, log_level="warning")
+    print("kslm: server stopped", file=sys.stderr)
+
+
+class Server(ls.LitServer):
+    """LitServer whose SIGTERM / Ctrl-C drains: the HTTP processes stop accepting and finish the requests in flight
+    (the inference workers still answering them), and only then does LitServe shut the workers down."""
+
+    def _start_server(self, *args, **kwargs):
+        self._http = super()._start_server(*args, **kwargs)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._drain)
+        return self._http
+
+    def _drain(self, signum, frame):
+        if getattr(self, "_draining", False):
+            return
+        self._draining = True
+        threading.Thread(target=self._stop_http, daemon=True).start()
+
+    def _stop_http(self):
+        for worker in self._http.values():
+            if getattr(worker, "pid", None):
+                os.kill(worker.pid, signal.SIGTERM)  # uvicorn: no new connections, in-flight ones finish
+        for worker in self._http.values():
+            worker.join(timeout=self.uvicorn_graceful_timeout)
+        if not any(w.is_alive() for w in self._http.values()):
+            self._http.clear()  # (stopped: nothing for LitServe's own shutdown to terminate)
+        self._shutdown_event.set()
+
+
+__all__ = ["main", "KslmRequests", "KslmAPI", "Server", "ERROR_KEY"]
