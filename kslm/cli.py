@@ -354,7 +354,10 @@ def main(args=None):
         if argv and argv[0] == "consolidate":
             return consolidate_main(argv[1:])
         if argv and argv[0] == "serve":  # kslm's own verb: LitServe over kslm.inference, no Trainer
-            from kslm.serve import main as serve_main
+            try:
+                from kslm.serve import main as serve_main
+            except ImportError as exc:
+                raise ConfigError(f"kslm serve needs the optional extra: pip install 'kslm[serve]' ({exc})") from None
 
             return serve_main(argv[1:])
         # SIGTERM stops kslm at once (writers clean up), except inside fit's training loop: Lightning's own handler

@@ -27,7 +27,7 @@ def _pins() -> dict:
 def test_every_dependency_is_pinned_inside_its_range():
     project, pins = _project(), _pins()
     reqs = [Requirement(r) for r in project["dependencies"]]
-    reqs += [Requirement(r) for extra in ("dev", "hf") for r in project["optional-dependencies"][extra]]
+    reqs += [Requirement(r) for extra in ("dev", "hf", "serve") for r in project["optional-dependencies"][extra]]
     for req in reqs:
         name = canonicalize_name(req.name)
         assert name in pins, f"{req.name} is not in constraints.txt"
