@@ -23,12 +23,13 @@ import json
 import os
 import shlex
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_budget import INJECT_ENV, Injector, error_text, run_bounded  # noqa: E402
+from gpu_budget import INJECT_ENV, error_text, run_bounded  # noqa: E402
 from gpu_check_report import markdown  # noqa: E402
 
 from kslm.io import write_json, write_text  # noqa: E402
@@ -56,20 +57,22 @@ def child(phase: str, args, left: float) -> tuple:
     return cmd, out
 
 
-def run_phase(phase, args, report, t0, inject) -> dict:
+def run_phase(phase, args, report, t0) -> dict:
     """One phase → its entry in the report: status (ok | error: … | skipped: budget … | killed: …), seconds, and the
     report the phase wrote (embedded)."""
     start = time.perf_counter()
     entry = {"status": None, "started_s": round(start - t0, 1)}
-    if phase == "machine":
-        try:
-            inject("machine")
-            from gpu_facts import facts
-
-            report["machine"] = facts("cpu" if args.smoke else "cuda")
-            entry["status"] = "ok"
-        except Exception as e:  # noqa: BLE001
-            entry["status"] = f"error: {error_text(e)}"
+    if phase == "machine":  # in a process of its own: this one never holds a CUDA context, nor hangs on a driver
+        with tempfile.TemporaryDirectory() as tmp:
+            facts = Path(tmp) / "machine.json"
+            cmd = [sys.executable, str(BENCH / "gpu_facts.py"), "cpu" if args.smoke else "cuda", str(facts)]
+            with open(Path(tmp) / "stderr", "wb") as err:
+                res = run_bounded(cmd, time.perf_counter() + 90, env=args.env, stderr=err)
+            problem = (Path(tmp) / "stderr").read_text(encoding="utf-8", errors="replace").strip().splitlines()
+            if res["rc"] == 0 and facts.is_file():
+                report["machine"], entry["status"] = json.loads(facts.read_text(encoding="utf-8")), "ok"
+            else:
+                entry["status"] = f"error: {problem[-1][:300] if problem else 'exit ' + str(res['rc'])}"
         entry["wall_s"] = time.perf_counter() - start
         return entry
     deadline = t0 + SHARE[phase] * args.budget
@@ -136,10 +139,13 @@ def main(argv=None):
         print(f"[check {report['wall_s']:.0f} s] {what}", file=sys.stderr, flush=True)
 
     save("started")
-    wanted, inject = args.phases.split(","), Injector(args.inject_oom)
+    wanted = args.phases.split(",")
     for phase in PHASES:
         if phase in wanted:
-            report["phases"][phase] = run_phase(phase, args, report, t0, inject)
+            try:
+                report["phases"][phase] = run_phase(phase, args, report, t0)
+            except Exception as e:  # noqa: BLE001 (this script's own failure: recorded, the next phase runs)
+                report["phases"][phase] = {"status": f"error: {error_text(e)}"}
             save(f"{phase}: {report['phases'][phase]['status']}")
     report["complete"] = True
     report["finished_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")

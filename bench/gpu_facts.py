@@ -100,5 +100,28 @@ def facts(device_type: str = "cuda") -> dict:
     return info
 
 
+def main(argv=None):
+    """`python bench/gpu_facts.py cuda|cpu FILE`: the facts as JSON into FILE (bench/gpu_check.py runs this in a process
+    of its own, bounded in time, so that a driver that hangs cannot hang the check, and the check itself never holds
+    a CUDA context)."""
+    import sys
+
+    from gpu_budget import Injector, error_text
+
+    from kslm.io import write_json
+
+    device, path = (argv if argv is not None else sys.argv[1:])[:2]
+    try:
+        Injector()("machine")
+        write_json(path, facts(device))
+    except Exception as e:  # noqa: BLE001 (one line for the check's report)
+        print(error_text(e), file=sys.stderr)
+        raise SystemExit(1) from None
+
+
 __all__ = ["DATASHEET_BF16", "PACKAGES", "FIT_MODULES", "datasheet_peak", "versions", "missing_modules", "nvidia_smi",
            "facts"]
+
+
+if __name__ == "__main__":
+    main()

@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_budget import Budget, Injector, error_text, run_bounded  # noqa: E402
-from gpu_facts import datasheet_peak, missing_modules  # noqa: E402
+from gpu_facts import datasheet_peak, missing_modules, nvidia_smi  # noqa: E402
 
 from kslm.io import write_json, write_text  # noqa: E402
 
@@ -155,7 +155,7 @@ def fit_args(args, work: Path, name: str, steps: int, text: Path, extra=()) -> l
     return out + (SMOKE if args.smoke else []) + list(extra)
 
 
-def launch(name, argv, args, work, env, budget, report) -> dict:
+def launch(name, argv, args, work, env, budget) -> dict:
     """One `kslm fit` (a process of its own, bounded by the budget), its output appended to fit.log."""
     log = args.out / "fit.log"
     start = log.stat().st_size if log.exists() else 0
@@ -168,9 +168,9 @@ def launch(name, argv, args, work, env, budget, report) -> dict:
     text = log.read_bytes()[start:].decode("utf-8", errors="replace")
     run = {**res, **parse_log(text), "command": "kslm fit " + shlex.join(argv)}
     if res["rc"] != 0:
-        tail = [ln.strip() for ln in text.splitlines() if ln.strip()][-3:]
+        tail = [ln.strip() for ln in text.splitlines() if ln.strip()][-60:]
         run["error"] = ("stopped: budget" if res["killed"] else f"exit {res['rc']}") + (f": {tail[-1][:300]}" if tail else "")
-        run["log_tail"] = tail
+        run["log_tail"], run["compile_failure"] = tail[-3:], any(s in ln for ln in tail for s in COMPILE_FAILURE)
     ckpt = work / f"ckpt-{name}" / "last.ckpt"
     if ckpt.is_file():
         run["checkpoint"] = checkpoint_facts(ckpt)
@@ -202,14 +202,7 @@ def main(argv=None):
     work = args.work or Path(tempfile.mkdtemp(prefix="kslm-gpu-fit-"))
     work.mkdir(parents=True, exist_ok=True)
     budget, inject = Budget(args.budget, start=t0, floor={} if args.smoke else {"fit": 60.0}), Injector(args.inject_oom)
-    peak = None
-    if not args.smoke:
-        try:
-            import torch
-
-            peak = datasheet_peak(torch.cuda.get_device_name(0)) if torch.cuda.is_available() else None
-        except Exception:  # noqa: BLE001
-            pass
+    peak = None if args.smoke else datasheet_peak(nvidia_smi().get("name"))  # no CUDA context held in this process
     report = {"started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": shlex.join(sys.argv),
               "config": {"config": args.config, "smoke": args.smoke, "steps_n": args.steps, "batch": args.batch,
                          "tokens_per_step": tokens_per_step, "budget_s": args.budget, "datasheet_peak_flops": peak},
@@ -246,6 +239,10 @@ def steps(args, work, budget, inject, report, save, tokens_per_step, peak):
     stop_ckpt = work / "ckpt-stop" / "last.ckpt"
     plan = [("full", 2 * n, 1.0), ("stop", n, 0.5), ("resume", 2 * n, 0.5)]
     for name, steps_to, factor in plan:
+        full = runs.get("full", {})
+        if name != "full" and full.get("rc") not in (None, 0) and not full.get("killed"):  # it ran, and failed
+            report["skipped"].append(f"{name}: not started, the full run failed (fit.log)")
+            continue
         if name == "resume" and not (stop_ckpt.is_file() and runs.get("stop", {}).get("rc") == 0):
             report["skipped"].append("resume: no checkpoint from the stop run")
             continue
@@ -257,14 +254,13 @@ def steps(args, work, budget, inject, report, save, tokens_per_step, peak):
             inject(f"fit_{name}")
             if not text.is_file():
                 corpus(work, args.smoke)
-            run = launch(name, argv, args, work, env, budget, report)
+            run = launch(name, argv, args, work, env, budget)
         except Exception as e:  # noqa: BLE001 (an injected failure, a launch that failed)
             run = {"error": error_text(e), "lines": [], "val": []}
-        if name == "full" and "error" in run and not run.get("killed") and any(s in "\n".join(run.get("log_tail", []))
-                                                                               for s in COMPILE_FAILURE):
+        if name == "full" and run.get("compile_failure") and not run.get("killed") and not budget.refuses("fit"):
             report["errors"].append({"phase": "fit", "what": "full (compiled)", "error": run["error"]})
             extra = ["--model.compile", "false"]  # the training path without compile, rather than nothing
-            run = launch("full", fit_args(args, work, "full", 2 * n, text, extra), args, work, env, budget, report)
+            run = launch("full", fit_args(args, work, "full", 2 * n, text, extra), args, work, env, budget)
             run["compile_fallback"] = True
         run["start_step"] = n if name == "resume" else 0
         summarise(run, args.log_every, tokens_per_step, peak)

@@ -180,3 +180,38 @@ def test_resume_check_verdicts(tmp_path, noise, verdict):
     assert c["verdict"] == verdict and c["global_steps"] == [20, 10, 20] and c["loss_steps_compared"] == [20]
     assert c["rel_diff"] == pytest.approx(noise, rel=0.2, abs=1e-12)
     assert c["weights_bitwise_equal"] == (noise == 0)
+
+
+@pytest.mark.parametrize("compile_failure", [True, False])
+def test_a_failed_full_fit_falls_back_to_eager_after_a_compile_failure_and_else_ends_the_fit(tmp_path, monkeypatch,
+                                                                                               compile_failure):
+    """The full run's process fails: a compile failure is retried once without compile (the training path, rather
+    than nothing); any other failure skips the stop and resume runs, which would fail alike."""
+    import gpu_fit
+    from gpu_budget import Budget, Injector
+
+    args = argparse.Namespace(steps=5, smoke=False, config="configs/lm/transformer-base.yaml", warmup=0, limit_val=2,
+                              log_every=5, batch=4, out=tmp_path, reserve=0.0)
+    calls = []
+
+    def launch(name, argv, args_, work, env, budget):  # gpu_fit.launch's signature
+        eager = "--model.compile" in argv and argv[argv.index("--model.compile") + 1] == "false"
+        calls.append(name + (" eager" if eager else ""))
+        if len(calls) == 1:
+            return {"rc": 1, "killed": None, "error": "exit 1: boom", "lines": [], "val": [], "wall_s": 1.0,
+                    "compile_failure": compile_failure}
+        return {"rc": 1 if name == "stop" else 0, "killed": None, "lines": [], "val": [], "wall_s": 1.0,
+                **({"error": "exit 1: stop failed"} if name == "stop" else {})}
+
+    monkeypatch.setattr(gpu_fit, "launch", launch)
+    monkeypatch.setattr(gpu_fit, "corpus", lambda work, smoke: (work / "corpus.txt").write_text("x"))
+    report = {"runs": {}, "errors": [], "skipped": [], "resume_check": None}
+    gpu_fit.steps(args, tmp_path, Budget(60), Injector(""), report, lambda what: None, 128, None)
+    if compile_failure:
+        assert calls == ["full", "full eager", "stop eager"], calls  # stop and resume run as the full run did
+        assert report["runs"]["full"]["compile_fallback"] and report["errors"][0]["what"] == "full (compiled)"
+        assert report["skipped"][0] == "resume: no checkpoint from the stop run"
+    else:
+        assert calls == ["full"]
+        assert report["skipped"][:2] == ["stop: not started, the full run failed (fit.log)",
+                                         "resume: not started, the full run failed (fit.log)"]
