@@ -3,6 +3,7 @@
     bash bench/gpu_check.sh                    # on a lent machine: $OUT; installs .whl/ if carried (bench/README.md)
     PYTHONPATH=. python bench/gpu_check.py --out DIR [--budget 450] [--phases machine,base_1024,fit,base_2048]
     PYTHONPATH=. python bench/gpu_check.py --smoke --out DIR       # the CPU dry run (tiny shapes; in the test suite)
+    PYTHONPATH=. python bench/gpu_check.py --table [FILE …]        # the report of a stored gpu_check.json again
 
 Phases, in this order (a later one never waits on an earlier one's success):
     machine    card, driver, torch, CUDA, cuDNN, the package versions (bench/gpu_facts.py)
@@ -32,9 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_budget import INJECT_ENV, error_text, run_bounded  # noqa: E402
 from gpu_check_report import markdown  # noqa: E402
 
-from kslm.io import write_json, write_text  # noqa: E402
+from kslm.io import print_tables, table_flag, write_json, write_text  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
+STORED = sorted((BENCH / "results").glob("gpu_check*.json"))  # measured checks, kept (bench/README.md)
 PHASES = ("machine", "base_1024", "fit", "base_2048")
 SHARE = {"base_1024": 0.45, "fit": 0.85, "base_2048": 1.0}  # each phase ends by start + share × budget
 MIN_S = {"base_1024": 45.0, "fit": 75.0, "base_2048": 30.0}  # a phase with less time left is skipped (not --smoke)
@@ -114,7 +116,10 @@ def main(argv=None):
     p.add_argument("--work", type=Path, default=None, help=argparse.SUPPRESS)  # where the fit's checkpoints go (tests)
     p.add_argument("--inject-oom", default=os.environ.get(INJECT_ENV, ""),
                    help=argparse.SUPPRESS)  # the dry run's failures: machine,matmul,throughput,gau_memory,flex,fit_*
+    table_flag(p, STORED)
     args = p.parse_args(argv)
+    if args.table is not None:
+        return print_tables(args.table, STORED, markdown)
     if args.out is None:
         p.error("--out DIR is required when OUT is not set (a lent machine returns only $OUT)")
     unknown = set(args.phases.split(",")) - set(PHASES)

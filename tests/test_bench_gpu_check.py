@@ -77,8 +77,11 @@ def test_the_fit_trains_checkpoints_and_resumes_exactly(dry_run):
     assert "===== resume:" in (dry_run[2] / "fit.log").read_text(encoding="utf-8")
 
 
-def test_the_table_is_printed_again_from_a_phase_json(dry_run):
+def test_the_tables_are_printed_again_from_the_stored_json(dry_run):
     out = dry_run[2]
+    proc = subprocess.run([sys.executable, "bench/gpu_check.py", "--table", str(out / "gpu_check.json")], cwd=REPO,
+                          env=env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == (out / "gpu_check.md").read_text(encoding="utf-8").strip()
     proc = subprocess.run([sys.executable, "bench/gpu_base.py", "--table", str(out / "base_1024.json")], cwd=REPO,
                           env=env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
