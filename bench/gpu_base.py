@@ -169,7 +169,8 @@ def parse(argv):
     p.add_argument("--compile-backend", default="inductor")
     p.add_argument("--no-flex", action="store_true")
     p.add_argument("--budget", type=float, default=360.0, help="seconds; also stops the measurement in flight")
-    p.add_argument("--costs-from", type=Path, default=None, help="an earlier report: its runs' seconds guide the budget")
+    p.add_argument("--costs-from", type=Path, default=None,
+                   help="an earlier report of this machine: its runs' seconds guide the budget, its GEMM peak is reused")
     p.add_argument("--inject-oom", default=None, help=argparse.SUPPRESS)  # the dry run's failures (bench/gpu_budget.py)
     out = Path(os.environ["OUT"]) / "gpu_base.json" if os.environ.get("OUT") else RESULTS / "gpu_base.json"
     p.add_argument("--out", type=Path, default=out, help=f"default $OUT/gpu_base.json when OUT is set, else {out}")
@@ -203,10 +204,12 @@ def main(argv=None):
         raise SystemExit("bench/gpu_base.py: no CUDA device (use --smoke for the CPU check)")
     floor = {f"compiled:{m}": 30.0 for m in MODELS} if device.type == "cuda" else {}
     budget, inject = Budget(args.budget, start=t0, floor=floor), Injector(args.inject_oom)
+    earlier = {}
     if args.costs_from and args.costs_from.is_file():  # the same models at another T: about as long
         import json
 
-        for r in json.loads(args.costs_from.read_text(encoding="utf-8")).get("runs", []):
+        earlier = json.loads(args.costs_from.read_text(encoding="utf-8"))
+        for r in earlier.get("runs", []):
             if "wall_s" in r and "error" not in r and "skipped" not in r:
                 budget.costs[f"{r['mode']}:{r['model']}"] = r["wall_s"]
     report = {"started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -225,8 +228,11 @@ def main(argv=None):
         print(f"[{report['wall_s']:.0f} s] {what}", file=sys.stderr, flush=True)
 
     save("started")
-    report["matmul"] = matmul_peak(args, device, budget, inject)
-    account(report, "matmul", "GEMM", [{"size": n, "error": e} for n, e in report["matmul"]["failed"].items()])
+    if (earlier.get("matmul") or {}).get("peak_flops"):  # measured minutes ago on this card: not again
+        report["matmul"] = {**earlier["matmul"], "from": str(args.costs_from)}
+    else:
+        report["matmul"] = matmul_peak(args, device, budget, inject)
+        account(report, "matmul", "GEMM", [{"size": n, "error": e} for n, e in report["matmul"]["failed"].items()])
     peak = report["matmul"]["peak_flops"]
     save(f"matmul peak {peak / 1e12:.3g} TFLOP/s" if peak else f"matmul peak: none ({report['matmul']['failed']})")
     for kind, what, *item in plan_of(args):

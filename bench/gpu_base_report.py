@@ -24,7 +24,7 @@ def header(report: dict) -> list:
         f"{'' if peak else ' (device not in bench/gpu_facts.py DATASHEET_BF16: no MFU against a datasheet)'}; "
         f"measured matmul {_num(mm.get('peak_flops') and mm['peak_flops'] / 1e12, '{:.3g}')} TFLOP/s "
         f"({mm.get('dtype', '–')}, best of {', '.join(str(s) for s in mm.get('sizes', []))}³ GEMMs"
-        f"{'; failed: ' + failed if failed else ''})",
+        f"{'; failed: ' + failed if failed else ''}{'; from ' + mm['from'] if mm.get('from') else ''})",
     ]
 
 

@@ -163,8 +163,8 @@ def launch(name, argv, args, work, env, budget) -> dict:
     with open(log, "a", encoding="utf-8") as f:
         f.write(f"\n===== {name}: {shlex.join(cmd)}\n")
     with open(log, "ab") as f:
-        res = run_bounded(cmd, budget.deadline - args.reserve, grace=15.0, term_first=True, cwd=work, env=env,
-                          stdout=f, stderr=subprocess.STDOUT)
+        res = run_bounded(cmd, budget.deadline, grace=15.0, term_first=True, cwd=work, env=env, stdout=f,
+                          stderr=subprocess.STDOUT)
     text = log.read_bytes()[start:].decode("utf-8", errors="replace")
     run = {**res, **parse_log(text), "command": "kslm fit " + shlex.join(argv)}
     if res["rc"] != 0:
@@ -195,13 +195,15 @@ def main(argv=None):
         p.error("--out is required when OUT is not set")
     args.steps = args.steps or (6 if args.smoke else 150)
     args.batch = args.batch or (4 if args.smoke else 16)
-    args.log_every, args.limit_val, args.warmup = (3, 2, 0) if args.smoke else (10, 4, 20)
-    args.reserve = 0.0 if args.smoke else 25.0  # for a stopped run's SIGTERM grace and the resume check, in budget
+    # one validation batch on the GPU: a smaller last one would cost a recompile (dynamic shapes) in each process
+    args.log_every, args.limit_val, args.warmup = (3, 2, 0) if args.smoke else (10, 1, 20)
+    reserve = 0.0 if args.smoke else 25.0  # kept from the runs for a stopped run's SIGTERM grace and the resume check
     tokens_per_step = args.batch * (32 if args.smoke else 1024)
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.work or Path(tempfile.mkdtemp(prefix="kslm-gpu-fit-"))
     work.mkdir(parents=True, exist_ok=True)
-    budget, inject = Budget(args.budget, start=t0, floor={} if args.smoke else {"fit": 60.0}), Injector(args.inject_oom)
+    budget = Budget(args.budget - reserve, start=t0, floor={} if args.smoke else {"fit": 60.0})
+    inject = Injector(args.inject_oom)
     peak = None if args.smoke else datasheet_peak(nvidia_smi().get("name"))  # no CUDA context held in this process
     report = {"started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": shlex.join(sys.argv),
               "config": {"config": args.config, "smoke": args.smoke, "steps_n": args.steps, "batch": args.batch,

@@ -130,7 +130,7 @@ def test_a_child_past_its_deadline_is_killed_and_a_kslm_fit_gets_sigterm_first(t
     code = ("import signal, sys, time, pathlib\n"
             f"signal.signal(signal.SIGTERM, lambda *a: (pathlib.Path({str(saved)!r}).write_text('ckpt'), sys.exit(130)))\n"
             "print('ready', flush=True)\ntime.sleep(60)\n")
-    res = run_bounded([sys.executable, "-c", code], time.perf_counter() + 4, grace=10, term_first=True)
+    res = run_bounded([sys.executable, "-c", code], time.perf_counter() + 2.5, grace=10, term_first=True)
     assert res == {**res, "rc": 130, "killed": "deadline"} and saved.read_text() == "ckpt"
 
 
@@ -191,7 +191,7 @@ def test_a_failed_full_fit_falls_back_to_eager_after_a_compile_failure_and_else_
     from gpu_budget import Budget, Injector
 
     args = argparse.Namespace(steps=5, smoke=False, config="configs/lm/transformer-base.yaml", warmup=0, limit_val=2,
-                              log_every=5, batch=4, out=tmp_path, reserve=0.0)
+                              log_every=5, batch=4, out=tmp_path)
     calls = []
 
     def launch(name, argv, args_, work, env, budget):  # gpu_fit.launch's signature

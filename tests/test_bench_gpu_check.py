@@ -42,18 +42,22 @@ def test_everything_lands_under_out(dry_run):
 
 def test_injected_out_of_memory_errors_are_recorded_and_the_run_goes_on(dry_run):
     report = dry_run[0]
+    first = report["phases"]["base_1024"]["report"]
     for phase, seq in (("base_1024", 32), ("base_2048", 64)):
         base = report["phases"][phase]["report"]
         assert base["complete"]
         errors = {(e["phase"], e["what"]) for e in base["errors"]}
-        assert ("matmul", "GEMM 128³") in errors and ("throughput", f"kslm-transformer eager T {seq}") in errors
+        assert ("throughput", f"kslm-transformer eager T {seq}") in errors
         assert all("OutOfMemoryError: CUDA out of memory" in e["error"] for e in base["errors"])
-        # the second GEMM size and the other models ran: their MFU is against the surviving 256³ peak
-        assert list(base["matmul"]["per_size"]) == ["256"] and base["matmul"]["peak_flops"] > 0
+        # the second GEMM size and the other models ran: their MFU is against the surviving 256³ peak, which T 2048
+        # takes from T 1024's report rather than measuring it again
+        assert list(base["matmul"]["per_size"]) == ["256"] and base["matmul"]["peak_flops"] == first["matmul"]["peak_flops"] > 0
         runs = {r["model"]: r for r in base["runs"]}
         assert "error" in runs["kslm-transformer"] and all(runs[m]["tokens_per_s"] > 0 for m in ("kslm-gau", "llama"))
         assert all(0 < runs[m]["mfu_measured"] < 1.5 and runs[m]["mfu_datasheet"] is None for m in ("kslm-gau", "llama"))
         assert runs["llama"]["batch"] * seq == 128
+    assert ("matmul", "GEMM 128³") in {(e["phase"], e["what"]) for e in first["errors"]}
+    assert report["phases"]["base_2048"]["report"]["matmul"]["from"].endswith("base_1024.json")
     sweep = report["phases"]["base_1024"]["report"]
     assert [(m["kernel"], m["seq"], "error" in m) for m in sweep["gau_memory"]] == [
         ("linear_memory", 32, True), ("dense", 32, False), ("linear_memory", 64, False), ("dense", 64, False)]
