@@ -93,8 +93,9 @@ def error_text(exc: BaseException) -> str:
 
 def run_bounded(cmd, deadline: float, *, grace: float = 10.0, term_first: bool = False, **popen) -> dict:
     """Run `cmd` (its own process group) until it exits or `deadline` (perf_counter) passes; then SIGTERM to the
-    process itself when `term_first` (kslm fit saves a resumable checkpoint and exits 130) and, `grace` seconds
-    later, SIGKILL to its whole group (compile workers, data loader workers). → {"rc", "wall_s", "killed"}."""
+    process itself when `term_first` (kslm fit stops at the next batch boundary: no checkpoint write cut short) and,
+    `grace` seconds later, SIGKILL to its whole group (compile workers, data loader workers).
+    → {"rc", "wall_s", "killed"}."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, start_new_session=True, stdin=subprocess.DEVNULL, **popen)
     killed = None

@@ -18,7 +18,7 @@ data replayed from the start) moves the weights by a large fraction of the segme
 
 Writes DIR/fit.json at the start and after every run, and each run's output to DIR/fit.log; checkpoints, logs and
 caches go to --work (default: a temporary folder, removed at the end). A run still going at the budget's end gets
-SIGTERM (kslm saves a resumable checkpoint and exits 130), then SIGKILL 15 s later.
+SIGTERM (kslm fit stops at the next batch boundary, exit 143, leaving no partial file), then SIGKILL 15 s later.
 """
 
 import argparse
