@@ -138,10 +138,13 @@ def main(argv=None):
         report["wall_s"] = time.perf_counter() - t0
         write_json(args.out / "gpu_check.json", report)
         try:
-            write_text(args.out / "gpu_check.md", markdown(report) + "\n")
-        except Exception as e:  # noqa: BLE001 (a report bug must not cost the JSON)
+            text = markdown(report)
+            write_text(args.out / "gpu_check.md", text + "\n")
+        except Exception as e:  # noqa: BLE001 (a report bug must not cost the JSON, nor the run)
+            text = f"(no report: {error_text(e)}; the JSON is {args.out / 'gpu_check.json'})"
             report.setdefault("errors", []).append(f"markdown: {error_text(e)}")
         print(f"[check {report['wall_s']:.0f} s] {what}", file=sys.stderr, flush=True)
+        return text
 
     save("started")
     wanted = args.phases.split(",")
@@ -154,9 +157,7 @@ def main(argv=None):
             save(f"{phase}: {report['phases'][phase]['status']}")
     report["complete"] = True
     report["finished_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    save("done")
-    print(markdown(report))
-
+    print(save("done"))
 
 if __name__ == "__main__":
     main()
