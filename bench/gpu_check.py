@@ -13,7 +13,7 @@ Phases, in this order (a later one never waits on an earlier one's success):
     base_2048  bench/gpu_base.py at T 2048, and the flex_attention probe
 then DIR/gpu_check.json (every phase's report inside) and DIR/gpu_check.md (the tables and the issue's targets), both
 also rewritten after every phase. Each phase runs in a process of its own, given the time until its share of --budget
-ends (SHARE) as its own budget, which also stops its measurement in flight; the phase is killed (its process group)
+ends (WEIGHT) as its own budget, which also stops its measurement in flight; the phase is killed (its process group)
 GRACE seconds after that, keeping what its JSON already holds. An out-of-memory error, a crash or a hang in one phase
 is recorded and the next phase runs. Files under DIR: gpu_check.json, gpu_check.md, gpu_check.log (bench/gpu_check.sh),
 base_1024.json, base_2048.json, fit.json, fit.log: 7 of the 8 a lent machine returns, none in a subfolder.
@@ -38,7 +38,7 @@ from kslm.io import print_tables, table_flag, write_json, write_text  # noqa: E4
 BENCH = Path(__file__).resolve().parent
 STORED = sorted((BENCH / "results").glob("gpu_check*.json"))  # measured checks, kept (bench/README.md)
 PHASES = ("machine", "base_1024", "fit", "base_2048")
-SHARE = {"base_1024": 0.45, "fit": 0.85, "base_2048": 1.0}  # each phase ends by start + share × budget
+WEIGHT = {"base_1024": 0.45, "fit": 0.40, "base_2048": 0.15}  # of the budget, among the phases run (ends: 45, 85, 100 %)
 MIN_S = {"base_1024": 45.0, "fit": 75.0, "base_2048": 30.0}  # a phase with less time left is skipped (not --smoke)
 GRACE = 20.0
 
@@ -59,6 +59,13 @@ def child(phase: str, args, left: float) -> tuple:
     return cmd, out
 
 
+def share_end(phase, wanted) -> float:
+    """The fraction of the budget by whose end `phase` must be done: its weight and those of the phases before it,
+    over the weights of the phases run (a rerun of one phase gets the whole budget)."""
+    run = [p for p in PHASES if p in wanted and p in WEIGHT]
+    return sum(WEIGHT[p] for p in run[: run.index(phase) + 1]) / sum(WEIGHT[p] for p in run)
+
+
 def run_phase(phase, args, report, t0) -> dict:
     """One phase → its entry in the report: status (ok | error: … | skipped: budget … | killed: …), seconds, and the
     report the phase wrote (embedded)."""
@@ -77,7 +84,7 @@ def run_phase(phase, args, report, t0) -> dict:
                 entry["status"] = f"error: {problem[-1][:300] if problem else 'exit ' + str(res['rc'])}"
         entry["wall_s"] = time.perf_counter() - start
         return entry
-    deadline = t0 + SHARE[phase] * args.budget
+    deadline = t0 + share_end(phase, args.wanted) * args.budget
     left = deadline - time.perf_counter()
     if left < (0.5 if args.smoke else MIN_S[phase]):
         entry["status"] = f"skipped: budget ({max(left, 0):.0f} s left of its share)"
@@ -147,9 +154,9 @@ def main(argv=None):
         return text
 
     save("started")
-    wanted = args.phases.split(",")
+    args.wanted = args.phases.split(",")
     for phase in PHASES:
-        if phase in wanted:
+        if phase in args.wanted:
             try:
                 report["phases"][phase] = run_phase(phase, args, report, t0)
             except Exception as e:  # noqa: BLE001 (this script's own failure: recorded, the next phase runs)

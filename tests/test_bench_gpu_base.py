@@ -71,6 +71,14 @@ def test_gemm_peak_keeps_no_product_alive():
     assert rate > 0 and mode.calls > 20 and mode.most == 1, (mode.calls, mode.most)
 
 
+def test_each_phase_gets_its_share_of_the_budget_among_the_phases_run():
+    from gpu_check import PHASES, share_end
+
+    assert [share_end(p, PHASES) for p in ("base_1024", "fit", "base_2048")] == pytest.approx([0.45, 0.85, 1.0])
+    assert share_end("fit", ["fit"]) == 1.0  # a rerun of one phase gets the whole budget
+    assert share_end("fit", ["machine", "fit", "base_2048"]) == pytest.approx(0.40 / 0.55)
+
+
 def test_budget_alarm_stops_the_measurement_in_flight():
     from gpu_budget import Budget, BudgetExceeded
 
