@@ -91,41 +91,47 @@ def error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0][:200] if lines else ''}".rstrip(": ")
 
 
-def run_bounded(cmd, deadline: float, *, grace: float = 10.0, term_first: bool = False, **popen) -> dict:
-    """Run `cmd` (its own process group) until it exits or `deadline` (perf_counter) passes; then SIGTERM to the
-    process itself when `term_first` (kslm fit stops at the next batch boundary: no checkpoint write cut short) and,
-    `grace` seconds later, SIGKILL to its whole group (compile workers, data loader workers).
-    → {"rc", "wall_s", "killed"}."""
+def run_bounded(cmd, deadline: float, *, grace: float = 10.0, term_first: bool = False, own_group: bool = True,
+                **popen) -> dict:
+    """Run `cmd` until it exits or `deadline` (perf_counter) passes; then SIGTERM when `term_first` (kslm fit stops at
+    the next batch boundary: no checkpoint write cut short) and SIGKILL `grace` seconds later. With `own_group` the
+    child leads a process group of its own, and SIGKILL goes to the whole group (compile workers, data loader
+    workers); without, it stays in this process's group, so that whoever kills this group kills it too (gpu_fit.py's
+    kslm fit: the check kills gpu_fit.py's group at its hard limit), and its workers end with it (torch's data loader
+    and compile workers watch their parent). → {"rc", "wall_s", "killed"}."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, start_new_session=True, stdin=subprocess.DEVNULL, **popen)
+    proc = subprocess.Popen(cmd, start_new_session=own_group, stdin=subprocess.DEVNULL, **popen)
+
+    def kill():
+        try:
+            if own_group:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
+        except (ProcessLookupError, PermissionError):
+            pass
+
     killed = None
     try:
         rc = proc.wait(timeout=max(0.1, deadline - time.perf_counter()))
     except subprocess.TimeoutExpired:
-        killed = "deadline"
+        killed, rc = "deadline", None
         if term_first:
             proc.terminate()
             try:
                 rc = proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:
-                rc = None
-        else:
-            rc = None
+                pass
         if rc is None:
             killed = "deadline (SIGKILL)"
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            kill()
             rc = proc.wait()
     finally:
         if proc.poll() is None:  # an exception here (KeyboardInterrupt): leave nothing running
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill()
             proc.wait()
-    try:  # workers the child left behind (its group outlives it)
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+    if own_group:
+        kill()  # workers the child left behind (its group outlives it)
     return {"rc": rc, "wall_s": time.perf_counter() - t0, "killed": killed}
 
 

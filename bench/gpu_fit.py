@@ -163,8 +163,8 @@ def launch(name, argv, args, work, env, budget) -> dict:
     with open(log, "a", encoding="utf-8") as f:
         f.write(f"\n===== {name}: {shlex.join(cmd)}\n")
     with open(log, "ab") as f:
-        res = run_bounded(cmd, budget.deadline, grace=15.0, term_first=True, cwd=work, env=env, stdout=f,
-                          stderr=subprocess.STDOUT)
+        res = run_bounded(cmd, budget.deadline, grace=15.0, term_first=True, own_group=False, cwd=work, env=env,
+                          stdout=f, stderr=subprocess.STDOUT)
     text = log.read_bytes()[start:].decode("utf-8", errors="replace")
     run = {**res, **parse_log(text), "command": "kslm fit " + shlex.join(argv)}
     if res["rc"] != 0:

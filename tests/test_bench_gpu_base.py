@@ -138,8 +138,33 @@ def test_a_child_past_its_deadline_is_killed_and_a_kslm_fit_gets_sigterm_first(t
     code = ("import signal, sys, time, pathlib\n"
             f"signal.signal(signal.SIGTERM, lambda *a: (pathlib.Path({str(saved)!r}).write_text('ckpt'), sys.exit(130)))\n"
             "print('ready', flush=True)\ntime.sleep(60)\n")
-    res = run_bounded([sys.executable, "-c", code], time.perf_counter() + 2.5, grace=10, term_first=True)
+    res = run_bounded([sys.executable, "-c", code], time.perf_counter() + 2.5, grace=10, term_first=True, own_group=False)
     assert res == {**res, "rc": 130, "killed": "deadline"} and saved.read_text() == "ckpt"
+
+
+def test_a_phase_killed_at_its_hard_limit_takes_its_kslm_fit_with_it(tmp_path):
+    """gpu_fit.py runs kslm fit in its own process group, so the check's kill of gpu_fit.py's group (at the phase's
+    hard limit) ends the fit too: nothing keeps the GPU busy under the next phase."""
+    import os
+
+    from gpu_budget import run_bounded
+
+    pid, fit, phase = tmp_path / "pid", tmp_path / "fit.py", tmp_path / "phase.py"
+    fit.write_text(f"import os, pathlib, time\npathlib.Path({str(pid)!r}).write_text(str(os.getpid()))\ntime.sleep(60)\n")
+    phase.write_text(f"import sys, time\nsys.path.insert(0, {str(REPO / 'bench')!r})\nfrom gpu_budget import run_bounded\n"
+                     f"run_bounded([sys.executable, {str(fit)!r}], time.perf_counter() + 60, own_group=False)\n")
+    res = run_bounded([sys.executable, str(phase)], time.perf_counter() + 3)
+    assert res["killed"] == "deadline (SIGKILL)"
+    fit_pid = int(pid.read_text())
+    for _ in range(50):  # reaped by init once killed
+        try:
+            os.kill(fit_pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(fit_pid, 9)
+        pytest.fail("the nested fit outlived its phase")
 
 
 LOG = """GPU available: True (cuda), used: True
