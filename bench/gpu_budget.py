@@ -5,6 +5,7 @@ processes bounded by a hard deadline. Imports nothing heavy (torch only when an 
 import os
 import signal
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 
@@ -100,7 +101,9 @@ def run_bounded(cmd, deadline: float, *, grace: float = 10.0, term_first: bool =
     kslm fit: the check kills gpu_fit.py's group at its hard limit), and its workers end with it (torch's data loader
     and compile workers watch their parent). → {"rc", "wall_s", "killed"}."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, start_new_session=own_group, stdin=subprocess.DEVNULL, **popen)
+    if own_group:  # a group of its own in this session (setpgid, not setsid: whoever ends the session ends it too)
+        popen.update({"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp})
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, **popen)
 
     def kill():
         try:
