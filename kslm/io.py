@@ -97,10 +97,15 @@ def remove_stale_temps(path: PathLike) -> int:
     removed = 0
     if not path.parent.is_dir():
         return 0
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+    legacy = path.parent.glob(f".{glob.escape(path.name)}.old.*")  # (kslm before 0.1's export fix: .NAME.old.PID)
+    for tmp in [*path.parent.glob(f".{glob.escape(path.name)}.*.tmp"), *legacy]:
+        if tmp.is_symlink() and not tmp.name.endswith(".tmp"):
+            tmp.unlink()  # a replaced --out link kslm once moved aside: the link, never what it points to
+            removed += 1
+            continue
         if tmp.is_symlink():
             continue  # never ours: kslm writes files and folders
-        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        pid = tmp.name[len(path.name) + 2:].removeprefix("old.").split(".", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             if tmp.is_dir():
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -295,3 +295,13 @@ def test_a_line_over_the_record_limit_is_read_no_further(home, monkeypatch):
     (home / "big.jsonl").write_text('{"text": "a"}\n{"text": "' + "x" * 1000 + '"}\n', encoding="utf-8")
     with pytest.raises(DataError, match=r"big.jsonl:2: a line longer than 512 bytes"):
         list(jsonl.iter_jsonl(home / "big.jsonl"))
+
+
+def test_a_missing_relative_path_is_not_a_hub_id(home):
+    """`checkpoints/export` that is not there (its first folder is) is a local path to say is missing, never a name
+    to fetch from the hub; `bert-base-chinese` or `hfl/rbt3` (no such folder here) still read as hub ids."""
+    from kslm.hf import is_hub_name
+
+    (home / "checkpoints").mkdir()
+    assert not is_hub_name("checkpoints/export") and not is_hub_name("./export") and not is_hub_name("../x/y")
+    assert is_hub_name("bert-base-chinese") and is_hub_name("hfl/rbt3")

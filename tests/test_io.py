@@ -131,3 +131,34 @@ def test_atomic_dir_failure_keeps_the_old_dir(tmp_path):
             raise OSError("disk full")
     assert sorted(p.name for p in out.iterdir()) == ["old.bin"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_atomic_dir_gives_every_file_the_umask_mode_and_leaves_the_umask_alone(tmp_path, umask, mask):
+    """Files written inside (safetensors writes 0600) get 0666 less the umask; reading the umask never changes it."""
+    from kslm.io import _umask
+
+    umask(mask)
+    with atomic_dir(tmp_path / "dir") as d:
+        (d / "weights").write_bytes(b"x")
+        os.chmod(d / "weights", 0o600)
+        (d / "sub").mkdir(mode=0o700)
+    assert stat.S_IMODE((tmp_path / "dir" / "weights").stat().st_mode) == 0o666 & ~mask
+    assert stat.S_IMODE((tmp_path / "dir" / "sub").stat().st_mode) == 0o777 & ~mask
+    assert _umask() == mask and os.umask(mask) == mask  # (os.umask returns the mask in force: still ours)
+
+
+def test_a_replaced_directory_left_behind_is_swept_like_a_temporary(tmp_path):
+    """A writer killed between moving the old directory aside and removing it leaves `.NAME.PID.XXXX.old.tmp`
+    (or, from older kslm, `.NAME.old.PID`): the next write of NAME removes it when PID is gone; a link is unlinked,
+    never followed."""
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "f").write_text("x")
+    dead = 2 ** 22 + 12345  # (above the default pid_max: no such process)
+    (tmp_path / f".out.{dead}.abcd.old.tmp").mkdir()
+    (tmp_path / f".out.old.{dead}").mkdir()
+    os.symlink(tmp_path / "keep", tmp_path / f".out.old.{dead + 1}")
+    with atomic_dir(tmp_path / "out") as d:
+        (d / "f").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep", "out"]
+    assert (tmp_path / "keep" / "f").read_text() == "x"
