@@ -5,7 +5,7 @@
     model.predict("一段文本")                          # the record `kslm predict` would write for it
 """
 
-__version__ = "0.1.0"
+from kslm._version import __version__
 
 
 def load(path, device="cpu", **options):

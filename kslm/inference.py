@@ -78,10 +78,10 @@ class Model:
         return self._sha
 
     def info(self) -> Dict[str, Any]:
-        import kslm
+        from kslm._version import __version__
 
         return {"task": self.task, "labels": self.labels, "window": self.window, "source": self.source,
-                "checkpoint_sha256": self.checkpoint_sha256, "kslm_version": kslm.__version__,
+                "checkpoint_sha256": self.checkpoint_sha256, "kslm_version": __version__,
                 "batch_size": getattr(self.data, "batch_size", 1)}
 
     # ---------------------------------------------------------------- predict

@@ -176,6 +176,18 @@ def matmul_params(m):
     return n
 
 
+def save_untrained(task, path) -> dict:
+    """A built task saved as `kslm fit` saves it (weights, payload, Lightning's keys), without training; → the dict."""
+    import lightning
+    import torch
+
+    ckpt = {"state_dict": task.state_dict(), "pytorch-lightning_version": lightning.__version__, "epoch": 0,
+            "global_step": 0}
+    task.on_save_checkpoint(ckpt)
+    torch.save(ckpt, path)
+    return ckpt
+
+
 # ------------------------------------------------------------------------------------------------ imports
 def modules(package_dir: Path) -> dict[str, Path]:
     """Dotted module name → file, for every .py under `package_dir` (a package's __init__.py is the package)."""

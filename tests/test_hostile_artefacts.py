@@ -9,11 +9,10 @@ import os
 import pickle
 import warnings
 
-import lightning
 import pytest
 import torch
 from bad_inputs import one_error_line
-from helpers import REPO, run_cli
+from helpers import REPO, run_cli, save_untrained
 
 from kslm.data.tokenizer import train_tokenizer
 from kslm.nn import BackboneConfig
@@ -31,14 +30,6 @@ class _System:  # unpickled, it would run a shell command that creates the senti
         return (os.system, (f"touch {self.sentinel}",))
 
 
-def _save(task, path):
-    ckpt = {"state_dict": task.state_dict(), "pytorch-lightning_version": lightning.__version__, "epoch": 0,
-            "global_step": 0}
-    task.on_save_checkpoint(ckpt)
-    torch.save(ckpt, path)
-    return ckpt
-
-
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
     """{"ner": checkpoint dict, "lm": checkpoint dict} of untrained tiny models, as `kslm fit` writes them."""
@@ -50,7 +41,7 @@ def made(tmp_path_factory):
     lm = LanguageModel(backbone=BackboneConfig(**BB))
     lm.connect(tok, data_settings={"seq_len": 16, "batch_size": 2})
     lm.build(tok)
-    return {"ner": _save(ner, tmp / "ner.ckpt"), "lm": _save(lm, tmp / "lm.ckpt")}
+    return {"ner": save_untrained(ner, tmp / "ner.ckpt"), "lm": save_untrained(lm, tmp / "lm.ckpt")}
 
 
 @pytest.fixture

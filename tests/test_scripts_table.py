@@ -14,7 +14,8 @@ import sys
 import pytest
 from helpers import REPO
 
-GENERATORS = {"make_corpus.py"}  # writes input data, keeps no results (tested below)
+GENERATORS = {"make_corpus.py",  # writes input data, keeps no results (tested below)
+              "gpu_facts.py", "gpu_fit.py"}  # phases bench/gpu_check.py runs: their results are gpu_check.json's
 SCRIPTS = sorted(p.relative_to(REPO).as_posix() for folder in ("bench", "experiments") for p in (REPO / folder).glob("*.py")
                  if 'if __name__ == "__main__":' in p.read_text(encoding="utf-8") and p.name not in GENERATORS)
 HEAVY = re.compile(r"\|\s+(torch|lightning|transformers)(\.|\s*$)")  # a -X importtime line importing one of them

@@ -14,10 +14,9 @@ import time
 import urllib.error
 import urllib.request
 
-import lightning
 import pytest
 import torch
-from helpers import REPO, read_jsonl, run_cli
+from helpers import REPO, read_jsonl, run_cli, save_untrained
 
 from kslm.data.tokenizer import train_tokenizer
 from kslm.errors import DataError
@@ -37,10 +36,7 @@ def _craft(path, task, tok, labels=None, data=None):
     with torch.no_grad():  # away from the init so that the heads find spans and the LM says something
         for p in task.parameters():
             p.add_(torch.randn_like(p) * 0.5)
-    ckpt = {"state_dict": task.state_dict(), "pytorch-lightning_version": lightning.__version__, "epoch": 0,
-            "global_step": 0}
-    task.on_save_checkpoint(ckpt)
-    torch.save(ckpt, path)
+    save_untrained(task, path)
     return path
 
 

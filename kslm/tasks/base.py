@@ -158,6 +158,8 @@ class KslmTask(pl.LightningModule):
         ckpt = open_checkpoint(checkpoint_path)  # (which ran check_checkpoint)
         if ckpt.payload.task != cls.__name__:
             raise CheckpointError(f"{checkpoint_path}: a {ckpt.payload.task} checkpoint cannot be loaded into {cls.__name__}")
+        for lightning_only in ("weights_only", "strict", "hparams_file"):  # (Lightning's loader's: kslm's loading is
+            options.pop(lightning_only, None)  # always weights_only and strict, and the payload holds the settings)
         unknown = sorted(set(options) - set(cls.runtime_options))
         if unknown:
             raise ConfigError(f"{unknown[0]}: not a run-time option of {cls.__name__} (those are "
