@@ -11,9 +11,9 @@ come through the Hugging Face hub cache (`local_dir`), its weights from `from_pr
 (HF_HUB_OFFLINE=1) only what the cache holds is used, and a name it lacks is a one-line error.
 """
 
-import json
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 from torch import nn
@@ -94,6 +94,29 @@ def same_architecture(a: dict, b: dict) -> bool:
     return keep(a) == keep(b)
 
 
+def _model_type(folder: Path):
+    from kslm.io import JsonInputError, read_json
+
+    try:
+        config = read_json(folder / "config.json", 16 << 20)
+    except (OSError, UnicodeDecodeError, JsonInputError) as exc:
+        raise ConfigError(f"{folder}/config.json: unreadable ({str(exc).splitlines()[0][:200]}) (field 'model.hf_path')") \
+            from None
+    return config.get("model_type") if isinstance(config, dict) else None
+
+
+@contextmanager
+def _refused(path):
+    """transformers' refusals (a model type it does not know, remote code it will not run, a damaged file) as one
+    line: a model directory is data, and kslm never passes trust_remote_code=True."""
+    try:
+        yield
+    except (ValueError, OSError, KeyError, TypeError) as exc:
+        detail = " ".join(str(exc).split())[:240]
+        raise ConfigError(f"{path}: transformers cannot load this model without running code from it, or at all "
+                          f"({detail}) (field 'model.hf_path')") from None
+
+
 def config_dir(path) -> Path:
     """`local_dir`, which must hold a config.json."""
     p = local_dir(path)
@@ -129,7 +152,7 @@ class HFEncoder(nn.Module):
         tf = _transformers()
         from kslm.export.reader import is_export, read_export
 
-        if is_export(p) and json.loads((p / "config.json").read_text(encoding="utf-8")).get("model_type") == "kslm":
+        if is_export(p) and _model_type(p) == "kslm":
             # built like Backbone(cfg) (the same random draws as --model.pretrained, so the head's init is the same),
             # then the export's weights
             from kslm.export.modeling_kslm import KslmConfig, KslmModel
@@ -138,11 +161,13 @@ class HFEncoder(nn.Module):
             model = KslmModel(KslmConfig(backbone=payload.backbone))
             model.backbone.load_state_dict(state)
             return cls(model)
-        return cls(_without_pooler(tf.AutoModel.from_pretrained, str(path) if is_hub_name(path) else str(p)))
+        with _refused(path):
+            return cls(_without_pooler(tf.AutoModel.from_pretrained, str(path) if is_hub_name(path) else str(p)))
 
     @staticmethod
     def read_config(path) -> dict:
-        return _transformers().AutoConfig.from_pretrained(str(config_dir(path)), trust_remote_code=False).to_dict()
+        with _refused(path):
+            return _transformers().AutoConfig.from_pretrained(str(config_dir(path)), trust_remote_code=False).to_dict()
 
     @property
     def config_dict(self) -> dict:

@@ -296,3 +296,26 @@ def test_a_missing_relative_path_is_not_a_hub_id(home):
     (home / "checkpoints").mkdir()
     assert not is_hub_name("checkpoints/export") and not is_hub_name("./export") and not is_hub_name("../x/y")
     assert is_hub_name("bert-base-chinese") and is_hub_name("hfl/rbt3")
+
+
+def test_a_model_directory_with_remote_code_is_refused_without_running_it(home, capsys):
+    """A Hugging Face directory whose config maps to its own Python files: kslm passes trust_remote_code=False, so
+    transformers refuses it — one line, and the files never ran (they would create the sentinel)."""
+    folder = home / "hfdir"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "evilbert", "hidden_size": 8, "max_position_embeddings": 64,
+        "auto_map": {"AutoConfig": "configuration_evil.EvilConfig", "AutoModel": "modeling_evil.EvilModel",
+                     "AutoModelForCausalLM": "modeling_evil.EvilModel"}}))
+    for name in ("configuration_evil.py", "modeling_evil.py"):
+        (folder / name).write_text(f"open({str(home / 'SENTINEL')!r}, 'w').close()\n")
+    (folder / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n张\n三\n", encoding="utf-8")
+    (home / "q.jsonl").write_text('{"context": "张三", "question": "张"}\n', encoding="utf-8")
+    (home / "lab.jsonl").write_text(json.dumps({"text": "张三", "entities": [{"start": 0, "end": 2, "type": "PER"}]},
+                                               ensure_ascii=False) + "\n", encoding="utf-8")
+    for args in (["fit", "--config", str(REPO / "configs/ner/cluener-egp.yaml"), "--model.hf_path", str(folder),
+                  "--data.train_file", "lab.jsonl", "--data.val_file", "lab.jsonl", "--data.dev_split", "null"],
+                 ["predict", "--config", str(REPO / "configs/nbce/hf-llama.yaml"), "--model.hf_path", str(folder),
+                  "--data.predict_file", "q.jsonl"]):
+        one_error_line(*run_cli(args, capsys), str(folder))
+    _untouched(home)
