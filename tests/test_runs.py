@@ -9,6 +9,7 @@ NER fit E."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -187,3 +188,46 @@ def test_step_bar_counts_the_run_from_the_resumed_step():
     tq.close()
     assert isinstance(progress_bar(SimpleNamespace(isatty=lambda: True)), StepProgressBar)
     assert isinstance(progress_bar(SimpleNamespace(isatty=lambda: False)), LogProgress)
+
+
+def test_run_names_and_evaluation_folders(tmp_path):
+    from kslm.runs import eval_version, name_error
+
+    for good in ("gau", "weibo-egp", "cluener_egp.v2", "run+1"):
+        assert name_error(good) is None, good
+    for bad in ("", ".", "..", "../x", "a/b", "-x", ".hidden", "two words"):
+        assert name_error(bad) is not None and "--name" in name_error(bad), bad
+    first = eval_version(tmp_path, "validate")
+    assert re.fullmatch(r"validate-\d{8}-\d{6}", first)
+    (tmp_path / first).mkdir()
+    second = eval_version(tmp_path, "validate")  # within the same second: a suffix, never a version number
+    assert second != first and not second.startswith("version_")
+
+
+def test_a_new_run_removes_the_link_and_a_run_stopped_before_its_first_step_leaves_nothing(tmp_path):
+    from kslm.runs import discard_run, start_run
+
+    base = tmp_path / "checkpoints" / "gau"
+    (base / "version_0").mkdir(parents=True)
+    (base / "version_0" / "last.ckpt").write_bytes(b"run 0")
+    link = base / "last.ckpt"
+    link.symlink_to("version_0/last.ckpt")
+    old = start_run(link)
+    assert old == "version_0/last.ckpt" and not link.exists() and not link.is_symlink()
+    # run 1 wrote its startup files only, then stopped: its folders go, the link comes back
+    logs = tmp_path / "logs" / "gau" / "version_1"
+    logs.mkdir(parents=True)
+    (logs / "config.yaml").write_text("x")
+    (logs / "events.out.tfevents.1.host").write_bytes(b"")
+    (base / "version_1").mkdir()
+    assert discard_run(base / "version_1", logs, link, old)
+    assert not logs.exists() and not (base / "version_1").exists() and link.read_bytes() == b"run 0"
+    # a run that saved something keeps everything
+    (base / "version_2").mkdir()
+    (base / "version_2" / "last.ckpt").write_bytes(b"run 2")
+    assert not discard_run(base / "version_2", tmp_path / "logs" / "gau" / "version_2", link, None)
+    assert (base / "version_2" / "last.ckpt").exists()
+    # a file that is not a link (a kslm from before run folders) is not touched at the start
+    (base / "last.ckpt").unlink()
+    (base / "last.ckpt").write_bytes(b"old")
+    assert start_run(base / "last.ckpt") is None and (base / "last.ckpt").read_bytes() == b"old"
