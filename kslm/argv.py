@@ -18,8 +18,7 @@ ARCHITECTURE_OPTIONS = ("backbone", "head", "head_size", "types", "predicates", 
                         "aux_objective", "heat_mode")
 RESTORED_ON_RESUME = ("optim",)  # fit --ckpt_path restores the optimiser and its schedule exactly
 _MISSING = object()
-CONFIG_OPTIONS = ("-c", "--config", "--model", "--data", "--trainer", "--checkpoint", "--predictions", "--optimizer",
-                  "--lr_scheduler")  # options that take a config file
+CONFIG_OPTIONS = ("-c", "--config", "--model", "--data", "--trainer", "--checkpoint", "--predictions")  # take a file
 
 
 def _option(argv, *names) -> Optional[str]:
