@@ -128,3 +128,21 @@ def test_lightnings_optimizer_options_are_gone(workdir, capsys):
     for option in (["--optimizer", "Adam"], ["--lr_scheduler", "StepLR"], ["--optimizer.lr", "0.1"]):
         code, err = cli(["fit", "--config", GAU, *option], capsys)
         one_error_line(code, err, f"unknown option {option[0]}", "--model.optim")
+
+
+def test_validate_and_test_from_a_checkpoint_without_config(ckpts, workdir, capsys):
+    """validate / test take the task, settings and tokenizer from --ckpt_path, as predict does; the data files,
+    which a checkpoint does not hold, come from the command line (NER / RE wanted --data.train_file)."""
+    from helpers import CANONICAL, CLUENER
+
+    for task, data in (("ner", CLUENER), ("re", CANONICAL)):
+        code, err = cli(["validate", "--ckpt_path", str(ckpts[task]), "--data.val_file", str(data)], capsys)
+        assert code == 0 and re.search(r"^kslm: validate: val/loss [\d.]+ \| val/f1 \d+\.\d% ", err, re.M), err
+        code, err = cli(["test", "--ckpt_path", str(ckpts[task]), "--data.val_file", str(data)], capsys)
+        assert code == 0 and "kslm: note: no --data.test_file: kslm test evaluates the validation split" in err, err
+        assert re.search(r"^kslm: test: test/loss [\d.]+ \| test/f1 \d+\.\d% ", err, re.M), err
+        code, err = cli(["validate", "--ckpt_path", str(ckpts[task])], capsys)
+        one_error_line(code, err, "kslm validate needs labelled records: --data.val_file FILE", "data.val_file")
+    code, err = cli(["validate", "--ckpt_path", str(ckpts["lm"]), "--trainer.limit_val_batches", "1"], capsys)
+    assert code == 0 and "kslm: note: a checkpoint holds no data paths: without --config, kslm validate reads the " \
+                         "embedded corpus" in err, err

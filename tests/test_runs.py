@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import CLUENER, REPO, ner_args, scalars, tiny_args
+from helpers import CLUENER, REPO, ner_args, run_cli, scalars, tiny_args
 
 DRIVER = """
 import sys, json
@@ -270,3 +270,31 @@ def test_a_new_run_removes_the_link_and_a_run_stopped_before_its_first_step_leav
     (base / "last.ckpt").unlink()
     (base / "last.ckpt").write_bytes(b"old")
     assert start_run(base / "last.ckpt") is None and (base / "last.ckpt").read_bytes() == b"old"
+
+
+def test_last_never_names_the_previous_run_once_a_new_one_trains(small_corpus, workdir, capsys, monkeypatch):
+    """Fit A; fit B fails in its data setup (after the run started): no folders left, the link back on A, no number
+    taken; fit C: while it trains before its first checkpoint there is no link (A's would be resumed by
+    `--ckpt_path last`), then the link names C's."""
+    import kslm.interrupt
+
+    base = _default_folders(tiny_args(small_corpus, workdir, "--trainer.enable_progress_bar", "false"))
+    assert run_cli(["fit", *base, "--trainer.max_steps", "2"], capsys)[0] == 0
+    link = workdir / "checkpoints" / "transformer" / "last.ckpt"
+    assert os.readlink(link) == os.path.join("version_0", "last.ckpt")
+    code, err = run_cli(["fit", *base, "--data.batch_size", "100000"], capsys)  # not one training batch: setup fails
+    assert code == 2 and "kslm: fit transformer/version_1 (a new run)" in err and "data.batch_size" in err, err
+    assert os.readlink(link) == os.path.join("version_0", "last.ckpt")
+    assert sorted(p.name for p in link.parent.iterdir()) == ["last.ckpt", "version_0"]
+    assert sorted(p.name for p in (workdir / "logs" / "transformer").iterdir()) == ["version_0"]
+    seen = []
+
+    def requested(trainer):  # (asked after each batch or validation: no stop, the link's state recorded)
+        seen.append((trainer.global_step, link.is_symlink()))
+        return 0
+
+    monkeypatch.setattr(kslm.interrupt, "requested", requested)
+    code, err = run_cli(["fit", *base, "--trainer.max_steps", "3", "--trainer.val_check_interval", "2"], capsys)
+    assert code == 0 and "kslm: fit transformer/version_1 (a new run)" in err, err
+    assert seen == [(1, False), (2, True)], seen  # none at step 1; C's own after step 2's validation saved
+    assert os.readlink(link) == os.path.join("version_1", "last.ckpt")
