@@ -119,8 +119,9 @@ def _exit(exc: BaseException):
     from kslm.errors import KslmError
     from kslm.interrupt import Interrupted
 
-    if isinstance(exc, Interrupted):  # a fit stopped by Ctrl-C / SIGTERM after saving its checkpoint
-        print(f"kslm: {exc}", file=sys.stderr)
+    if isinstance(exc, Interrupted):  # a fit stopped by Ctrl-C / SIGTERM after saving its checkpoint (every rank)
+        if exc.rank == 0:
+            print(f"kslm: {exc}", file=sys.stderr)
         sys.exit(exc.code)
     if isinstance(exc, SystemExit):
         if _keyboard_interrupt(exc):  # Lightning's way out of a Ctrl-C (exit 1) is kslm's 130

@@ -1,6 +1,7 @@
 """The run a trainer verb starts, decided before any class is built (kslm.trainer_cli): its name (`--name`, default
 the config's stem), its folders (kslm.runs) and the first lines a fit prints about them; a new fit removes the
-previous run's `last.ckpt` link, and a fit stopped before its first training step is discarded (folders, link back).
+previous run's `last.ckpt` link once its data is read, and a fit stopped before its first training step is discarded
+(folders, link back).
 """
 
 import re
@@ -8,6 +9,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
+
+from lightning.pytorch.callbacks import Callback
 
 from kslm.errors import ConfigError
 from kslm.runs import discard_run, eval_version, name_error, next_version, resumed_version, start_run
@@ -20,7 +23,8 @@ class Run:
     ckpt_dir: Optional[Path] = None  # fit only
     link: Optional[Path] = None  # checkpoints/<name>/last.ckpt (fit in a run folder)
     resumed: bool = False  # a fit continuing its own run folder
-    fresh_link: Optional[str] = "unset"  # a new fit: the link's target before it started (None: there was none)
+    new: bool = False  # a fit starting a new run folder (its link is removed at its start)
+    old_link: Optional[str] = None  # the link's target before this run removed it
 
 
 def rank_zero() -> bool:
@@ -68,7 +72,7 @@ def plan(sub: str, cfg, name: str) -> Run:
         cfg.checkpoint.dirpath = str(base)
         return run
     version = resumed_version(cfg.get("ckpt_path"), base)
-    run.resumed = version is not None
+    run.resumed, run.new = version is not None, version is None
     if version is None:
         version = next_version(Path("logs") / name, base)
     run.version, run.ckpt_dir, run.link = version, base / f"version_{version}", base / "last.ckpt"
@@ -77,14 +81,35 @@ def plan(sub: str, cfg, name: str) -> Run:
     return run
 
 
+class RunStart(Callback):
+    """Calls `start` once the run's data is set up (fit: on_fit_start, before the sanity check and the first step;
+    validate / test: when they start), so that a mistake found while reading the data is still one line."""
+
+    def __init__(self, run: Run, sub: str, cfg):
+        self.run, self.sub, self.cfg, self.done = run, sub, cfg, False
+
+    def _start(self, trainer) -> None:
+        if not self.done and trainer.state.fn == self.sub:
+            self.done = True
+            start(self.run, self.sub, self.cfg)
+
+    def on_fit_start(self, trainer, pl_module):
+        self._start(trainer)
+
+    def on_validation_start(self, trainer, pl_module):
+        self._start(trainer)
+
+    def on_test_start(self, trainer, pl_module):
+        self._start(trainer)
+
+
 def start(run: Run, sub: str, cfg) -> None:
-    """Rank 0, once the options are known good (model, data and Trainer built) and before any data is read: a new fit
-    removes the previous run's link; fit says where its checkpoints and logs go, validate / test where their logs
-    go."""
+    """Rank 0, once the options are good and the data is read: a new fit removes the previous run's link; fit says
+    where its checkpoints and logs go, validate / test where their logs go."""
     if not rank_zero():
         return
-    if sub == "fit" and run.link is not None and not run.resumed:
-        run.fresh_link = start_run(run.link)
+    if sub == "fit" and run.new and run.link is not None:
+        run.old_link = start_run(run.link)
     logger = cfg.trainer.get("logger")
     default_logs = hasattr(logger, "get") and str(logger.get("class_path", "")).endswith("TensorBoardLogger") and \
         (logger.get("init_args") or {}).get("save_dir") == "logs"
@@ -104,11 +129,11 @@ def start(run: Run, sub: str, cfg) -> None:
 def discard_if_unstarted(run: Optional[Run], trainer) -> None:
     """A new fit stopped (error, Ctrl-C) before its first training step leaves nothing: no folders, so no number
     taken, and the link as it was. Rank 0."""
-    if run is None or run.fresh_link == "unset" or not rank_zero():
+    if run is None or not run.new or run.link is None or not rank_zero():
         return
     if trainer is not None and getattr(trainer, "global_step", 0) > 0:
         return
-    discard_run(run.ckpt_dir, Path("logs") / run.name / f"version_{run.version}", run.link, run.fresh_link)
+    discard_run(run.ckpt_dir, Path("logs") / run.name / f"version_{run.version}", run.link, run.old_link)
 
 
-__all__ = ["Run", "discard_if_unstarted", "plan", "rank_zero", "run_name", "start"]
+__all__ = ["Run", "RunStart", "discard_if_unstarted", "plan", "rank_zero", "run_name", "start"]

@@ -9,6 +9,7 @@ Outside the training loop (reading and tokenizing data, validate / test / predic
 once too. On several ranks the request is all-reduced at every step, so all ranks save the same step.
 """
 
+import os
 import signal
 import sys
 import threading
@@ -36,8 +37,9 @@ def _on_signal(signum, frame):
         raise Terminated(128 + signum)
     _STATE["signum"] = signum
     what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-    print(f"kslm: {what}: stopping after this step and saving a checkpoint (Ctrl-C again stops at once)",
-          file=sys.stderr, flush=True)
+    if all(os.environ.get(v, "0") == "0" for v in ("RANK", "LOCAL_RANK", "NODE_RANK")):  # (every rank gets it)
+        print(f"kslm: {what}: stopping after this step and saving a checkpoint (Ctrl-C again stops at once)",
+              file=sys.stderr, flush=True)
 
 
 def arm() -> None:

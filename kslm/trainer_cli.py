@@ -192,8 +192,8 @@ class KslmCLI(LightningCLI):
             trainer = super().instantiate_trainer(**kwargs)
         except (MisconfigurationException, ValueError, TypeError) as exc:
             raise lightning_option_error(exc, self.config[self.subcommand]) from None
-        if _RUN.get("run") is not None:  # (the options are good: say where the run goes)
-            cli_runs.start(_RUN["run"], self.subcommand, self.config[self.subcommand])
+        if _RUN.get("run") is not None:  # says where the run goes once its data is read (first among the callbacks)
+            trainer.callbacks.insert(0, cli_runs.RunStart(_RUN["run"], self.subcommand, self.config[self.subcommand]))
         return trainer
 
     def _connect(self):

@@ -147,3 +147,38 @@ def test_ctrl_c_outside_training_is_kslms_line_and_130(ckpts, workdir, capsys, m
     assert code == 130 and err.strip().splitlines()[-1] == "kslm: interrupted", err
     assert "attempting graceful shutdown" not in err and "Traceback" not in err
     assert signal.getsignal(signal.SIGINT) == before  # (Lightning left it ignored)
+
+
+def test_ctrl_c_to_rank_0_of_a_ddp_fit_stops_both_ranks_at_one_step(small_corpus, tmp_path):
+    """2 CPU ranks (gloo); SIGINT to rank 0 only: rank 1 learns it through the step's all-reduce, both save the same
+    step (the save is collective: ranks stopping at different steps would hang), one line, exit 130."""
+    import json
+    import time
+    from pathlib import Path
+
+    marker = tmp_path / "training"
+    callbacks = json.dumps([{"class_path": "ddp_sync_check.MarkWhenTraining", "init_args": {"path": str(marker)}}])
+    args = _run_folders(tiny_args(small_corpus, tmp_path, "--trainer.devices", "2", "--trainer.strategy", "ddp",
+                                  "--trainer.accelerator", "cpu", "--trainer.callbacks", callbacks,
+                                  "--trainer.limit_val_batches", "0", "--model.backbone.n_layers", "1", steps=100_000))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-m", "kslm.cli", "fit", *args], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 240
+        while not all(Path(f"{marker}.{r}").exists() for r in (0, 1)) and proc.poll() is None:
+            assert time.monotonic() < deadline, "the ranks did not start training"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)  # rank 0, the launcher
+        _, err = proc.communicate(timeout=120)  # (returns once rank 1, which shares the pipe, has ended too)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("kslm: interrupted")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    step = int(re.match(r"kslm: interrupted at step (\d+) — resume with --ckpt_path "
+                        r"checkpoints/transformer/last\.ckpt$", lines[0]).group(1))
+    assert _weights(tmp_path / "checkpoints" / "transformer" / "last.ckpt")["global_step"] == step >= 1

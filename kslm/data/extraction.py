@@ -172,7 +172,7 @@ class ExtractionDataModule(KslmDataModule):
         labels known to the model (the checkpoint's when connected, else the training data's), a gold label."""
         key = self.gold_keys[0]
         if is_blank(path):
-            raise DataError("no records", path=path, field=field)
+            raise DataError(f"no {'test' if field == 'data.test_file' else 'validation'} records", path=path, field=field)
         records = self._read_labelled(path)
         self.check_sizes(records, path)
         if self.labels is None:
