@@ -18,8 +18,7 @@ ARCHITECTURE_OPTIONS = ("backbone", "head", "head_size", "types", "predicates", 
                         "aux_objective", "heat_mode")
 RESTORED_ON_RESUME = ("optim",)  # fit --ckpt_path restores the optimiser and its schedule exactly
 _MISSING = object()
-CONFIG_OPTIONS = ("-c", "--config", "--model", "--data", "--trainer", "--checkpoint", "--predictions", "--optimizer",
-                  "--lr_scheduler")  # options that take a config file
+CONFIG_OPTIONS = ("-c", "--config", "--model", "--data", "--trainer", "--checkpoint", "--predictions")  # take a file
 
 
 def _option(argv, *names) -> Optional[str]:
@@ -46,8 +45,16 @@ def checkpoint_config_args(argv: list) -> list:
     if not ckpt or ckpt in LIGHTNING_CKPT_NAMES:
         return argv
     refuse_sharded(ckpt, argv[0], None)
-    model, data = read_payload(ckpt, "ckpt_path").predict_config()
+    payload = read_payload(ckpt, "ckpt_path")
+    model, data = payload.predict_config()
     given_data = any(a == "--data" or a.startswith("--data=") for a in rest)
+    corpus = ("--data.data_files", "--data.dataset") + (("--data.test_file",) if argv[0] == "test" else ())
+    if argv[0] != "predict" and payload.task == "LanguageModel" and not given_data and \
+            not any(a.split("=")[0] in corpus for a in rest):
+        import sys
+
+        print(f"kslm: note: a checkpoint holds no data paths: without --config, kslm {argv[0]} reads the embedded "
+              "corpus (give --data.data_files, or the training config)", file=sys.stderr)
     injected = ["--model", json.dumps(model)] + ([] if given_data else ["--data", json.dumps(data)])
     return [argv[0], *injected, *rest]
 

@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter, Callback, Learning
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
+from kslm import interrupt
 from kslm.io import write_jsonl
 from kslm.options import check_output_path
 
@@ -40,6 +41,8 @@ class KslmCheckpoint(ModelCheckpoint):
         self.latest_link = latest_link
         self._final_step = None  # the step whose last.ckpt was written at its final training batch
         self._rng = None  # the random state before an extra final validation (restored after it)
+        self._last_step = None  # the step of the latest last.ckpt this process wrote
+        self._ending = False  # the latest training batch was the run's last
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         with warnings.catch_warnings():
@@ -47,12 +50,56 @@ class KslmCheckpoint(ModelCheckpoint):
                 warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
             super().setup(trainer, pl_module, stage)
 
+    def on_train_start(self, trainer, pl_module):
+        super().on_train_start(trainer, pl_module)
+        interrupt.arm()  # Ctrl-C / SIGTERM now stop at a step boundary, with a checkpoint (kslm.interrupt)
+
+    def on_train_end(self, trainer, pl_module):
+        interrupt.disarm()
+        super().on_train_end(trainer, pl_module)
+
+    def on_exception(self, trainer, pl_module, exception):
+        interrupt.disarm()
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        interrupt.disarm()
+        super().teardown(trainer, pl_module, stage)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        self._final_batch(trainer)
+        if not self._validates_next(trainer):  # else a stop asked for now happens at the validation's end
+            self._stop_if_asked(trainer)
+
+    @staticmethod
+    def _validates_next(trainer) -> bool:
+        """Whether Lightning validates after this training batch (its own test)."""
+        loop = trainer.fit_loop
+        try:
+            return bool(loop.epoch_loop._should_check_val_fx(loop._data_fetcher))
+        except AttributeError:  # another Lightning: stop at this batch
+            return False
+
+    def _stop_if_asked(self, trainer) -> None:
+        """Ctrl-C / SIGTERM asked the fit to stop: last.ckpt of this step (unless written already), then Interrupted."""
+        signum = interrupt.requested(trainer)
+        if not signum or self._ending:  # (a run at its end finishes: its last.ckpt is written)
+            return
+        if self._last_step != trainer.global_step:
+            save_last, self.save_last = self.save_last, self.save_last or True
+            try:
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            finally:
+                self.save_last = save_last
+        raise interrupt.Interrupted(signum, trainer.global_step, self.latest_link or self.last_model_path,
+                                    trainer.global_rank)
+
+    def _final_batch(self, trainer) -> None:
         loop = trainer.fit_loop
         final = (0 <= trainer.max_steps <= trainer.global_step) or (
             loop.epoch_loop.batch_progress.is_last_batch and loop.max_epochs not in (None, -1)
             and trainer.current_epoch + 1 >= loop.max_epochs)
+        self._ending = final
         if self.save_last and final and trainer.global_step != self._last_global_step_saved:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
             self._final_step = trainer.global_step
@@ -88,6 +135,8 @@ class KslmCheckpoint(ModelCheckpoint):
             self._with_final_step(trainer, lambda: super(KslmCheckpoint, self).on_validation_end(trainer, pl_module))
         finally:
             self.save_last = save_last
+        if not extra and not trainer.sanity_checking and trainer.state.fn == "fit":
+            self._stop_if_asked(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module):  # the top-k of a run without validation saves here
         self._with_final_step(trainer, lambda: super(KslmCheckpoint, self).on_train_epoch_end(trainer, pl_module))
@@ -107,6 +156,8 @@ class KslmCheckpoint(ModelCheckpoint):
 
     def _save_last_checkpoint(self, trainer, monitor_candidates) -> None:  # every write of last.ckpt (or its link)
         super()._save_last_checkpoint(trainer, monitor_candidates)
+        if self.save_last:
+            self._last_step = trainer.global_step
         if self.latest_link and self.save_last and self.last_model_path and trainer.is_global_zero:
             from kslm.runs import point_link
 

@@ -1,248 +1,171 @@
-"""KslmCLI: the only entry point — `kslm fit|validate|test|predict --config configs/….yaml [--key value …]`."""
+"""The front door: `kslm VERB [options]`. One verb table (VERBS) names each verb, its one-line summary and the
+function that runs it, imported only when it runs: `kslm --help`, `kslm --version`, `kslm VERB --help` and a
+misspelt verb answer without importing torch or Lightning (the console script `kslm = kslm.cli:main`).
 
-import logging
-import os
+Exit codes, whatever the verb: a user mistake is one line `kslm: error: …` and 2; a DDP rank that lost another rank
+says so in one line and exits 1; Ctrl-C exits 130 and SIGTERM 143 (a fit saves a resumable checkpoint first).
+"""
+
+import importlib
 import re
 import signal
 import sys
-import traceback
-import warnings
-from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
-from jsonargparse import ArgumentError, Namespace
-from lightning.pytorch.callbacks import ModelSummary, ProgressBar
-from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-# kslm's tasks and data modules, imported so that jsonargparse knows them as subclasses of LightningModule /
-# LightningDataModule: short names work (`--model LanguageModel`, `--data.help NERDataModule`) and `--help` lists them
-import kslm.data.lm  # noqa: F401
-import kslm.data.nbce  # noqa: F401
-import kslm.data.ner  # noqa: F401
-import kslm.data.re  # noqa: F401
-import kslm.tasks.lm  # noqa: F401
-import kslm.tasks.nbce  # noqa: F401
-import kslm.tasks.ner  # noqa: F401
-import kslm.tasks.re  # noqa: F401
-from kslm.argv import (
-    LIGHTNING_CKPT_NAMES,
-    check_config_files,
-    check_nulls,
-    checkpoint_config_args,
-    checkpoint_model_config,
-    given_model_options,
-    nested_nulls,
-    refuse_sharded,
+class Verb(NamedTuple):
+    name: str
+    summary: str  # one line in `kslm --help`
+    entry: str  # "module:function", imported when the verb runs
+    trainer: bool = False  # a LightningCLI subcommand: the function takes the whole command line, verb included
+
+
+VERBS = (
+    Verb("fit", "train a model, or resume a run (--ckpt_path)", "kslm.trainer_cli:run", True),
+    Verb("validate", "evaluate a checkpoint on validation data", "kslm.trainer_cli:run", True),
+    Verb("test", "evaluate a checkpoint on a labelled test file", "kslm.trainer_cli:run", True),
+    Verb("predict", "predict with a checkpoint: entities, triples, LM generations, NBCE answers", "kslm.trainer_cli:run",
+         True),
+    Verb("score", "score a predictions file against gold records (P / R / F1 per label)", "kslm.score:main"),
+    Verb("export", "write a checkpoint as a Hugging Face directory", "kslm.export.cli:main"),
+    Verb("consolidate", "merge a sharded (fsdp2) checkpoint folder into one checkpoint file", "kslm.cli:consolidate_main"),
+    Verb("serve", "serve a model over HTTP (LitServe): POST /predict, GET /health, GET /info", "kslm.cli:serve_main"),
 )
-from kslm.callbacks import JsonlPredictionWriter, KslmCheckpoint, RunConfig, SharedLearningRate, TokenThroughput
-from kslm.checkpoint import check_restorable, consolidate, is_sharded, open_checkpoint, task_name
-from kslm.connect import connect
-from kslm.errors import CheckpointError, ConfigError, KslmError
-from kslm.io import Terminated, sigterm_raises
-from kslm.options import (
-    check_fit,
-    check_output_path,
-    check_seed,
-    check_subcommand,
-    check_trainer,
-    lightning_option_error,
-    named_option,
-)
-from kslm.progress import hide_adverts, progress_bar
-from kslm.runs import next_version, resumed_version
-from kslm.strategy import FSDP2Strategy
-from kslm.suggest import explain_parse_error
-
-_RUN: dict = {}  # the running command's subcommand and config (for the SIGTERM handler and error messages)
+BY_NAME = {v.name: v for v in VERBS}
+HELP_ALL = "--help-all"  # `kslm VERB --help-all`: Lightning's full option list
 
 
-class KslmCLI(LightningCLI):
-    def parse_arguments(self, parser, args):
-        """Parse; then, for a --ckpt_path, read kslm's payload (a one-line error for any unreadable file), refuse
-        another task's checkpoint and apply the checkpoint's task settings (its hyper-parameters: Lightning's own
-        copy is not written, kslm.checkpoint owns them)."""
-        argv = []
-        if isinstance(args, (dict, Namespace)):
-            super().parse_arguments(parser, args)
-        else:
-            argv = list(sys.argv[1:] if args is None else args)
-            check_config_files(argv)
-            argv_nulls, nulls = nested_nulls(checkpoint_config_args(argv))
-            try:
-                self.config = parser.parse_args(argv_nulls)
-            except ArgumentError as exc:  # a misspelt option, value or class: one line with the closest spelling
-                line = explain_parse_error(exc, parser, getattr(self, "_subcommand_parsers", {}), argv)
-                if line is None:
-                    raise
-                raise ConfigError(line) from None
-        sub = self.config.get("subcommand")
-        cfg = self.config[sub] if sub else None
-        if argv:
-            check_nulls(cfg, nulls)
-        if cfg is not None:
-            check_seed(cfg.get("seed_everything"))  # LightningCLI seeds right after parsing
-            if sub == "predict":  # before the checkpoint is read
-                check_output_path((cfg.get("predictions") or {}).get("path"))
-        ckpt = self._ckpt_file(cfg) if cfg is not None else None
-        if ckpt is None:
-            return
-        refuse_sharded(ckpt, sub, (cfg.get("trainer") or {}).get("strategy"))
-        opened = open_checkpoint(ckpt, "ckpt_path")
-        payload = opened.payload
-        configured = task_name((cfg.get("model") or {}).get("class_path", ""))
-        if configured != payload.task:
-            raise CheckpointError(f"{ckpt}: a {payload.task} checkpoint cannot be used with a {configured} config "
-                                  "(field 'ckpt_path')")
-        check_restorable(opened.raw, ckpt, resume=sub == "fit")
-        configured = (cfg.get("model") or {}).get("init_args") or Namespace()
-        model = checkpoint_model_config(payload, given_model_options(argv), configured, sub, ckpt)
-        self.config = parser.parse_object({sub: {"model": model}}, self.config)
+def top_help() -> str:
+    width = max(len(v.name) for v in VERBS) + 2
+    rows = "\n".join(f"  {v.name:<{width}}{v.summary}" for v in VERBS)
+    return f"""usage: kslm VERB [options]          kslm VERB --help: the verb's options
 
-    def _ckpt_file(self, cfg) -> Optional[str]:
-        """ckpt_path as a file: 'last' is this config's last.ckpt, if there is one."""
-        ckpt = cfg.get("ckpt_path")
-        if ckpt is None:
-            return None
-        if not str(ckpt).strip():
-            raise CheckpointError("--ckpt_path is empty: give a checkpoint file, or leave the option out "
-                                  "(field 'ckpt_path')")
-        if ckpt == "last":  # the latest run's last checkpoint: the link kslm.runs keeps, or an explicit dirpath's file
-            last = Path(cfg.checkpoint.get("latest_link") or Path(cfg.checkpoint.get("dirpath") or
-                                                                     Path("checkpoints") / self._config_name(cfg)) / "last.ckpt")
-            if last.is_file() or is_sharded(last):
-                return str(last)
-            if self.config.get("subcommand") != "fit":  # fit starts afresh; the others would use untrained weights
-                raise CheckpointError(f"{last}: checkpoint not found (--ckpt_path last: no last.ckpt in "
-                                      f"{last.parent}; give the checkpoint file) (field 'ckpt_path')")
-            return None
-        if ckpt == "best":  # Lightning knows the best checkpoint only within the process that trained
-            raise CheckpointError("--ckpt_path best names the best checkpoint of a fit in the same process; give the "
-                                  "checkpoint file (e.g. checkpoints/NAME/last.ckpt) (field 'ckpt_path')")
-        if ckpt in LIGHTNING_CKPT_NAMES:  # hpc, registry: SLURM's and Lightning's model registry, not kslm's
-            raise CheckpointError(f"--ckpt_path {ckpt}: kslm resumes from checkpoint files; give one (e.g. "
-                                  "checkpoints/NAME/last.ckpt, or last) (field 'ckpt_path')")
-        return str(ckpt)
+Su Jianlin's (kexue.fm) techniques as a PyTorch Lightning application.
 
-    def add_arguments_to_parser(self, parser):
-        parser.add_lightning_class_args(KslmCheckpoint, "checkpoint")
-        # dirpath null: the run's own folder checkpoints/<config>/version_N (before_instantiate_classes)
-        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.dirpath": None,
-                             "checkpoint.enable_version_counter": False})
-        if "PL_GLOBAL_SEED" not in os.environ:  # a config without seed_everything (predict from a checkpoint): seed 0,
-            parser.set_defaults({"seed_everything": 0})  # as Lightning's `true` gives, without its "No seed found"
-        parser.add_lightning_class_args(JsonlPredictionWriter, "predictions")
+verbs:
+{rows}
 
-    def _config_name(self, cfg) -> str:
-        configs = cfg.get("config") or []
-        return Path(str(configs[-1])).stem if configs else "default"
+options:
+  -h, --help   this list
+  --version    kslm's version (and torch's, Lightning's)
 
-    def before_instantiate_classes(self):
-        sub = self.subcommand
-        cfg = self.config[sub] if sub else self.config
-        _RUN.update(subcommand=sub, config=cfg)
-        self._check_options(sub, cfg)
-        hide_adverts()
-        name = self._config_name(cfg)
-        version = self._run_folder(sub, cfg, name)
-        if cfg.trainer.get("logger") in (None, True):  # predict logs nothing: no empty TensorBoard version
-            cfg.trainer.logger = False if sub == "predict" else {
-                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                "init_args": {"save_dir": "logs", "name": name, "version": version, "default_hp_metric": False}}
-        callbacks = list(cfg.trainer.get("callbacks") or [])
-        if sub == "fit":  # learning rate and tokens/s in TensorBoard, unless the config lists its own
-            for kinds, cls, args in ((("LearningRateMonitor", "LearningRate"), SharedLearningRate, {"logging_interval": "step"}),
-                                     (("TokenThroughput",), TokenThroughput, {})):
-                if not any(str(getattr(c, "class_path", "")).endswith(kinds) for c in callbacks):
-                    callbacks.append({"class_path": f"{cls.__module__}.{cls.__name__}", "init_args": args})
-            if cfg.trainer.get("enable_model_summary") is not False and not _listed(callbacks, ModelSummary):
-                callbacks.append({"class_path": "kslm.progress.ParameterSummary"})  # one line, no "Total FLOPs: 0"
-                cfg.trainer.enable_model_summary = False  # (else Lightning adds its table too)
-        cfg.trainer.callbacks = callbacks
-        if sub == "predict" and not (cfg.get("predictions") or {}).get("path"):
-            cfg.trainer.enable_progress_bar = False  # the JSONL goes to standard output: the bar would be mixed in
-        if cfg.trainer.get("enable_progress_bar") is not False and not _listed(callbacks, ProgressBar):
-            # chosen per run (a bar on a terminal, lines in a log), so kept out of the saved config.yaml
-            self.trainer_defaults["callbacks"] = [progress_bar()]
+Start with: kslm fit --config configs/lm/gau.yaml"""
 
-    def _run_folder(self, sub, cfg, name) -> Optional[int]:
-        """`kslm fit` without --checkpoint.dirpath: the run's checkpoints go to checkpoints/<config>/version_N beside
-        logs/<config>/version_N (kslm.runs), and checkpoints/<config>/last.ckpt links to its last.ckpt. N is new, or
-        the resumed run's own when --ckpt_path is a run's last.ckpt. Returns N (None: TensorBoard picks the version).
-        --ckpt_path last becomes the file it names, so that Lightning does not look for it in the new folder."""
-        if sub == "fit" and cfg.get("ckpt_path") == "last":
-            cfg.ckpt_path = self._ckpt_file(cfg)
-        if cfg.checkpoint.dirpath:
-            return None
-        base = Path("checkpoints") / name
-        if sub != "fit":
-            cfg.checkpoint.dirpath = str(base)
-            return None
-        version = resumed_version(cfg.get("ckpt_path"), base)
-        if version is None:
-            version = next_version(Path("logs") / name, base)
-        cfg.checkpoint.dirpath = str(base / f"version_{version}")
-        cfg.checkpoint.latest_link = str(base / "last.ckpt")
-        return version
 
-    def _check_options(self, sub, cfg):
-        """Option values and combinations, before any class is built or any data read (kslm.options)."""
-        ckpt = cfg.get("ckpt_path")
-        if sub == "predict" and ckpt == "last" and self._ckpt_file(cfg) is None:
-            last = Path(cfg.checkpoint.get("dirpath") or Path("checkpoints") / self._config_name(cfg)) / "last.ckpt"
-            raise ConfigError(f"ckpt_path last: there is no {last} to predict with")
-        check_subcommand(sub, cfg, bool(ckpt))
-        check_trainer(cfg.trainer, sub)
-        if sub == "fit":
-            check_fit(cfg, fresh=not ckpt)
-        if sub == "predict":
-            check_output_path((cfg.get("predictions") or {}).get("path"))
+def version_line() -> str:
+    """kslm's version, and the versions of what it runs on (from the installed metadata: nothing is imported)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    def instantiate_trainer(self, **kwargs):
-        """Lightning's Trainer; a value it refuses (one kslm.options does not check) becomes one line naming it."""
+    from kslm import __version__
+
+    deps = []
+    for name in ("torch", "lightning"):
         try:
-            return super().instantiate_trainer(**kwargs)
-        except (MisconfigurationException, ValueError, TypeError) as exc:
-            raise lightning_option_error(exc, self.config[self.subcommand]) from None
-
-    def _connect(self):
-        """Resolve tokenizer, labels and window once, and hand them to model and data (kslm.connect)."""
-        cfg = self.config[self.subcommand]
-        connect(self.model, self.datamodule, self._ckpt_file(cfg), self.subcommand)
-
-    before_fit = before_validate = before_test = before_predict = _connect
-
-    def after_fit(self):
-        """Under fsdp2: rank 0 consolidates the sharded last.ckpt into one checkpoint file beside it."""
-        trainer = self.trainer
-        if not isinstance(trainer.strategy, FSDP2Strategy):
-            return
-        trainer.strategy.barrier()
-        last = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
-        if trainer.global_rank == 0 and last and is_sharded(last):
-            out = consolidate(last)
-            print(f"kslm: consolidated the sharded {last} into {out}", file=sys.stderr)
-
-    def after_predict(self):
-        for cb in self.trainer.callbacks:
-            if isinstance(cb, JsonlPredictionWriter):
-                cb.finish(self.trainer)
+            deps.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            deps.append(f"{name} not installed")
+    return f"kslm {__version__} ({', '.join(deps)}, Python {sys.version.split()[0]})"
 
 
-def _listed(callbacks, base) -> bool:
-    """Whether the configured callbacks (class_path entries or instances) hold a subclass of `base`."""
-    import importlib
+def unknown_verb(word: str) -> str:
+    from difflib import get_close_matches
 
-    for c in callbacks:
-        if isinstance(c, base):
-            return True
-        module, _, cls = str(getattr(c, "class_path", "") or "").rpartition(".")
-        try:
-            if module and issubclass(getattr(importlib.import_module(module), cls), base):
-                return True
-        except (ImportError, AttributeError, TypeError):
-            continue
-    return False
+    names = [v.name for v in VERBS]
+    fix = get_close_matches(word, names, n=1, cutoff=0.6)
+    if word.startswith("-"):
+        return f"{word}: the verb comes first: kslm VERB [options] (one of {', '.join(names)}; kslm --help)"
+    return f"kslm {word}: no such command (one of {', '.join(names)}" + (f"; did you mean kslm {fix[0]}?)" if fix else ")")
+
+
+def _entry(verb: Verb):
+    module, _, function = verb.entry.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def main(args=None):
+    """`kslm …` (the console script). `args`: the command line without the program name (default sys.argv[1:]),
+    or a dict of a trainer verb's config (LightningCLI's dict form, verb under "subcommand")."""
+    argv = None if isinstance(args, dict) else list(sys.argv[1:] if args is None else args)
+    if argv is not None:
+        if not argv or argv[0] in ("-h", "--help"):
+            print(top_help())
+            return None
+        if argv[0] == "--version":
+            print(version_line())
+            return None
+        if argv[0] not in BY_NAME:
+            print(f"kslm: error: {unknown_verb(argv[0])}", file=sys.stderr)
+            sys.exit(2)
+    verb = BY_NAME[argv[0] if argv is not None else args.get("subcommand", "fit")]
+    if verb.trainer and argv is not None and any(a in ("-h", "--help") for a in argv[1:]):
+        from kslm.cli_help import verb_help
+
+        print(verb_help(verb.name))
+        return None
+    sigint = signal.getsignal(signal.SIGINT)
+    try:
+        if verb.trainer:
+            return _entry(verb)(args if argv is None else argv)
+        return _entry(verb)(argv[1:])
+    except BaseException as exc:  # noqa: B036 (every way out becomes its exit code and at most one line)
+        _exit(exc)
+    finally:  # Lightning ignores SIGINT once it has caught one; a later command in this process gets it back
+        if signal.getsignal(signal.SIGINT) != sigint:
+            signal.signal(signal.SIGINT, sigint)
+
+
+def _exit(exc: BaseException):
+    """How `exc` leaves kslm: its exit code and at most one line; a bug keeps its traceback (re-raised)."""
+    from kslm.errors import KslmError
+    from kslm.interrupt import Interrupted
+
+    if isinstance(exc, Interrupted):  # a fit stopped by Ctrl-C / SIGTERM after saving its checkpoint (every rank)
+        if exc.rank == 0:
+            print(f"kslm: {exc}", file=sys.stderr)
+        sys.exit(exc.code)
+    if isinstance(exc, SystemExit):
+        if _keyboard_interrupt(exc):  # Lightning's way out of a Ctrl-C (exit 1) is kslm's 130
+            print("kslm: interrupted", file=sys.stderr)
+            sys.exit(130)
+        raise exc
+    if isinstance(exc, KeyboardInterrupt):
+        print("kslm: interrupted", file=sys.stderr)
+        sys.exit(130)
+    if _sigterm(exc):
+        print("kslm: stopped by SIGTERM", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
+    if not isinstance(exc, Exception):
+        raise exc
+    cause, line = _kslm_cause(exc), _rank_failure_line(exc)
+    if line is not None:
+        print(f"kslm: error: {line}", file=sys.stderr)
+        sys.exit(1)
+    if cause is None and "kslm.trainer_cli" in sys.modules:
+        from kslm.trainer_cli import lightning_error_line
+
+        line = lightning_error_line(exc)
+        if line is not None:
+            print(f"kslm: error: {line}", file=sys.stderr)
+            sys.exit(2)
+    if cause is None or not isinstance(cause, KslmError):
+        raise exc
+    print(f"kslm: error: {_one_line(str(cause))}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _keyboard_interrupt(exc: SystemExit) -> bool:
+    """Lightning catches a KeyboardInterrupt inside Trainer.fit / validate / test / predict and exits with 1."""
+    context = exc.__context__
+    return exc.code == 1 and isinstance(context, KeyboardInterrupt)
+
+
+def _sigterm(exc: BaseException) -> bool:
+    from kslm.io import Terminated
+
+    if isinstance(exc, Terminated):
+        return True
+    lightning = sys.modules.get("lightning.pytorch.utilities.exceptions")
+    return lightning is not None and isinstance(exc, lightning.SIGTERMException)
 
 
 def _one_line(message: str) -> str:
@@ -251,6 +174,8 @@ def _one_line(message: str) -> str:
 
 def _kslm_cause(exc: BaseException):
     """The KslmError behind `exc`, if any (jsonargparse wraps errors raised while instantiating classes)."""
+    from kslm.errors import KslmError
+
     seen = set()
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, KslmError):
@@ -260,27 +185,14 @@ def _kslm_cause(exc: BaseException):
     return None
 
 
-def _parse_error_line(message: str) -> str:
-    """jsonargparse nests errors of subclass-mode arguments ('Parser key "model": … Parser key "backbone.norm":
-    Expected …'); keep the innermost complaint, under its full dotted key."""
-    message = _one_line(message)
-    if "arguments are required" in message and ".model" in message:
-        return message + " (give a config: kslm fit --config configs/lm/gau.yaml)"
-    keys = re.findall(r'Parser key "([^"]+)"', message)
-    last = message.rfind("Parser key")
-    if len(keys) < 2 or last < 0:
-        return message
-    detail = message[last:].split(":", 1)[1]
-    detail = re.split(r" - Expected a <class 'NoneType'>| Given value type:", detail)[0].strip()
-    return f"{'.'.join(keys)}: {detail}"
-
-
 def _rank_failure_line(exc: BaseException) -> Optional[str]:
     """A collective that failed because another DDP rank died (gloo / NCCL: connection closed, reset, timed out) →
     one line naming this rank and the lost one; None for any other error."""
+    if not isinstance(exc, RuntimeError) or "torch" not in sys.modules:
+        return None
     import torch.distributed as dist
 
-    if not (isinstance(exc, RuntimeError) and dist.is_available() and dist.is_initialized()):
+    if not (dist.is_available() and dist.is_initialized()):
         return None
     text = str(exc)
     if not (isinstance(exc, getattr(dist, "DistError", ())) or
@@ -294,21 +206,15 @@ def _rank_failure_line(exc: BaseException) -> Optional[str]:
             f"too ({_one_line(detail)[:200]})")
 
 
-def _lightning_cause(exc: BaseException, cfg):
-    """Lightning's refusal of an option value behind `exc`: a MisconfigurationException, or a ValueError /
-    TypeError raised inside Lightning whose message names a trainer / checkpoint option (e.g. val_check_interval
-    above the number of training batches, found only once training starts)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, MisconfigurationException):
-            return exc
-        if isinstance(exc, (ValueError, TypeError)) and exc.__traceback__ is not None:
-            frames = traceback.extract_tb(exc.__traceback__)
-            if frames and f"{os.sep}lightning{os.sep}" in frames[-1].filename and named_option(str(exc), cfg):
-                return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
+def serve_main(argv) -> None:
+    """`kslm serve …` (kslm.serve), or one line when the optional extra is missing."""
+    from kslm.errors import ConfigError
+
+    try:
+        from kslm.serve import main
+    except ImportError as exc:
+        raise ConfigError(f"kslm serve needs the optional extra: pip install 'kslm[serve]' ({exc})") from None
+    main(argv)
 
 
 def consolidate_main(argv) -> None:
@@ -319,80 +225,18 @@ def consolidate_main(argv) -> None:
     ap.add_argument("checkpoint", help="a sharded checkpoint folder (e.g. checkpoints/NAME/last.ckpt under fsdp2)")
     ap.add_argument("out", nargs="?", help="the file to write (default: CHECKPOINT's name with .consolidated.ckpt)")
     args = ap.parse_args(argv)
+    from kslm.checkpoint import consolidate
+
     print(f"kslm: wrote {consolidate(args.checkpoint, args.out)}", file=sys.stderr)
 
 
-def _parsing_safety() -> None:
-    """jsonargparse's import safety where this version has it: a `class_path` inside a value typed Any (e.g.
-    model.optim.options) stays a plain dict, never an instance (its import denylist of os, subprocess, … is on by
-    default). Configs still name classes: they are code (SECURITY.md); checkpoints never reach the parser with one."""
-    from jsonargparse import set_parsing_settings
-
-    try:
-        set_parsing_settings(instantiate_subclass_spec_in_any=False)
-    except TypeError:  # a jsonargparse before the setting existed
-        pass
+_LAZY = ("KslmCLI", "checkpoint_model_config", "given_model_options")
 
 
-def main(args=None):
-    """`kslm …`: a user mistake is one line `kslm: error: …` and exit code 2; a DDP rank that loses another rank
-    says so in one line and exits 1; SIGTERM / Ctrl-C stop with exit 143 / 130 and leave no temporary file."""
-    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)  # "Seed set to …" is noise
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # lightning's own deprecation noise on torch 2.13
-    _RUN.clear()
-    _parsing_safety()
-    argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else None
-    try:
-        if argv and argv[0] == "score":  # kslm's own verb: no Trainer
-            from kslm.score import main as score_main
-
-            return score_main(argv[1:])
-        if argv and argv[0] == "export":  # kslm's own verb: no Trainer
-            from kslm.export.cli import main as export_main
-
-            return export_main(argv[1:])
-        if argv and argv[0] == "consolidate":
-            return consolidate_main(argv[1:])
-        if argv and argv[0] == "serve":  # kslm's own verb: LitServe over kslm.inference, no Trainer
-            try:
-                from kslm.serve import main as serve_main
-            except ImportError as exc:
-                raise ConfigError(f"kslm serve needs the optional extra: pip install 'kslm[serve]' ({exc})") from None
-
-            return serve_main(argv[1:])
-        # SIGTERM stops kslm at once (writers clean up), except inside fit's training loop: Lightning's own handler
-        # (which calls this one too) stops there at the next batch boundary, so a checkpoint write is never cut
-        with sigterm_raises(defer_when_wrapped=lambda: _RUN.get("subcommand") == "fit"):
-            KslmCLI(
-                subclass_mode_model=True,
-                subclass_mode_data=True,
-                save_config_callback=RunConfig,
-                save_config_kwargs={"overwrite": True},
-                parser_kwargs={"exit_on_error": False, "allow_abbrev": False},
-                args=args,
-            )
-    except (SIGTERMException, Terminated):  # (SIGTERMException: Lightning stopped fit at a batch boundary)
-        print("kslm: stopped by SIGTERM", file=sys.stderr)
-        sys.exit(128 + signal.SIGTERM)
-    except KeyboardInterrupt:
-        print("kslm: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except Exception as exc:
-        cause, line = _kslm_cause(exc), _rank_failure_line(exc)
-        if line is not None:
-            print(f"kslm: error: {line}", file=sys.stderr)
-            sys.exit(1)
-        if cause is not None:
-            print(f"kslm: error: {_one_line(str(cause))}", file=sys.stderr)
-        elif isinstance(exc, ArgumentError):
-            print(f"kslm: error: {_parse_error_line(str(exc))}", file=sys.stderr)
-        elif _lightning_cause(exc, _RUN.get("config")) is not None:
-            cfg = _RUN.get("config")
-            print(f"kslm: error: {_one_line(str(lightning_option_error(_lightning_cause(exc, cfg), cfg)))}",
-                  file=sys.stderr)
-        else:
-            raise
-        sys.exit(2)
+def __getattr__(name):  # the LightningCLI side, for code that imported it from here: loaded on first use
+    if name in _LAZY:
+        return getattr(importlib.import_module("kslm.trainer_cli"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":

@@ -115,24 +115,11 @@ class _SetF1(Metric):
 
 
 def format_report(res: dict, title: str) -> str:
-    """A per-label table (seqeval's classification report): one row per label, then micro and macro averages and,
-    when present, the flat / nested breakdown."""
-    rows = [(label, m) for label, m in (res.get("per_label") or {}).items()]
-    width = max([len(str(label)) for label, _ in rows] + [len("nested"), 12])
-    line = "{:<%d}  {:>9}  {:>9}  {:>9}  {:>8}" % width
-    out = [title, line.format("", "precision", "recall", "f1", "support")]
+    """The per-label table (seqeval's classification report), as kslm.report prints it (rates in %, aligned for CJK
+    labels)."""
+    from kslm.report import format_report as table
 
-    def row(name, m, support=""):
-        return line.format(str(name), *(f"{float(m[k]):.4f}" for k in ("precision", "recall", "f1")), support)
-
-    out += [row(label, m, m["support"]) for label, m in rows]
-    total = sum(m["support"] for _, m in rows) if rows else ""
-    out.append(row("micro avg", res, total))
-    if rows:
-        out.append(row("macro avg", {k: res[f"macro_{k}"] for k in ("precision", "recall", "f1")}, total))
-    for cat, m in (res.get("per_category") or {}).items():
-        out.append(row(cat, m, m["support"]))
-    return "\n".join(out)
+    return table(res, title)
 
 
 def report_json(res: dict) -> dict:

@@ -7,6 +7,7 @@ config lists a progress bar of its own. Both are Lightning ProgressBar callbacks
 """
 
 import logging
+import os
 import sys
 import time
 from typing import Optional
@@ -15,6 +16,8 @@ from lightning.pytorch.callbacks import ModelSummary, ProgressBar, TQDMProgressB
 from lightning.pytorch.callbacks.progress.tqdm_progress import _update_n, convert_inf
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.model_summary import get_human_readable_count
+
+from kslm.report import metrics_line
 
 
 def progress_bar(stream=None) -> ProgressBar:
@@ -56,12 +59,14 @@ class LogProgress(ProgressBar):
 
         step 50/300 | loss 4.321 | lr 1.0e-03 | 2,345 tok/s | ETA 3m12s
         validation step 100: val/loss 5.104 | val/ppl 164.7
+        validation step 1000: val/loss 0.021 | val/f1 50.8% | val/macro_f1 47.3% | …   (rates in %)
 
     A line every `every_n_steps` optimizer steps (default: the Trainer's `log_every_n_steps`, Lightning's 50 or the
     config's) and at the last step: the mean train/loss over those steps, the learning rate, the tokens per second
     over those steps (validation time excluded; all ranks) and the time left at the run's pace so far. One line
     per validation during fit, with the validation's scalars (`val/name`; per-type ones such as `val/f1/PER` stay in
-    TensorBoard). Rank 0 prints; validate / test print their results table as usual."""
+    TensorBoard; precision, recall and F1 in %, kslm.report). Rank 0 prints; validate / test print one results line
+    (kslm.trainer_cli), after an extraction task's per-label table."""
 
     def __init__(self, every_n_steps: Optional[int] = None, stream=None):
         super().__init__()
@@ -132,10 +137,13 @@ class LogProgress(ProgressBar):
         self._val_seconds += time.monotonic() - self._val_started
         if not self.is_enabled or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
-                   if k.startswith("val/") and k.count("/") == 1 and getattr(v, "numel", lambda: 1)() == 1}
-        order = sorted(metrics, key=lambda k: (k != "val/loss", k))
-        self._print(f"validation step {trainer.global_step}: " + " | ".join(f"{k} {metrics[k]:.4g}" for k in order))
+        self._print(f"validation step {trainer.global_step}: {metrics_line(scalars(trainer, 'val'))}")
+
+
+def scalars(trainer, stage: str) -> dict:
+    """The stage's own scalar metrics (`val/loss`, `val/f1`; not the per-label `val/f1/PER`) as floats."""
+    return {k: float(v) for k, v in trainer.callback_metrics.items()
+            if k.startswith(f"{stage}/") and k.count("/") == 1 and getattr(v, "numel", lambda: 1)() == 1}
 
 
 def _duration(seconds: float) -> str:
@@ -159,17 +167,63 @@ class ParameterSummary(ModelSummary):
               file=sys.stderr)
 
 
+class _Stderr(logging.StreamHandler):
+    """A log handler writing to whatever sys.stderr is when a record comes (tests and tools swap it)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+class _InfoOnRankZero(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+        return record.levelno >= logging.WARNING or getattr(rank_zero_only, "rank", 0) == 0
+
+
+def plain_logs() -> None:
+    """kslm's own log lines on standard error as plain text (`LM data: tokenized … into … blocks`, `ner data: 9,748
+    train windows, …`; info on rank 0, warnings on every rank); and, when standard output is not a terminal (a log
+    file), no `\\r` progress bars from `datasets` (tokenizers draws none off a terminal)."""
+    log = logging.getLogger("kslm")
+    if not any(isinstance(h, _Stderr) for h in log.handlers):
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.addFilter(_InfoOnRankZero())
+        log.addHandler(handler)
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.INFO)
+    if not sys.stdout.isatty() and "HF_DATASETS_DISABLE_PROGRESS_BARS" not in os.environ:
+        if "datasets" in sys.modules:
+            sys.modules["datasets"].disable_progress_bars()
+        else:  # read when datasets is imported (kslm imports it only to read a corpus)
+            os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+
+
+_HIDDEN = ("💡 Tip:",  # an advert for Lightning's hosted services (litlogger, litmodels), on every Trainer
+           "\nDetected KeyboardInterrupt, attempting graceful shutdown")  # Ctrl-C: kslm says `kslm: interrupted`
+
+
 class _Advert(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip:")
+        return not str(record.msg).startswith(_HIDDEN)
 
 
 def hide_adverts() -> None:
-    """Lightning logs a tip for its hosted services (litlogger, litmodels) on every Trainer; kslm does not show it."""
+    """Lightning logs a tip for its hosted services (litlogger, litmodels) on every Trainer, and its own line for a
+    Ctrl-C; kslm shows neither."""
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _Advert) for f in logger.filters):
             logger.addFilter(_Advert())
 
 
-__all__ = ["LogProgress", "ParameterSummary", "StepProgressBar", "hide_adverts", "progress_bar"]
+__all__ = ["LogProgress", "ParameterSummary", "StepProgressBar", "hide_adverts", "plain_logs", "progress_bar", "scalars"]

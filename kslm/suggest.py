@@ -172,7 +172,13 @@ def unknown_option(key: str, keys: List[str], argv: List[str], help_hint: str) -
         found = where(key, argv)
         dash, place = "", f"{found}: " if found else ""
     hint = f"did you mean {dash}{fix}?" if fix else f"see {help_hint}"
+    if key.split(".")[0] in LIGHTNING_OPTIM:  # Lightning's own optimiser options, which kslm does not offer
+        hint = "kslm's optimiser and schedule are --model.optim: --model.optim.name adamw|amos|amos_adamw|eg_adamw, " \
+               "--model.optim.lr, --model.optim.schedule cosine|linear|constant"
     return f"{place}unknown option {dash}{key} ({hint})"
+
+
+LIGHTNING_OPTIM = ("optimizer", "lr_scheduler")
 
 
 def choices_of(typehint) -> List:

@@ -273,16 +273,17 @@ def test_run_stopped_from_outside_is_one_line(monkeypatch, capsys, exc, code, na
     import torch.distributed as dist
 
     import kslm.cli
+    import kslm.trainer_cli
 
     def stopped(**kwargs):
         raise exc
 
-    monkeypatch.setattr(kslm.cli, "KslmCLI", stopped)
+    monkeypatch.setattr(kslm.trainer_cli, "KslmCLI", stopped)  # (kslm fit runs it: kslm.cli is the front door)
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
     monkeypatch.setattr(dist, "get_rank", lambda *a: 1)
     monkeypatch.setattr(dist, "get_world_size", lambda *a: 2)
     with pytest.raises(SystemExit) as stop:
-        kslm.cli.main([])
+        kslm.cli.main(["fit"])
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("kslm:")]
     assert stop.value.code == code and len(lines) == 1 and "Traceback" not in err, err
@@ -293,11 +294,12 @@ def test_other_runtime_errors_are_not_taken_for_a_lost_rank(monkeypatch):
     import torch.distributed as dist
 
     import kslm.cli
+    import kslm.trainer_cli
 
     def broken(**kwargs):
         raise RuntimeError("shape mismatch")
 
-    monkeypatch.setattr(kslm.cli, "KslmCLI", broken)
+    monkeypatch.setattr(kslm.trainer_cli, "KslmCLI", broken)
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
     with pytest.raises(RuntimeError, match="shape mismatch"):  # a bug keeps its traceback
-        kslm.cli.main([])
+        kslm.cli.main(["fit"])

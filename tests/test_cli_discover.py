@@ -100,13 +100,14 @@ def test_a_misspelt_class_or_command(workdir, capsys):
                           "NERDataModule")
     code, err = cli(["fitt"], capsys)
     assert one_error_line(code, err) == \
-        "kslm: error: kslm fitt: no such command (one of fit, validate, test, predict; did you mean kslm fit?)"
+        "kslm: error: kslm fitt: no such command (one of fit, validate, test, predict, score, export, consolidate; " \
+        "did you mean kslm fit?)"
     code, err = cli(["fit", "--model.backbone.norm", "post"], capsys)  # no class yet: nothing to check it against
     assert one_error_line(code, err, "--model.backbone.norm: no model class given", "--model CLASS")
 
 
 def test_help_names_kslms_classes_and_short_names_work(workdir, capsys):
-    code, out, _ = cli(["fit", "--help"], capsys, stdout=True)
+    code, out, _ = cli(["fit", "--help-all"], capsys, stdout=True)  # (--help: kslm's short list, tests/test_front_door.py)
     assert code == 0
     listed = " ".join(out.split())  # the help wraps lines
     for name in ("kslm.tasks.lm.LanguageModel", "kslm.tasks.ner.EntityExtraction", "kslm.tasks.re.RelationExtraction",

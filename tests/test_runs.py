@@ -1,21 +1,23 @@
 """What a run leaves and prints: its own checkpoint folder beside its TensorBoard version (no run overwrites another's),
 the `last.ckpt` link to the latest run, the final validation in the top-k, progress lines in a log file, and none of
-Lightning's noise (issue 14).
+Lightning's noise (issue 14); the run's name and plain logs (issue 24).
 
-One subprocess (standard output and error into one file, as `kslm fit … > log 2>&1`) runs five commands in a fresh
-folder with the CLI's default folders: fit A (12 steps, validations at 6 and 12, monitor val/loss, top-1), fit B (a
-6-step re-run), fit C (`--ckpt_path last`: B resumed to step 9), predict D (from the link, no config) and a 2-step
-NER fit E."""
+One subprocess (standard output and error into one file, as `kslm fit … > log 2>&1`, its own empty kslm cache) runs
+seven commands in a fresh folder with the CLI's default folders: fit A (12 steps, validations at 6 and 12, monitor
+val/loss, top-1), fit B (a 6-step re-run), fit C (`--ckpt_path last`: B resumed to step 9), predict D (from the link,
+no config), a 2-step NER fit E named `ner-sample`, validate F (the link, no config) and validate G (E's checkpoint, no
+config, its validation file)."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import REPO, ner_args, scalars, tiny_args
+from helpers import CLUENER, REPO, ner_args, run_cli, scalars, tiny_args
 
 DRIVER = """
 import sys, json
@@ -56,11 +58,15 @@ def runs(small_corpus, tmp_path_factory):
                "--trainer.log_every_n_steps", "1", "--ckpt_path", "last"]),
         ("D", ["predict", "--ckpt_path", "checkpoints/transformer/last.ckpt", "--data.predict_file", "prompts.txt",
                "--model.max_new_tokens", "2", "--predictions.path", "out.jsonl"]),
-        ("E", ["fit", *_default_folders(ner_args(tmp, steps=2))]),  # an extraction task: its own metrics, no noise
+        ("E", ["fit", *_default_folders(ner_args(tmp, steps=2)), "--name", "ner-sample"]),  # an extraction task
+        ("F", ["validate", "--ckpt_path", "checkpoints/transformer/last.ckpt", "--data.data_files", str(small_corpus),
+               "--data.val_fraction", "0.05", "--trainer.limit_val_batches", "2"]),
+        ("G", ["validate", "--ckpt_path", "checkpoints/ner-sample/last.ckpt", "--data.val_file", str(CLUENER)]),
     ]
     (tmp / "commands.json").write_text(json.dumps(commands), encoding="utf-8")
     (tmp / "driver.py").write_text(DRIVER, encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+           "KSLM_CACHE": str(tmp / "cache")}  # a first run: the corpus is tokenized (datasets' progress, if any, shows)
     with open(tmp / "log", "w") as log:
         proc = subprocess.run([sys.executable, "-u", "driver.py", "commands.json"], cwd=tmp, env=env, stdout=log,
                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=600)
@@ -81,7 +87,9 @@ def _step(path):
 
 def test_each_run_has_its_own_folder_and_last_links_the_latest(runs):
     assert sorted(p.name for p in runs.ckpt.iterdir()) == ["last.ckpt", "version_0", "version_1"]
-    assert sorted(p.name for p in runs.logs.iterdir()) == ["version_0", "version_1"]  # the same N as the checkpoints
+    logs = sorted(p.name for p in runs.logs.iterdir())  # the same N as the checkpoints; validate F takes no number
+    assert [n for n in logs if n.startswith("version_")] == ["version_0", "version_1"]
+    assert len(logs) == 3 and re.fullmatch(r"validate-\d{8}-\d{6}", [n for n in logs if "validate" in n][0]), logs
     link = runs.ckpt / "last.ckpt"
     assert link.is_symlink() and os.readlink(link) == os.path.join("version_1", "last.ckpt")  # relative
     # A is untouched by B and C: its final checkpoint and its best stay, next to no one else's
@@ -129,8 +137,9 @@ def test_no_noise_and_the_intended_tensorboard_tags(runs):
     for noise in NOISE:
         assert noise not in runs.log, (noise, runs.log[-4000:])
     assert "parameters" in runs.out["A"] and "modules: " in runs.out["A"]  # the summary, in one line
-    # predict D logs nothing (it would make logs/default/version_0)
-    assert sorted(p.name for p in (runs.tmp / "logs").iterdir()) == ["cluener-egp", "transformer"]
+    # predict D logs nothing (it would make logs/default/version_0); E's name is its own, not the config's
+    assert sorted(p.name for p in (runs.tmp / "logs").iterdir()) == ["ner-sample", "transformer"]
+    assert sorted(p.name for p in (runs.tmp / "checkpoints").iterdir()) == ["ner-sample", "transformer"]
     tags = set(scalars(runs.logs / "version_0"))
     assert tags == {"lr-AdamW", "train/loss", "train/tokens_per_sec", "train/flops_per_sec", "val/loss", "val/ppl",
                     "epoch"}, tags
@@ -138,6 +147,37 @@ def test_no_noise_and_the_intended_tensorboard_tags(runs):
     for key in ("backbone:", "  d_model: 32", "optim:", "penalty:"):
         assert f"\n{key}" in hparams, hparams
     assert "_instantiator" not in hparams
+
+
+def test_a_fit_says_where_its_run_goes_and_logs_plain_lines(runs):
+    a = runs.out["A"]
+    assert ("kslm: fit transformer/version_0 (a new run): checkpoints in checkpoints/transformer/version_0/, "
+            "checkpoints/transformer/last.ckpt links to the latest") in a
+    assert "kslm: logs in logs/transformer/version_0/ (tensorboard --logdir logs)" in a
+    assert "kslm: fit transformer/version_1 (resumed in its folders)" in runs.out["C"]
+    assert "kslm: fit ner-sample/version_0 (a new run)" in runs.out["E"]
+    # kslm's own data lines (they were never shown), and no carriage return of a progress bar in the log file
+    assert re.search(r"^LM data: tokenized [\d.]+ MB of text in .* into \d+ blocks at ", a, re.M), a[:3000]
+    assert a.count("LM data: ") == 2, a[:3000]  # the tokenizing (once), then the train / val split
+    assert "LM data: reusing the token cache" in runs.out["B"]
+    assert re.search(r"^ner data: \d+ train windows, \d+ val records", runs.out["E"], re.M)
+    assert "\r" not in runs.log
+
+
+def test_validate_prints_one_results_table_in_the_readmes_units(runs):
+    f, g = runs.out["F"], runs.out["G"]
+    for out in (f, g):
+        assert "┏" not in out and "Validate metric" not in out, out  # Lightning's table is not printed too
+    assert "kslm: validate transformer: logs in logs/transformer/validate-" in f  # (the name from the path)
+    (line,) = [x for x in f.splitlines() if x.startswith("kslm: validate: ")]
+    assert re.fullmatch(r"kslm: validate: val/loss [\d.]+ \| val/ppl [\d.]+", line), line
+    # E's checkpoint without its config, on its validation file: the per-type table, then one line whose F1 (in %)
+    # is the one E's last validation printed
+    assert "kslm: val scores per entity type (precision, recall, F1 in %)" in g
+    (line,) = [x for x in g.splitlines() if x.startswith("kslm: validate: ")]
+    f1 = re.search(r" val/f1 (\d+\.\d%) ", line + " ").group(1)
+    (fit,) = [x for x in runs.out["E"].splitlines() if x.startswith("validation step 2:")]
+    assert f" val/f1 {f1} " in fit + " ", (line, fit)
 
 
 # --------------------------------------------------------------------------------------------- kslm.runs
@@ -187,3 +227,75 @@ def test_step_bar_counts_the_run_from_the_resumed_step():
     tq.close()
     assert isinstance(progress_bar(SimpleNamespace(isatty=lambda: True)), StepProgressBar)
     assert isinstance(progress_bar(SimpleNamespace(isatty=lambda: False)), LogProgress)
+
+
+def test_run_names_and_evaluation_folders(tmp_path):
+    from kslm.runs import eval_version, name_error
+
+    for good in ("gau", "weibo-egp", "cluener_egp.v2", "run+1"):
+        assert name_error(good) is None, good
+    for bad in ("", ".", "..", "../x", "a/b", "-x", ".hidden", "two words"):
+        assert name_error(bad) is not None and "--name" in name_error(bad), bad
+    first = eval_version(tmp_path, "validate")
+    assert re.fullmatch(r"validate-\d{8}-\d{6}", first)
+    (tmp_path / first).mkdir()
+    second = eval_version(tmp_path, "validate")  # within the same second: a suffix, never a version number
+    assert second != first and not second.startswith("version_")
+
+
+def test_a_new_run_removes_the_link_and_a_run_stopped_before_its_first_step_leaves_nothing(tmp_path):
+    from kslm.runs import discard_run, start_run
+
+    base = tmp_path / "checkpoints" / "gau"
+    (base / "version_0").mkdir(parents=True)
+    (base / "version_0" / "last.ckpt").write_bytes(b"run 0")
+    link = base / "last.ckpt"
+    link.symlink_to("version_0/last.ckpt")
+    old = start_run(link)
+    assert old == "version_0/last.ckpt" and not link.exists() and not link.is_symlink()
+    # run 1 wrote its startup files only, then stopped: its folders go, the link comes back
+    logs = tmp_path / "logs" / "gau" / "version_1"
+    logs.mkdir(parents=True)
+    (logs / "config.yaml").write_text("x")
+    (logs / "events.out.tfevents.1.host").write_bytes(b"")
+    (base / "version_1").mkdir()
+    assert discard_run(base / "version_1", logs, link, old)
+    assert not logs.exists() and not (base / "version_1").exists() and link.read_bytes() == b"run 0"
+    # a run that saved something keeps everything
+    (base / "version_2").mkdir()
+    (base / "version_2" / "last.ckpt").write_bytes(b"run 2")
+    assert not discard_run(base / "version_2", tmp_path / "logs" / "gau" / "version_2", link, None)
+    assert (base / "version_2" / "last.ckpt").exists()
+    # a file that is not a link (a kslm from before run folders) is not touched at the start
+    (base / "last.ckpt").unlink()
+    (base / "last.ckpt").write_bytes(b"old")
+    assert start_run(base / "last.ckpt") is None and (base / "last.ckpt").read_bytes() == b"old"
+
+
+def test_last_never_names_the_previous_run_once_a_new_one_trains(small_corpus, workdir, capsys, monkeypatch):
+    """Fit A; fit B fails in its data setup (its log folder made): one line, no folders left, the link still on A, no
+    number taken; fit C: while it trains before its first checkpoint there is no link (A's would be resumed by
+    `--ckpt_path last`), then the link names C's."""
+    import kslm.interrupt
+
+    base = _default_folders(tiny_args(small_corpus, workdir, "--trainer.enable_progress_bar", "false"))
+    assert run_cli(["fit", *base, "--trainer.max_steps", "2"], capsys)[0] == 0
+    link = workdir / "checkpoints" / "transformer" / "last.ckpt"
+    assert os.readlink(link) == os.path.join("version_0", "last.ckpt")
+    code, err = run_cli(["fit", *base, "--data.batch_size", "100000"], capsys)  # not one training batch: setup fails
+    lines = [line for line in err.splitlines() if line.startswith("kslm:")]  # (before the run's own lines)
+    assert code == 2 and len(lines) == 1 and "data.batch_size" in lines[0], err
+    assert os.readlink(link) == os.path.join("version_0", "last.ckpt")
+    assert sorted(p.name for p in link.parent.iterdir()) == ["last.ckpt", "version_0"]
+    assert sorted(p.name for p in (workdir / "logs" / "transformer").iterdir()) == ["version_0"]
+    seen = []
+
+    def requested(trainer):  # (asked after each batch or validation: no stop, the link's state recorded)
+        seen.append((trainer.global_step, link.is_symlink()))
+        return 0
+
+    monkeypatch.setattr(kslm.interrupt, "requested", requested)
+    code, err = run_cli(["fit", *base, "--trainer.max_steps", "3", "--trainer.val_check_interval", "2"], capsys)
+    assert code == 0 and "kslm: fit transformer/version_1 (a new run)" in err, err
+    assert seen == [(1, False), (2, True)], seen  # none at step 1; C's own after step 2's validation saved
+    assert os.readlink(link) == os.path.join("version_1", "last.ckpt")

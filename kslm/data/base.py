@@ -21,6 +21,14 @@ from kslm.data.sampler import ResumableSampler
 from kslm.errors import DataError
 
 
+def ignore_sigint(worker_id: int) -> None:
+    """A DataLoader worker's init: Ctrl-C at a terminal reaches the workers too, which would die with a
+    KeyboardInterrupt while kslm's fit finishes its step and saves (kslm.interrupt); the main process stops them."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("KSLM_CACHE", Path.home() / ".cache" / "kslm"))
 
@@ -95,7 +103,8 @@ class KslmDataModule(pl.LightningDataModule):
         self._sampler = sampler
         # a private generator: creating the iterator then draws nothing from the global RNG (dropout's)
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          collate_fn=collate_fn, drop_last=drop_last, generator=torch.Generator())
+                          collate_fn=collate_fn, drop_last=drop_last, generator=torch.Generator(),
+                          worker_init_fn=ignore_sigint if self.num_workers else None)
 
     # ------------------------------------------------------------ exact resume
     def state_dict(self):
@@ -118,4 +127,4 @@ class KslmDataModule(pl.LightningDataModule):
             self.trainer.fit_loop._combined_loader = None  # (Lightning's own test for "build the loader again")
 
 
-__all__ = ["KslmDataModule", "default_cache_dir"]
+__all__ = ["KslmDataModule", "default_cache_dir", "ignore_sigint"]

@@ -15,7 +15,7 @@ from typing import List, Literal, Optional
 import torch
 from torch.utils.data import DataLoader
 
-from kslm.data.base import KslmDataModule
+from kslm.data.base import KslmDataModule, ignore_sigint
 from kslm.data.formats import FORMATS, format_names, read_records_with_lines, read_texts_with_lines, sniff_format
 from kslm.data.formats.jsonl import record_text
 from kslm.data.tokenizer import check_vocab_size, special_ids, tokenizer_from_source, train_tokenizer
@@ -165,20 +165,26 @@ class ExtractionDataModule(KslmDataModule):
                             path=path, field="data.val_file")
 
     def _read_test(self) -> List[dict]:
-        """The records of data.test_file, checked like validation records (sizes, labels known to the model — the
-        checkpoint's when connected, else the training data's — and at least one gold label)."""
-        path, key = self.test_file, self.gold_keys[0]
+        return self._read_eval(self.test_file, "data.test_file")
+
+    def _read_eval(self, path, field: str) -> List[dict]:
+        """The records of a file evaluated on its own (data.test_file; data.val_file without data.train_file, as
+        `kslm validate|test --ckpt_path X` without --config reads it), checked like validation records: sizes,
+        labels known to the model (the checkpoint's when connected, else the training data's), a gold label."""
+        key = self.gold_keys[0]
         if is_blank(path):
-            raise DataError("no test records", path=path, field="data.test_file")
-        test = self._read_labelled(path)
-        self.check_sizes(test, path)
+            raise DataError(f"no {'test' if field == 'data.test_file' else 'validation'} records", path=path, field=field)
+        records = self._read_labelled(path)
+        self.check_sizes(records, path)
         if self.labels is None:
             self.labels = self.label_set()
-        self._check_known(test, self.labels, path, "data.test_file")
-        if not any(r.get(key) for r in test):
-            raise DataError(f"no gold {key} in the {len(test)} test records: F1 would be scored against nothing",
-                            path=path, field="data.test_file")
-        return test
+        self._check_known(records, self.labels, path, field)
+        if field == "data.val_file":
+            self._check_val(records)
+        elif not any(r.get(key) for r in records):
+            raise DataError(f"no gold {key} in the {len(records)} test records: F1 would be scored against nothing",
+                            path=path, field=field)
+        return records
 
     def _read(self):
         """(train, val) records, their labels checked against the connected ones (a checkpoint's, --model.<labels>)."""
@@ -247,6 +253,13 @@ class ExtractionDataModule(KslmDataModule):
                     return
                 self.predict_set = self.prediction_items(self._read_file(self.predict_file), self.predict_file)
             return
+        if stage == "validate" and not self.train_file:  # a checkpoint on a validation file, without --config
+            if not self.val_file:
+                raise DataError("kslm validate needs labelled records: --data.val_file FILE (or the training config's "
+                                "train/val files)", field="data.val_file")
+            if self.val_set is None:
+                self.val_set = self.encode(self._read_eval(self.val_file, "data.val_file"), self.val_file)
+            return
         if self.train_set is not None:
             return
         train, val = self._read()
@@ -264,13 +277,14 @@ class ExtractionDataModule(KslmDataModule):
             self.test_set = self.encode(self._read_test(), self.test_file)
             log.info("%s test data: %d records from %s", self.kind, len(self.test_set), self.test_file)
             return
-        if not self.train_file:
+        if not self.train_file and not self.val_file:
             raise DataError("kslm test needs labelled records: --data.test_file FILE (or the training config's "
                             "train/val files, to test on the validation split)", field="data.test_file")
         split = self.val_file or f"{self.train_file} --data.dev_split {getattr(self, 'dev_split', None)}"
         self.note(f"no --data.test_file: kslm test evaluates the validation split ({split}); its test/* numbers "
                   "are kslm validate's val/*")
-        self.test_set = self.encode(self._read()[1], self.val_file or self.train_file)
+        val = self._read()[1] if self.train_file else self._read_eval(self.val_file, "data.val_file")
+        self.test_set = self.encode(val, self.val_file or self.train_file)
 
     # ---------------------------------------------------------------- batches
     def collate_inputs(self, windows: List[dict]) -> dict:
@@ -309,7 +323,7 @@ class ExtractionDataModule(KslmDataModule):
 
     def val_dataloader(self):
         return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers,
-                          collate_fn=self.collate_records)
+                          collate_fn=self.collate_records, worker_init_fn=ignore_sigint if self.num_workers else None)
 
     def test_dataloader(self):
         return DataLoader(self.test_set, batch_size=self.batch_size, num_workers=self.num_workers,

@@ -17,7 +17,7 @@ from typing import List, Optional, Union
 
 from torch.utils.data import DataLoader
 
-from kslm.data.base import KslmDataModule, default_cache_dir
+from kslm.data.base import KslmDataModule, default_cache_dir, ignore_sigint
 from kslm.data.corpus import embedded_corpus_path
 from kslm.data.formats.jsonl import check_utf8_file, iter_jsonl, iter_lines, parse_json, read_text
 from kslm.data.token_cache import cache_key, packed_blocks, split_blocks
@@ -220,7 +220,13 @@ class LMDataModule(KslmDataModule):
 
     def prepare_data(self):
         if stage_needs_blocks(self.trainer):  # rank 0 fills the datasets caches; other ranks then read them
-            self._blocks(test=self._testing() and self.test_files is not None)
+            test = self._testing() and self.test_files is not None
+            self._prepared = (test, self._blocks(test=test))  # (setup takes them: one "LM data:" line, not two)
+
+    def _packed(self, test: bool = False):
+        """The blocks prepare_data made in this process, else `_blocks`."""
+        prepared, self._prepared = getattr(self, "_prepared", None), None
+        return prepared[1] if prepared is not None and prepared[0] == test else self._blocks(test=test)
 
     def setup(self, stage: Optional[str] = None):
         if stage == "predict":
@@ -228,7 +234,7 @@ class LMDataModule(KslmDataModule):
             return
         if stage == "test" and self.test_files is not None:
             if self.test_set is None:
-                self.test_set = self._blocks(test=True)
+                self.test_set = self._packed(test=True)
                 log.info("LM test data: %d blocks of %d tokens", len(self.test_set), self.seq_len)
             return
         if stage == "test":
@@ -236,7 +242,7 @@ class LMDataModule(KslmDataModule):
                       f"data.val_fraction {self.val_fraction} of the corpus); its test/* numbers are kslm validate's val/*")
         if self.train_set is not None:
             return
-        blocks = self._blocks()
+        blocks = self._packed()
         n_val = max(1, round(len(blocks) * self.val_fraction))
         train, val = split_blocks(blocks, n_val, self.seed)
         if len(train) < self.batch_size:  # drop_last: not one training batch, nothing would be trained
@@ -254,7 +260,7 @@ class LMDataModule(KslmDataModule):
         import torch
 
         return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers,
-                          generator=torch.Generator())
+                          generator=torch.Generator(), worker_init_fn=ignore_sigint if self.num_workers else None)
 
     def test_dataloader(self):
         import torch
