@@ -51,7 +51,8 @@ def test_help_version_and_a_misspelt_verb_import_neither_torch_nor_lightning(lig
     code, out, _ = light["--help"]
     assert code == 0 and light[""] == light["--help"]  # bare `kslm` prints the same list
     listed = [line.split()[0] for line in out.split("verbs:\n")[1].split("\n\n")[0].splitlines()]
-    assert listed == [v.name for v in VERBS] == ["fit", "validate", "test", "predict", "score", "export", "consolidate"]
+    assert listed == [v.name for v in VERBS] == ["fit", "validate", "test", "predict", "score", "export", "consolidate",
+                                                "serve"]
     for v in VERBS:
         assert f"  {v.name}" in out and v.summary in out
     code, out, _ = light["--version"]
