@@ -60,7 +60,7 @@ def test_help_version_and_a_misspelt_verb_import_neither_torch_nor_lightning(lig
     assert code == 0 and out.startswith(f"kslm {version} (torch ") and "lightning " in out
     code, _, err = light["exprot"]
     assert code == 2 and err.strip() == ("kslm: error: kslm exprot: no such command (one of fit, validate, test, "
-                                         "predict, score, export, consolidate; did you mean kslm export?)")
+                                         "predict, score, export, consolidate, serve; did you mean kslm export?)")
     code, _, err = light["--config"]
     assert code == 2 and err.startswith("kslm: error: --config: the verb comes first") and len(err.splitlines()) == 1
 
