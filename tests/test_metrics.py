@@ -238,3 +238,31 @@ def test_triple_f1_per_predicate():
     assert float(res["per_label"]["p"]["precision"]) == pytest.approx(0.5) and float(res["per_label"]["p"]["recall"]) == 1
     assert float(res["per_label"]["q"]["f1"]) == 0 and res["per_label"]["q"]["support"] == 1
     assert float(res["macro_f1"]) == pytest.approx((2 / 3 + 0) / 2)
+
+
+@pytest.mark.parametrize("metric, preds, gold", [
+    (SpanF1(labels=["A", "B", "C"]), [[(0, 1, "A"), (2, 3, "B")], [(4, 6, "B")]], [[(0, 1, "A")], [(5, 6, "A")]]),
+    (TripleF1(labels=["p", "q", "r"]), [[("a", "p", "b"), ("a", "q", "b")]], [[("a", "p", "b"), ("c", "p", "d")]]),
+])
+def test_macro_counts_labels_only_predicted_and_leaves_out_labels_in_neither(metric, preds, gold):
+    """The macro average is over the labels in gold OR predictions (seqeval's macro avg): a label only predicted
+    (B, q: never gold) scores 0 and pulls the average down; a label in neither (C, r) is left out."""
+    metric.update(preds, gold)
+    res = metric.compute()
+    labels = metric.labels
+    pos = 2 if isinstance(metric, SpanF1) else 1
+    counts = {label: [0, 0, 0] for label in labels}  # tp, predicted, gold by plain loops
+    for p, g in zip(preds, gold, strict=True):
+        for x in set(p) & set(g):
+            counts[x[pos]][0] += 1
+        for x in set(p):
+            counts[x[pos]][1] += 1
+        for x in set(g):
+            counts[x[pos]][2] += 1
+    seen = [label for label in labels if counts[label][1] or counts[label][2]]
+    only_predicted = [label for label in seen if not counts[label][2]]
+    assert len(seen) == 2 and len(only_predicted) == 1  # the case the average must not drop
+    for m in ("precision", "recall", "f1"):
+        want = sum(prf(*counts[label])[m] for label in seen) / len(seen)
+        assert float(res[f"macro_{m}"]) == pytest.approx(want, abs=1e-6), m
+    assert float(res["macro_f1"]) < max(prf(*counts[label])["f1"] for label in seen)  # the 0 counts
