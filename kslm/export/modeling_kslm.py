@@ -28,6 +28,7 @@ class KslmCache:
     """kslm's KV cache for generate: `layers` is the dict Backbone fills in place; `prefix` the prefix lengths."""
 
     is_linear = [False]
+    is_compileable = False  # (generate reads these of a cache it is given back, to continue a generation)
 
     def __init__(self):
         self.layers, self.prefix = {}, None

@@ -89,7 +89,7 @@ def plan(ckpt: dict, payload: Payload, source) -> dict:
     """What to write for this checkpoint (no file touched yet)."""
     from kslm.export.tokenizer_files import special_ids
 
-    ids = special_ids(payload.load_tokenizer())
+    ids = special_ids(payload.load_tokenizer(), payload.task)
     head = _tensors(ckpt, "head_module.") if payload.task != "LanguageModel" else None
     if payload.task != "LanguageModel" and not head:
         raise CheckpointError(f"{source}: a {payload.task} checkpoint without its head's weights")
@@ -205,9 +205,9 @@ def export(ckpt_path, out, overwrite: bool = False) -> dict:
         if p["remote"]:
             for name in REMOTE_FILES:
                 shutil.copyfile(HERE / name, tmp / name)
-        write_tokenizer(tmp, payload.tokenizer, payload.max_length)
+        write_tokenizer(tmp, payload.tokenizer, payload.max_length, payload.task)
         if p["causal"]:
-            ids = special_ids(payload.load_tokenizer())
+            ids = special_ids(payload.load_tokenizer(), payload.task)
             tf.GenerationConfig(do_sample=False, use_cache=True, eos_token_id=ids["eos_token_id"],
                                 pad_token_id=ids["pad_token_id"], bos_token_id=ids["bos_token_id"]).save_pretrained(str(tmp))
         (tmp / KSLM_JSON).write_text(json.dumps(rec, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
