@@ -13,7 +13,9 @@ Given the label set (`labels=[…]`: entity types, predicates), the same three c
 of fixed-size tensors, so they sync the same way) and `compute()` adds per-label P/R/F1 with their support (gold
 count) and the macro average (the unweighted mean over the labels that occur in gold or predictions, as seqeval's
 macro avg). SpanF1(nested=True) adds a flat / nested breakdown (CMeEE): an entity is nested when it contains, or
-lies inside, another entity of its own set (gold or predicted); a true positive counts under its gold category.
+lies inside, another entity of its own set (gold or predicted); a true positive counts under its gold category, as
+a gold and as a predicted item (so per-category precision never exceeds 1), a false positive under its category
+among the predictions.
 """
 
 from collections.abc import Hashable, Iterable, Sequence
@@ -87,7 +89,8 @@ class _SetF1(Metric):
             tp, n_pred, n_gold = tp + len(p & g), n_pred + len(p), n_gold + len(g)
             if self.labels or self.categories:
                 self._count(p & g, "tp", g)
-                self._count(p, "n_pred", p)
+                self._count(p & g, "n_pred", g)  # a hit is a predicted item of its gold category (so tp ≤ predicted)
+                self._count(p - g, "n_pred", p)
                 self._count(g, "n_gold", g)
         self.tp += tp
         self.n_pred += n_pred

@@ -191,9 +191,9 @@ def naive_report(preds, gold, labels):
         for x in p & g:
             counts[x[2]][0] += 1
             counts["nested" if nested(x, g) else "flat"][0] += 1
-        for x in p:
+        for x in p:  # a hit where gold places it, a false positive where the predictions do
             counts[x[2]][1] += 1
-            counts["nested" if nested(x, p) else "flat"][1] += 1
+            counts["nested" if nested(x, g if x in g else p) else "flat"][1] += 1
         for x in g:
             counts[x[2]][2] += 1
             counts["nested" if nested(x, g) else "flat"][2] += 1
@@ -266,3 +266,21 @@ def test_macro_counts_labels_only_predicted_and_leaves_out_labels_in_neither(met
         want = sum(prf(*counts[label])[m] for label in seen) / len(seen)
         assert float(res[f"macro_{m}"]) == pytest.approx(want, abs=1e-6), m
     assert float(res["macro_f1"]) < max(prf(*counts[label])["f1"] for label in seen)  # the 0 counts
+
+
+def test_nested_breakdown_of_a_hit_among_overlapping_predictions():
+    """A flat gold entity predicted exactly, among wrong predictions that overlap it (so it is nested among the
+    predictions): a hit of the flat category on both sides — flat P = 1/1, R = 1/1; the wrong spans are nested false
+    positives (P 0). Per-category precision never exceeds 1 (it was 1/0 → 1 here, and 6.0 on a real validation)."""
+    m = SpanF1(labels=["A"], nested=True)
+    m.update([[(0, 2, "A"), (0, 5, "A"), (1, 2, "A")]], [[(0, 2, "A")]])
+    cat = {c: {k: float(v[k]) for k in ("precision", "recall", "f1")} for c, v in m.compute()["per_category"].items()}
+    assert cat["flat"] == pytest.approx(prf(1, 1, 1)) and cat["nested"] == pytest.approx(prf(0, 2, 0))
+    rng = __import__("random").Random(0)
+    for _ in range(200):
+        gold = [[(s, s + rng.randint(0, 3), "A") for s in rng.sample(range(10), 3)]]
+        preds = [gold[0][:rng.randint(0, 3)] + [(s, s + rng.randint(0, 5), "A") for s in rng.sample(range(10), 4)]]
+        m = SpanF1(labels=["A"], nested=True)
+        m.update(preds, gold)
+        for v in m.compute()["per_category"].values():
+            assert 0 <= float(v["precision"]) <= 1 and 0 <= float(v["recall"]) <= 1 and 0 <= float(v["f1"]) <= 1
