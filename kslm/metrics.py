@@ -144,6 +144,41 @@ def report_json(res: dict) -> dict:
             for k, v in res.items()}
 
 
+METRICS_KEY = "kslm_metrics"  # a checkpoint's record of its run's latest validation (beside the payload)
+MAX_RECORDED = 1000  # metrics a record may hold (a checkpoint may come from a stranger)
+
+
+def last_validation(callback_metrics) -> dict:
+    """The validation metrics (`val/…`) among Lightning's logged values, as plain floats, sorted by name."""
+    out = {}
+    for name, value in callback_metrics.items():
+        if str(name).startswith("val/") and (not isinstance(value, torch.Tensor) or value.numel() == 1):
+            out[str(name)] = float(value)
+    return dict(sorted(out.items()))
+
+
+def metrics_record(value, source=None) -> Optional[dict]:
+    """A checkpoint's METRICS_KEY entry checked: {"step": int ≥ 0, "metrics": {name: float}} with at most
+    MAX_RECORDED names of printable characters; None when absent. With a `source`, a malformed one is a
+    CheckpointError naming it; without, it is ignored (None)."""
+    from kslm.errors import CheckpointError
+
+    if value is None:
+        return None
+    metrics = value.get("metrics") if isinstance(value, dict) else None
+    ok = (isinstance(value, dict) and set(value) == {"step", "metrics"} and isinstance(value["step"], int)
+          and not isinstance(value["step"], bool) and value["step"] >= 0 and isinstance(metrics, dict)
+          and len(metrics) <= MAX_RECORDED
+          and all(isinstance(k, str) and 0 < len(k) <= 200 and k.isprintable() for k in metrics)
+          and all(isinstance(v, float) for v in metrics.values()))
+    if ok:
+        return value
+    if source is None:
+        return None
+    raise CheckpointError(f"{source}: invalid {METRICS_KEY} entry (expected {{'step': int, 'metrics': {{name: float}}}} "
+                          f"with at most {MAX_RECORDED} printable names)")
+
+
 class SpanF1(_SetF1):
     """Exact-match span F1: items are (start, end, type); nested and overlapping spans are distinct items.
     `labels`: the entity types, for per-type and macro scores; `nested=True`: the flat / nested breakdown.

@@ -78,7 +78,9 @@ def read_export(path, field: str = "model.pretrained") -> Tuple[Payload, Dict[st
         state = weights
     if payload.backbone is not None:
         check_backbone(payload.backbone_config(), state, folder)  # before anything of the claimed size is built
-    return payload, state, _weights(folder, "head.safetensors", field)
+    head = {k[len("head_module."):]: v for k, v in weights.items() if k.startswith("head_module.")} \
+        if layout == "kslm" else {}
+    return payload, state, head or _weights(folder, "head.safetensors", field)  # (older exports: head.safetensors)
 
 
 def pretrained_payload(path, field: str = "model.pretrained") -> Payload:
