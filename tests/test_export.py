@@ -99,17 +99,29 @@ def test_logits_for_every_combination(tokenizer, tmp_path):
     padded batch (left and right padding)."""
     cases = [dict(block=b, norm=n, norm_type=t, attention=a, mask=["causal", "bidirectional", "prefix"][i % 3],
                   **TIES[i % 5]) for i, (b, n, t, a) in enumerate(BLOCKS)]
-    cases += [dict(activation=a, norm_type="rmsnorm") for a in ("squareplus", "relu", "silu")] + [dict(position="none")]
-    native = 0
+    cases += [dict(activation=a, norm_type="rmsnorm", norm="pre") for a in ("squareplus", "relu", "silu")]
+    cases += [dict(position="none", norm="pre", norm_type="rmsnorm")]
+    native = []
     for i, options in enumerate(cases):
         if options.get("block") == "rnn" and options["mask"] == "prefix":
             options["mask"] = "causal"
         ckpt, model = lm_checkpoint(tmp_path / f"{i}.ckpt", tokenizer, seed=i, **options)
         export(ckpt, tmp_path / f"out{i}")
         hf = load_hf(tmp_path / f"out{i}", model.backbone_config.mask, remote=i < 2)  # (the rest: kslm's own classes)
-        native += hf.config.model_type == "arcee"
+        assert (hf.config.model_type == "arcee") == arcee_exactly(model.backbone_config), options
+        native.append(hf.config.model_type == "arcee")
         assert_same_logits(model, hf, model.backbone_config.mask)
-    assert native >= 2  # Pre-LN RMSNorm softmax RoPE causal (relu, silu) went to ArceeForCausalLM
+    assert sum(native) == 3  # i = 3 of the grid (swap-tied), and the relu and silu FFNs: exports that went native
+
+
+def arcee_exactly(cfg) -> bool:
+    """What Arcee (Llama's attention and RMSNorm, a non-gated MLP, untied head) computes exactly: a Pre-Norm RMSNorm
+    softmax RoPE causal Transformer with a gelu / silu / relu FFN whose head is a plain matrix (untied, tied, rescaled
+    or swap-tied: a column permutation); never GAU, the RNN block, Post/DeepNorm, LayerNorm, other attentions,
+    masks or activations, an ortho head or no positions."""
+    return (cfg.block, cfg.norm, cfg.norm_type, cfg.attention, cfg.mask, cfg.position) == \
+        ("transformer", "pre", "rmsnorm", "softmax", "causal", "rope") and cfg.activation in ("gelu", "silu", "relu") \
+        and (not cfg.tie_embeddings or cfg.tied_init != "ortho")
 
 
 def test_native_export_is_arcee_without_remote_code(tokenizer, tmp_path, capsys):
