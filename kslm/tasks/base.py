@@ -18,17 +18,17 @@ from tokenizers import Tokenizer
 from kslm.checkpoint import TASK_CHECKS, Checkpoint, Payload, check_shapes, meta_shapes, open_checkpoint, payload_of, store
 from kslm.data.tokenizer import fingerprint
 from kslm.errors import CheckpointError, ConfigError
-from kslm.metrics import METRICS_KEY, last_validation, metrics_record
 from kslm.nn import Backbone, BackboneConfig
 from kslm.nn.attention import KERNELS
 from kslm.optim import OptimConfig, PenaltyConfig, build
 from kslm.optim.gradient_penalty import double_backward_attention, input_gradient_penalty, parameter_penalty_gradients
+from kslm.tasks.last_validation import LastValidation
 from kslm.tasks.random_state import every_rank, own_random_state, random_state, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
 
-class KslmTask(pl.LightningModule):
+class KslmTask(LastValidation, pl.LightningModule):
     """Base LightningModule: holds `self.backbone` (built lazily from the connected tokenizer) and the optimiser.
 
     Args:
@@ -83,7 +83,6 @@ class KslmTask(pl.LightningModule):
         self._payload: Optional[Payload] = None  # the checkpoint the weights will come from (--ckpt_path)
         self.data_settings: Dict[str, Any] = {}
         self._pending_rng: Optional[dict] = None  # {"cpu": state, "cuda": state?} of this rank
-        self._validated: Optional[dict] = None  # the last validation's metrics, for the checkpoint (METRICS_KEY)
         self._tokens_per_batch = None
 
     # ----------------------------------------------------------- connection
@@ -270,23 +269,11 @@ class KslmTask(pl.LightningModule):
         # line by LightningCLI (whatever the task) and needs the class importable to load
         checkpoint.pop("hyper_parameters", None)
         checkpoint.pop("hparams_name", None)
-        # the latest validation's metrics (Lightning keeps the logged values in callback_metrics until the next
-        # validation), beside the payload: `kslm export` puts them in the model card
-        if self._validated is not None and _attached(self):
-            self._validated["metrics"] = last_validation(self.trainer.callback_metrics) or self._validated["metrics"]
-        if self._validated is not None and self._validated["metrics"]:
-            checkpoint[METRICS_KEY] = {"step": self._validated["step"], "metrics": dict(self._validated["metrics"])}
-
-    def on_validation_start(self):
-        """The step the latest validation runs at (not the sanity check's), for the checkpoint's METRICS_KEY."""
-        if _attached(self) and not self.trainer.sanity_checking and self.trainer.state.fn == "fit":
-            self._validated = {"step": int(self.global_step), "metrics": {}}
+        self.save_validation(checkpoint)  # the run's latest validation metrics, for `kslm export`'s model card
 
     def on_load_checkpoint(self, checkpoint):
         payload = payload_of(checkpoint)
-        saved = metrics_record(checkpoint.get(METRICS_KEY))  # (a resumed run saving before it validates keeps them)
-        if saved is not None:
-            self._validated = {"step": saved["step"], "metrics": dict(saved["metrics"])}
+        self.load_validation(checkpoint)
         if payload.task != type(self).__name__:
             raise CheckpointError(f"a {payload.task} checkpoint cannot be loaded into {type(self).__name__}")
         tok = payload.load_tokenizer()
