@@ -13,7 +13,9 @@ Given the label set (`labels=[…]`: entity types, predicates), the same three c
 of fixed-size tensors, so they sync the same way) and `compute()` adds per-label P/R/F1 with their support (gold
 count) and the macro average (the unweighted mean over the labels that occur in gold or predictions, as seqeval's
 macro avg). SpanF1(nested=True) adds a flat / nested breakdown (CMeEE): an entity is nested when it contains, or
-lies inside, another entity of its own set (gold or predicted); a true positive counts under its gold category.
+lies inside, another entity of its own set (gold or predicted); a true positive counts under its gold category, as
+a gold and as a predicted item (so per-category precision never exceeds 1), a false positive under its category
+among the predictions.
 """
 
 from collections.abc import Hashable, Iterable, Sequence
@@ -87,7 +89,8 @@ class _SetF1(Metric):
             tp, n_pred, n_gold = tp + len(p & g), n_pred + len(p), n_gold + len(g)
             if self.labels or self.categories:
                 self._count(p & g, "tp", g)
-                self._count(p, "n_pred", p)
+                self._count(p & g, "n_pred", g)  # a hit is a predicted item of its gold category (so tp ≤ predicted)
+                self._count(p - g, "n_pred", p)
                 self._count(g, "n_gold", g)
         self.tp += tp
         self.n_pred += n_pred
@@ -126,6 +129,41 @@ def report_json(res: dict) -> dict:
     """compute()'s result with plain floats (for metrics.json)."""
     return {k: (report_json(v) if isinstance(v, dict) else float(v) if isinstance(v, torch.Tensor) else v)
             for k, v in res.items()}
+
+
+METRICS_KEY = "kslm_metrics"  # a checkpoint's record of its run's latest validation (beside the payload)
+MAX_RECORDED = 1000  # metrics a record may hold (a checkpoint may come from a stranger)
+
+
+def last_validation(callback_metrics) -> dict:
+    """The validation metrics (`val/…`) among Lightning's logged values, as plain floats, sorted by name."""
+    out = {}
+    for name, value in callback_metrics.items():
+        if str(name).startswith("val/") and (not isinstance(value, torch.Tensor) or value.numel() == 1):
+            out[str(name)] = float(value)
+    return dict(sorted(out.items()))
+
+
+def metrics_record(value, source=None) -> Optional[dict]:
+    """A checkpoint's METRICS_KEY entry checked: {"step": int ≥ 0, "metrics": {name: float}} with at most
+    MAX_RECORDED names of printable characters; None when absent. With a `source`, a malformed one is a
+    CheckpointError naming it; without, it is ignored (None)."""
+    from kslm.errors import CheckpointError
+
+    if value is None:
+        return None
+    metrics = value.get("metrics") if isinstance(value, dict) else None
+    ok = (isinstance(value, dict) and set(value) == {"step", "metrics"} and isinstance(value["step"], int)
+          and not isinstance(value["step"], bool) and value["step"] >= 0 and isinstance(metrics, dict)
+          and len(metrics) <= MAX_RECORDED
+          and all(isinstance(k, str) and 0 < len(k) <= 200 and k.isprintable() for k in metrics)
+          and all(isinstance(v, float) for v in metrics.values()))
+    if ok:
+        return value
+    if source is None:
+        return None
+    raise CheckpointError(f"{source}: invalid {METRICS_KEY} entry (expected {{'step': int, 'metrics': {{name: float}}}} "
+                          f"with at most {MAX_RECORDED} printable names)")
 
 
 class SpanF1(_SetF1):

@@ -19,9 +19,9 @@ from kslm.metrics import SpanF1, TripleF1, format_report, report_json
 def _gold(path: str, fmt: str, dev_split: Optional[str]) -> List[dict]:
     if not Path(path).is_file():
         raise DataError("file not found", path=path, field="--gold")
-    if dev_split:  # the records kslm validates on with --data.dev_split, numbered as NERDataModule numbers them
-        train, dev = (cluener_train_dev if dev_split == "cluener" else cmeee_train_dev)(path)
-        return [{**r, "line": len(train) + i + 1} for i, r in enumerate(dev)]
+    if dev_split:  # the records kslm validates on with --data.dev_split, numbered as `kslm predict` numbers the file
+        train, _ = (cluener_train_dev if dev_split == "cluener" else cmeee_train_dev)(path)
+        return read_records_with_lines(path, dev_split)[len(train):]  # (file lines: blank lines count, as predict's)
     return read_records_with_lines(path, fmt)
 
 

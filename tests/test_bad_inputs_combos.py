@@ -30,6 +30,7 @@ RUN_OPTIONS = [
     (["--trainer.num_nodes", "0"], "trainer.num_nodes"),
     (["--trainer.accumulate_grad_batches", "0"], "trainer.accumulate_grad_batches"),
     (["--trainer.val_check_interval", "0"], "trainer.val_check_interval"),
+    (["--trainer.val_check_interval", "0.0"], "trainer.val_check_interval"),  # a fraction 0: ZeroDivisionError later
     (["--trainer.val_check_interval", "1.5"], "trainer.val_check_interval"),
     (["--trainer.limit_val_batches", "-1"], "trainer.limit_val_batches"),
     (["--trainer.limit_train_batches", "0"], "trainer.limit_train_batches"),
@@ -49,6 +50,7 @@ RUN_OPTIONS = [
     (["--checkpoint.monitor", "val/bogus"], "checkpoint.monitor"),
     (["--seed_everything", "-1"], "seed_everything"),
     (["--seed_everything", str(2**40)], "seed_everything"),
+    (["--seed_everything", str(2**32)], "seed_everything"),  # the first seed numpy refuses (Lightning: 0, a warning)
 ]
 
 
@@ -56,6 +58,36 @@ RUN_OPTIONS = [
 def test_run_option(small_corpus, workdir, capsys, extra, names):
     one_error_line(*cli(["fit", *tiny_args(small_corpus, workdir, *extra)], capsys), names)
     assert not (workdir / "ckpt").exists()
+
+
+def test_seed_and_val_check_interval_bounds_are_exact():
+    """The seeds kslm accepts are those numpy's global RNG accepts (Lightning's seed_everything replaces any other by
+    0 with a warning); val_check_interval takes a fraction in (0, 1] or a count ≥ 1 — the smallest of each pass."""
+    import numpy as np
+
+    from kslm.errors import ConfigError
+    from kslm.options import check_seed, check_trainer
+
+    for seed in (0, 2**32 - 1, 2**32, -1):
+        try:
+            np.random.seed(seed)
+            numpy_ok = True
+        except ValueError:
+            numpy_ok = False
+        try:
+            check_seed(seed)
+            kslm_ok = True
+        except ConfigError:
+            kslm_ok = False
+        assert kslm_ok == numpy_ok, seed
+    for value, ok in ((1e-9, True), (1.0, True), (1, True), (0.0, False), (0, False), (-0.5, False), (1.0000001, False)):
+        try:
+            check_trainer({"val_check_interval": value})
+            passed = True
+        except ConfigError as exc:
+            passed = False
+            assert "trainer.val_check_interval" in str(exc)
+        assert passed == ok, value
 
 
 @pytest.mark.parametrize("accelerator", ["gpu", "cuda"])

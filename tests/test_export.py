@@ -99,17 +99,29 @@ def test_logits_for_every_combination(tokenizer, tmp_path):
     padded batch (left and right padding)."""
     cases = [dict(block=b, norm=n, norm_type=t, attention=a, mask=["causal", "bidirectional", "prefix"][i % 3],
                   **TIES[i % 5]) for i, (b, n, t, a) in enumerate(BLOCKS)]
-    cases += [dict(activation=a, norm_type="rmsnorm") for a in ("squareplus", "relu", "silu")] + [dict(position="none")]
-    native = 0
+    cases += [dict(activation=a, norm_type="rmsnorm", norm="pre") for a in ("squareplus", "relu", "silu")]
+    cases += [dict(position="none", norm="pre", norm_type="rmsnorm")]
+    native = []
     for i, options in enumerate(cases):
         if options.get("block") == "rnn" and options["mask"] == "prefix":
             options["mask"] = "causal"
         ckpt, model = lm_checkpoint(tmp_path / f"{i}.ckpt", tokenizer, seed=i, **options)
         export(ckpt, tmp_path / f"out{i}")
         hf = load_hf(tmp_path / f"out{i}", model.backbone_config.mask, remote=i < 2)  # (the rest: kslm's own classes)
-        native += hf.config.model_type == "arcee"
+        assert (hf.config.model_type == "arcee") == arcee_exactly(model.backbone_config), options
+        native.append(hf.config.model_type == "arcee")
         assert_same_logits(model, hf, model.backbone_config.mask)
-    assert native >= 2  # Pre-LN RMSNorm softmax RoPE causal (relu, silu) went to ArceeForCausalLM
+    assert sum(native) == 3  # i = 3 of the grid (swap-tied), and the relu and silu FFNs: exports that went native
+
+
+def arcee_exactly(cfg) -> bool:
+    """What Arcee (Llama's attention and RMSNorm, a non-gated MLP, untied head) computes exactly: a Pre-Norm RMSNorm
+    softmax RoPE causal Transformer with a gelu / silu / relu FFN whose head is a plain matrix (untied, tied, rescaled
+    or swap-tied: a column permutation); never GAU, the RNN block, Post/DeepNorm, LayerNorm, other attentions,
+    masks or activations, an ortho head or no positions."""
+    return (cfg.block, cfg.norm, cfg.norm_type, cfg.attention, cfg.mask, cfg.position) == \
+        ("transformer", "pre", "rmsnorm", "softmax", "causal", "rope") and cfg.activation in ("gelu", "silu", "relu") \
+        and (not cfg.tie_embeddings or cfg.tied_init != "ortho")
 
 
 def test_native_export_is_arcee_without_remote_code(tokenizer, tmp_path, capsys):
@@ -147,7 +159,8 @@ def test_greedy_generate_equals_kslm(tokenizer, tmp_path, options):
 
 
 def test_kslm_predict_cli_equals_generate(ckpts, tmp_path, monkeypatch, capsys):
-    """The session's trained gau checkpoint: `kslm predict` tokens == greedy generate of the export."""
+    """The session's trained gau checkpoint: `kslm predict` tokens == a plain `tokenizer(prompt)` + greedy `generate`
+    of the export (the exported tokenizer starts the document with </s> itself, as kslm predict does)."""
     from helpers import read_jsonl
     from transformers import AutoTokenizer
 
@@ -159,24 +172,36 @@ def test_kslm_predict_cli_equals_generate(ckpts, tmp_path, monkeypatch, capsys):
     export(ckpts["lm"], tmp_path / "out")
     hf = load_hf(tmp_path / "out", "causal")
     tok = AutoTokenizer.from_pretrained(str(tmp_path / "out"), trust_remote_code=True)
-    for rec in read_jsonl("p.jsonl"):
-        ids = torch.tensor([[EOS_ID] + tok(rec["prompt"])["input_ids"]])
-        out = hf.generate(ids, max_new_tokens=8, do_sample=False)[0, ids.shape[1]:].tolist()
+    records = read_jsonl("p.jsonl")
+    for rec in records:
+        enc = tok(rec["prompt"], return_tensors="pt")
+        assert enc.input_ids[0, 0] == EOS_ID
+        out = hf.generate(**enc, max_new_tokens=8)[0, enc.input_ids.shape[1]:].tolist()  # generation_config: greedy
         assert [t for t in out if t != EOS_ID][:len(rec["token_ids"])] == rec["token_ids"]
+        assert tok.decode(out[:len(rec["token_ids"])]) == rec["generation"]
+    assert all(len(rec["token_ids"]) == 8 for rec in records)  # nothing cut short: 8 tokens compared per prompt
 
 
 def test_autotokenizer_ids_and_offsets(tokenizer, tmp_path):
     from transformers import AutoTokenizer
+
+    from kslm.data.tokenizer import load_tokenizer
+    from kslm.export.reader import read_export
 
     ckpt, _ = lm_checkpoint(tmp_path / "t.ckpt", tokenizer, norm="pre", norm_type="rmsnorm")
     export(ckpt, tmp_path / "out")
     tok = AutoTokenizer.from_pretrained(str(tmp_path / "out"))
     for text in (TEXT, "naïve 狐狸 café", "unseen ☃ chars"):
         enc, ours = tok(text, return_offsets_mapping=True), tokenizer.encode(text)
-        assert enc["input_ids"] == ours.ids
-        assert [tuple(o) for o in enc["offset_mapping"]] == [tuple(o) for o in ours.offsets]
+        assert enc["input_ids"] == [EOS_ID] + ours.ids  # the document starts after </s>, as kslm's LM data has it
+        assert [tuple(o) for o in enc["offset_mapping"]] == [(0, 0)] + [tuple(o) for o in ours.offsets]
+        assert tok(text, add_special_tokens=False)["input_ids"] == ours.ids
         assert tok.decode(enc["input_ids"], skip_special_tokens=True) == tokenizer.decode(ours.ids)
-    assert (tok.eos_token_id, tok.pad_token_id, tok.mask_token_id) == (3, 0, 4)
+    assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, tok.mask_token_id) == (3, 3, 0, 4)
+    # kslm reads the export's tokenizer back as the checkpoint held it (no </s> of its own when encoding)
+    assert read_export(tmp_path / "out")[0].tokenizer == tokenizer.to_str()
+    assert load_tokenizer(str(tmp_path / "out")).to_str() == tokenizer.to_str()
+    assert load_tokenizer(str(tmp_path / "out" / "tokenizer.json")).encode("the fox").ids == tokenizer.encode("the fox").ids
 
 
 @pytest.mark.parametrize("options", [dict(block="gau", norm="post"), dict(norm="pre", norm_type="rmsnorm")])

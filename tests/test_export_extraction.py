@@ -28,7 +28,13 @@ def test_extraction_export_encoder_head_and_reimport(ckpts, tmp_path, task):
     export(ckpts[task], tmp_path / "out")
     rec = json.loads((tmp_path / "out" / "kslm.json").read_text())
     orig = Task.load_from_checkpoint(ckpts[task]).eval()
-    assert rec["labels"] == orig.labels and (tmp_path / "out" / "head.safetensors").is_file()
+    from safetensors.torch import load_file
+
+    assert rec["labels"] == orig.labels and not (tmp_path / "out" / "head.safetensors").exists()
+    stored = load_file(str(tmp_path / "out" / "model.safetensors"))  # the head beside the backbone, kslm's names
+    head = {k[len("head_module."):]: v for k, v in stored.items() if k.startswith("head_module.")}
+    assert head and all(torch.equal(v, orig.head_module.state_dict()[k]) for k, v in head.items())
+    assert set(head) == set(orig.head_module.state_dict())
     encoder = AutoModel.from_pretrained(str(tmp_path / "out"), trust_remote_code=True).eval()
     ids = torch.randint(5, orig.backbone_config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)

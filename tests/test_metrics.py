@@ -191,9 +191,9 @@ def naive_report(preds, gold, labels):
         for x in p & g:
             counts[x[2]][0] += 1
             counts["nested" if nested(x, g) else "flat"][0] += 1
-        for x in p:
+        for x in p:  # a hit where gold places it, a false positive where the predictions do
             counts[x[2]][1] += 1
-            counts["nested" if nested(x, p) else "flat"][1] += 1
+            counts["nested" if nested(x, g if x in g else p) else "flat"][1] += 1
         for x in g:
             counts[x[2]][2] += 1
             counts["nested" if nested(x, g) else "flat"][2] += 1
@@ -238,3 +238,49 @@ def test_triple_f1_per_predicate():
     assert float(res["per_label"]["p"]["precision"]) == pytest.approx(0.5) and float(res["per_label"]["p"]["recall"]) == 1
     assert float(res["per_label"]["q"]["f1"]) == 0 and res["per_label"]["q"]["support"] == 1
     assert float(res["macro_f1"]) == pytest.approx((2 / 3 + 0) / 2)
+
+
+@pytest.mark.parametrize("metric, preds, gold", [
+    (SpanF1(labels=["A", "B", "C"]), [[(0, 1, "A"), (2, 3, "B")], [(4, 6, "B")]], [[(0, 1, "A")], [(5, 6, "A")]]),
+    (TripleF1(labels=["p", "q", "r"]), [[("a", "p", "b"), ("a", "q", "b")]], [[("a", "p", "b"), ("c", "p", "d")]]),
+])
+def test_macro_counts_labels_only_predicted_and_leaves_out_labels_in_neither(metric, preds, gold):
+    """The macro average is over the labels in gold OR predictions (seqeval's macro avg): a label only predicted
+    (B, q: never gold) scores 0 and pulls the average down; a label in neither (C, r) is left out."""
+    metric.update(preds, gold)
+    res = metric.compute()
+    labels = metric.labels
+    pos = 2 if isinstance(metric, SpanF1) else 1
+    counts = {label: [0, 0, 0] for label in labels}  # tp, predicted, gold by plain loops
+    for p, g in zip(preds, gold, strict=True):
+        for x in set(p) & set(g):
+            counts[x[pos]][0] += 1
+        for x in set(p):
+            counts[x[pos]][1] += 1
+        for x in set(g):
+            counts[x[pos]][2] += 1
+    seen = [label for label in labels if counts[label][1] or counts[label][2]]
+    only_predicted = [label for label in seen if not counts[label][2]]
+    assert len(seen) == 2 and len(only_predicted) == 1  # the case the average must not drop
+    for m in ("precision", "recall", "f1"):
+        want = sum(prf(*counts[label])[m] for label in seen) / len(seen)
+        assert float(res[f"macro_{m}"]) == pytest.approx(want, abs=1e-6), m
+    assert float(res["macro_f1"]) < max(prf(*counts[label])["f1"] for label in seen)  # the 0 counts
+
+
+def test_nested_breakdown_of_a_hit_among_overlapping_predictions():
+    """A flat gold entity predicted exactly, among wrong predictions that overlap it (so it is nested among the
+    predictions): a hit of the flat category on both sides — flat P = 1/1, R = 1/1; the wrong spans are nested false
+    positives (P 0). Per-category precision never exceeds 1 (it was 1/0 → 1 here, and 6.0 on a real validation)."""
+    m = SpanF1(labels=["A"], nested=True)
+    m.update([[(0, 2, "A"), (0, 5, "A"), (1, 2, "A")]], [[(0, 2, "A")]])
+    cat = {c: {k: float(v[k]) for k in ("precision", "recall", "f1")} for c, v in m.compute()["per_category"].items()}
+    assert cat["flat"] == pytest.approx(prf(1, 1, 1)) and cat["nested"] == pytest.approx(prf(0, 2, 0))
+    rng = __import__("random").Random(0)
+    for _ in range(200):
+        gold = [[(s, s + rng.randint(0, 3), "A") for s in rng.sample(range(10), 3)]]
+        preds = [gold[0][:rng.randint(0, 3)] + [(s, s + rng.randint(0, 5), "A") for s in rng.sample(range(10), 4)]]
+        m = SpanF1(labels=["A"], nested=True)
+        m.update(preds, gold)
+        for v in m.compute()["per_category"].values():
+            assert 0 <= float(v["precision"]) <= 1 and 0 <= float(v["recall"]) <= 1 and 0 <= float(v["f1"]) <= 1

@@ -166,3 +166,36 @@ def test_sampler_order_is_distributed_samplers_without_a_list():
                 ref.set_epoch(2)
                 ours.set_epoch(2)
                 assert list(ours) == list(ref), (n, world, rank, shuffle)
+
+
+def _word_tokenizer(vocab_size):
+    """A word-level tokenizer of exactly `vocab_size` ids: kslm's 5 specials, then w5, w6, … (id = the number)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from kslm.data.tokenizer import SPECIAL_TOKENS
+
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+    vocab.update({f"w{i}": i for i in range(len(SPECIAL_TOKENS), vocab_size)})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return tok
+
+
+@pytest.mark.parametrize("vocab_size, dtype", [(2**16, "<u2"), (2**16 + 1, "<u4"), (70_000, "<u4")])
+def test_block_ids_above_uint16_survive_the_cache(tmp_path, vocab_size, dtype):
+    """uint16 holds ids 0 … 65,535, so a vocabulary of 65,536 ids is stored as uint16 and a larger one as uint32; the
+    largest ids (65,535 / 65,536 / 69,999) come back as written, against the documents' ids joined by a plain loop."""
+    from datasets import Dataset
+
+    from kslm.data.token_cache import packed_blocks
+    from kslm.data.tokenizer import EOS_ID
+
+    tok = _word_tokenizer(vocab_size)
+    top = vocab_size - 1
+    docs = [" ".join(f"w{i}" for i in ids) for ids in ([top, 5, top - 1, 6], [7, top, top - 2], [top] * 5, [8, 9, 10])]
+    blocks, reused = packed_blocks(lambda: Dataset.from_dict({"text": docs}), tok, "text", 4, tmp_path / "c", num_proc=1)
+    flat = [t for d in docs for t in [int(w[1:]) for w in d.split()] + [EOS_ID]]
+    want = [flat[i:i + 4] for i in range(0, len(flat) // 4 * 4, 4)]
+    assert not reused and _rows(blocks) == want and top in flat
+    assert json.loads((blocks.folder / META).read_text(encoding="utf-8"))["dtype"] == dtype
+    assert (blocks.folder / FILE).stat().st_size == len(want) * 4 * int(dtype[-1])

@@ -14,10 +14,16 @@ class KslmConfig(PretrainedConfig):
 
     model_type = "kslm"
 
-    def __init__(self, backbone=None, kslm_version=None, **kwargs):
+    def __init__(self, backbone=None, kslm_version=None, kslm_task=None, kslm_labels=None, kslm_head=None,
+                 kslm_windows=None, kslm_max_entities=None, **kwargs):
         backbone = dict(backbone or {})
         self.backbone = backbone
         self.kslm_version = kslm_version
+        # an NER / RE export's head (KslmForExtraction): the task, its labels (entity types
+        # or predicates), the head options, the windows kslm predicts over ({max_length, stride, batch_size}) and
+        # RE's cap on subjects / objects per window
+        self.kslm_task, self.kslm_labels, self.kslm_head = kslm_task, kslm_labels, kslm_head
+        self.kslm_windows, self.kslm_max_entities = kslm_windows, kslm_max_entities
         kwargs["tie_word_embeddings"] = False
         for key in ("vocab_size", "hidden_size", "num_hidden_layers", "max_position_embeddings", "is_decoder"):
             kwargs.pop(key, None)

@@ -7,6 +7,8 @@ A Pre-Norm RMSNorm softmax RoPE Transformer with kslm's plain FFN (fc2(φ(fc1 x)
       permutation, and the rotations then agree;
     - kslm's norm right after the embedding is a function of the token id alone, so it is folded into the input
       table: embed_tokens = Norm(E); lm_head = E (tied) or kslm's output matrix;
+    - the swap tying of kexue.fm/archives/9698 (the final feature's halves swapped before the tied matmul:
+      swap(h)·Eᵀ = h·E[:, π⁻¹]ᵀ, π the swap) is lm_head = E with its columns permuted — exact, and undone exactly;
     - eps, θ = 10000, head size and the activation (gelu, silu, relu: the same functions in torch and HF's ACT2FN).
 The candidate is chosen by the config, and kept only if the converted model's logits match kslm's (`verify`, fp32,
 ≤ 1e-5 on a padded probe batch); otherwise the export falls back to remote code. What the fold loses (E when untied,
@@ -28,7 +30,7 @@ def candidate(cfg: BackboneConfig) -> Optional[str]:
     """The native architecture this config should be, or None (remote code)."""
     if (cfg.block == "transformer" and cfg.norm == "pre" and cfg.norm_type == "rmsnorm" and cfg.attention == "softmax"
             and cfg.position == "rope" and cfg.mask == "causal" and cfg.activation in ARCEE_ACTIVATIONS
-            and (not cfg.tie_embeddings or cfg.tied_init in ("none", "rescaled"))):
+            and (not cfg.tie_embeddings or cfg.tied_init in ("none", "rescaled", "swap"))):
         return "ArceeForCausalLM"
     return None
 
@@ -36,6 +38,14 @@ def candidate(cfg: BackboneConfig) -> Optional[str]:
 def _halves(head_dim: int) -> torch.Tensor:
     """Row order that takes interleaved RoPE pairs to rotate-half layout: [0, 2, 4, …, 1, 3, 5, …]."""
     return torch.cat([torch.arange(0, head_dim, 2), torch.arange(1, head_dim, 2)])
+
+
+def _swap_order(cfg: BackboneConfig) -> Optional[torch.Tensor]:
+    """π of the swap tying (LMHead.transform: t = h[π]), or None when the head multiplies h itself."""
+    if not (cfg.tie_embeddings and cfg.tied_init == "swap"):
+        return None
+    half = cfg.d_model // 2
+    return torch.cat([torch.arange(half, cfg.d_model), torch.arange(0, half)])
 
 
 def _permute(w: torch.Tensor, n_heads: int, inverse: bool = False) -> torch.Tensor:
@@ -68,6 +78,9 @@ def to_arcee(cfg: BackboneConfig, state: Dict[str, torch.Tensor]) -> Tuple[dict,
     out = {"model.embed_tokens.weight": backbone.embed_norm(backbone.embed.weight.float()),
            "model.norm.weight": state["final_norm.weight"],
            "lm_head.weight": state["embed.weight"] if cfg.tie_embeddings else state["head.proj.weight"]}
+    swap = _swap_order(cfg)
+    if swap is not None:  # t·Eᵀ with t = h[π] is h·Wᵀ with W[:, π] = E
+        out["lm_head.weight"] = state["embed.weight"][:, torch.argsort(swap)]
     for i in range(cfg.n_layers):
         a, f, p = f"layers.{2 * i}.", f"layers.{2 * i + 1}.", f"model.layers.{i}."
         q, k, v = state[a + "sublayer.qkv.weight"].split(d)
@@ -86,7 +99,9 @@ def to_arcee(cfg: BackboneConfig, state: Dict[str, torch.Tensor]) -> Tuple[dict,
 def from_arcee(cfg: BackboneConfig, hf: Dict[str, torch.Tensor], extra: Dict[str, torch.Tensor]) -> dict:
     """The inverse of to_arcee: kslm's backbone state, exactly."""
     H = cfg.n_heads
-    state = {"embed.weight": extra["embed.weight"] if "embed.weight" in extra else hf["lm_head.weight"],
+    swap = _swap_order(cfg)
+    tied = hf["lm_head.weight"] if swap is None else hf["lm_head.weight"][:, swap]
+    state = {"embed.weight": extra["embed.weight"] if "embed.weight" in extra else tied,
              "embed_norm.weight": extra["embed_norm.weight"], "final_norm.weight": hf["model.norm.weight"]}
     if not cfg.tie_embeddings:
         state["head.proj.weight"] = hf["lm_head.weight"]

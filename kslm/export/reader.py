@@ -10,6 +10,7 @@ from tokenizers import Tokenizer
 
 from kslm.checkpoint import FORMAT_VERSION, Payload, check_backbone, load_backbone, read_payload
 from kslm.errors import CheckpointError
+from kslm.export.tokenizer_files import kslm_tokenizer_json
 from kslm.io import read_json
 from kslm.nn import BackboneConfig
 
@@ -39,8 +40,7 @@ def read_export(path, field: str = "model.pretrained") -> Tuple[Payload, Dict[st
     folder = Path(str(path))
     try:
         rec = read_json(folder / KSLM_JSON)
-        tokenizer = (folder / "tokenizer.json").read_text(encoding="utf-8")
-        Tokenizer.from_str(tokenizer)
+        tokenizer = kslm_tokenizer_json((folder / "tokenizer.json").read_text(encoding="utf-8"))  # (parses it)
         layout = rec.get("layout") if isinstance(rec, dict) else None
         hf_config = read_json(folder / "config.json") if layout == "hf_encoder" else None
     except Exception as exc:  # OSError, JSON errors (bounded: kslm.io.read_json), tokenizers' bare Exception
@@ -78,7 +78,9 @@ def read_export(path, field: str = "model.pretrained") -> Tuple[Payload, Dict[st
         state = weights
     if payload.backbone is not None:
         check_backbone(payload.backbone_config(), state, folder)  # before anything of the claimed size is built
-    return payload, state, _weights(folder, "head.safetensors", field)
+    head = {k[len("head_module."):]: v for k, v in weights.items() if k.startswith("head_module.")} \
+        if layout == "kslm" else {}
+    return payload, state, head or _weights(folder, "head.safetensors", field)  # (older exports: head.safetensors)
 
 
 def pretrained_payload(path, field: str = "model.pretrained") -> Payload:

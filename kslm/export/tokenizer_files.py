@@ -1,13 +1,24 @@
 """The tokenizer files of an export: kslm's tokenizers JSON as `tokenizer.json`, with `tokenizer_config.json` and
 `special_tokens_map.json`, so that `AutoTokenizer.from_pretrained(DIR)` (a PreTrainedTokenizerFast over the same
-JSON) gives kslm's ids and character offsets. kslm's tokenizers add no special tokens when encoding (the data
-modules place </s> and <s> … </s> themselves), and neither does the exported one."""
+JSON) gives kslm's ids and character offsets.
+
+kslm's own tokenizers add no special tokens when encoding: its data modules place them (an LM document starts after
+`</s>`; an extraction window is `<s> text </s>`). An export's tokenizer places them itself, with a post-processor
+(tokenizers' TemplateProcessing), so that a plain `tokenizer(text)` gives what kslm feeds the model:
+
+    LanguageModel              </s> text            (what `kslm predict` generates from)
+    EntityExtraction, RE       <s> text </s>        (one window, as `kslm predict` encodes a short text)
+
+Reading an export back (kslm.export.reader, kslm.data.tokenizer.load_tokenizer) removes exactly that post-processor
+(`kslm_tokenizer_json`), so kslm gets the JSON its checkpoint held, byte for byte. A tokenizer that has a
+post-processor of its own (a Hugging Face encoder's [CLS] … [SEP]) is written and read unchanged."""
 
 import json
 from pathlib import Path
 from typing import Dict, Optional
 
 from tokenizers import Tokenizer
+from tokenizers.processors import TemplateProcessing
 
 ROLES = {  # HF's name → (kslm's token, BERT's token)
     "pad_token": ("<pad>", "[PAD]"), "unk_token": ("<unk>", "[UNK]"), "bos_token": ("<s>", "[CLS]"),
@@ -16,30 +27,72 @@ ROLES = {  # HF's name → (kslm's token, BERT's token)
 }
 
 
-def special_tokens(tok: Tokenizer) -> Dict[str, str]:
-    """HF role → token, for the roles this tokenizer has (kslm's <pad> <unk> <s> </s> <mask>, or BERT's)."""
+def _templates(tok: Tokenizer):
+    """kslm's document templates for this tokenizer (kslm's <s> and </s>), or {} for another tokenizer."""
+    bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
+    if bos is None or eos is None:
+        return {}
+    return {"lm": TemplateProcessing(single="</s> $A", pair="</s> $A $B:1", special_tokens=[("</s>", eos)]),
+            "window": TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> $B:1 </s>:1",
+                                         special_tokens=[("<s>", bos), ("</s>", eos)])}
+
+
+def _post_processor_json(tok: Tokenizer, processor) -> object:
+    probe = Tokenizer.from_str(tok.to_str())
+    probe.post_processor = processor
+    return json.loads(probe.to_str())["post_processor"]
+
+
+def exported_tokenizer_json(tokenizer_json: str, task: str) -> str:
+    """tokenizer.json of an export of `task`: kslm's JSON with its document template as post-processor (a tokenizer
+    with a post-processor of its own, or without kslm's specials, is left as it is)."""
+    tok = Tokenizer.from_str(tokenizer_json)
+    templates = _templates(tok)
+    if tok.post_processor is not None or not templates:
+        return tokenizer_json
+    tok.post_processor = templates["lm" if task == "LanguageModel" else "window"]
+    return tok.to_str()
+
+
+def kslm_tokenizer_json(text: str) -> str:
+    """The tokenizer JSON kslm stored, from an export's tokenizer.json: kslm's document template removed when it is
+    exactly one of kslm's (anything else is left as it is)."""
+    tok = Tokenizer.from_str(text)
+    if tok.post_processor is None:
+        return text
+    ours = json.loads(text).get("post_processor")
+    if any(ours == _post_processor_json(tok, p) for p in _templates(tok).values()):
+        tok.post_processor = None
+        return tok.to_str()
+    return text
+
+
+def special_tokens(tok: Tokenizer, task: Optional[str] = None) -> Dict[str, str]:
+    """HF role → token, for the roles this tokenizer has (kslm's <pad> <unk> <s> </s> <mask>, or BERT's). A kslm LM
+    starts documents with </s>, so that is its bos_token (as GPT-2's <|endoftext|> is both)."""
     out = {}
     for role, names in ROLES.items():
         for name in names:
             if tok.token_to_id(name) is not None:
                 out[role] = name
                 break
+    if task == "LanguageModel" and tok.token_to_id("</s>") is not None and "lm" in _templates(tok):
+        out["bos_token"] = "</s>"
     return out
 
 
-def special_ids(tok: Tokenizer) -> Dict[str, Optional[int]]:
+def special_ids(tok: Tokenizer, task: Optional[str] = None) -> Dict[str, Optional[int]]:
     """bos / eos / pad ids for config.json and generation_config.json."""
-    specials = special_tokens(tok)
+    specials = special_tokens(tok, task)
     return {f"{role}_id": tok.token_to_id(specials[role]) if role in specials else None
             for role in ("bos_token", "eos_token", "pad_token")}
 
 
-def write_tokenizer(folder: Path, tokenizer_json: str, max_length: Optional[int]) -> None:
+def write_tokenizer(folder: Path, tokenizer_json: str, max_length: Optional[int], task: str) -> None:
     tok = Tokenizer.from_str(tokenizer_json)
-    specials = special_tokens(tok)
-    (folder / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
-              "add_bos_token": False, "add_eos_token": False, **specials}
+    specials = special_tokens(tok, task)
+    (folder / "tokenizer.json").write_text(exported_tokenizer_json(tokenizer_json, task), encoding="utf-8")
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False, **specials}
     if max_length:
         config["model_max_length"] = int(max_length)
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -47,4 +100,4 @@ def write_tokenizer(folder: Path, tokenizer_json: str, max_length: Optional[int]
                                                     encoding="utf-8")
 
 
-__all__ = ["write_tokenizer", "special_tokens", "special_ids"]
+__all__ = ["write_tokenizer", "special_tokens", "special_ids", "exported_tokenizer_json", "kslm_tokenizer_json"]

@@ -5,7 +5,10 @@ What goes where:
     LM, a config some HF architecture is exactly (kslm.export.native)  → that architecture, no remote code
     LM, anything else                                                 → KslmForCausalLM / KslmForMaskedLM (remote code:
                                                                         modeling_kslm.py + configuration_kslm.py, auto_map)
-    NER / RE over a kslm backbone                                      → KslmModel (AutoModel, remote code) + head.safetensors
+    NER / RE over a kslm backbone                                      → KslmForExtraction
+                                                                        (AutoModelForTokenClassification, remote code;
+                                                                        AutoModel: the encoder alone), head weights in
+                                                                        model.safetensors
     NER / RE over a Hugging Face encoder                               → that encoder's own config + head.safetensors
 `kslm.json` is kslm's own record (task, backbone config, labels, head options, settings, how the weights are laid
 out); kslm.export.reader reads the directory back (`--model.pretrained DIR`, NBCE, `--model.hf_path DIR`).
@@ -13,6 +16,7 @@ Weights are safetensors only; kslm's tied head keeps one matrix (no duplicate te
 """
 
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Dict
@@ -23,13 +27,15 @@ import kslm
 from kslm.checkpoint import Payload, check_backbone, open_checkpoint
 from kslm.errors import CheckpointError, ConfigError
 from kslm.io import atomic_dir
+from kslm.metrics import METRICS_KEY, metrics_record
 from kslm.nn import BackboneConfig
 
 HERE = Path(__file__).parent
 REMOTE_FILES = ("modeling_kslm.py", "configuration_kslm.py")
 KSLM_JSON = "kslm.json"
 EXTRA_WEIGHTS = "kslm_embedding.safetensors"  # what a native export's folded embedding loses
-HEAD_WEIGHTS = "head.safetensors"
+HEAD_WEIGHTS = "head.safetensors"  # the head of an NER / RE export over a Hugging Face encoder (its own architecture)
+MAX_ENTITIES = 32  # RelationExtraction's default max_entities (a run-time option: not in the checkpoint)
 FORMAT = 1
 
 
@@ -76,29 +82,41 @@ def _lm_files(cfg: BackboneConfig, state: dict, ids: dict) -> dict:
             "extra": None, "architecture": cls, "remote": True}
 
 
-def _kslm_config(cfg: BackboneConfig, cls: str, auto: str, ids: dict):
+def _kslm_config(cfg: BackboneConfig, cls: str, auto: str, ids: dict, **extra):
     from kslm.export.configuration_kslm import KslmConfig
 
     auto_map = {"AutoConfig": "configuration_kslm.KslmConfig", "AutoModel": "modeling_kslm.KslmModel",
                 auto: f"modeling_kslm.{cls}"}
     return KslmConfig(backbone=cfg.to_dict(), kslm_version=kslm.__version__, architectures=[cls], auto_map=auto_map,
-                      **{k: v for k, v in ids.items() if v is not None})
+                      **extra, **{k: v for k, v in ids.items() if v is not None})
+
+
+def _extraction_files(cfg: BackboneConfig, payload: Payload, backbone: dict, head: dict, ids: dict) -> dict:
+    """An NER / RE export over a kslm backbone: its head class (KslmForExtraction, remote code,
+    AutoModelForTokenClassification) with the head's weights beside the backbone's in model.safetensors."""
+    cls = "KslmForExtraction"
+    config = _kslm_config(cfg, cls, "AutoModelForTokenClassification", ids, kslm_task=payload.task,
+                          kslm_labels=list(payload.labels), kslm_head=dict(payload.head), kslm_windows=dict(payload.data),
+                          kslm_max_entities=payload.settings.get("max_entities", MAX_ENTITIES) if
+                          payload.task == "RelationExtraction" else None)
+    weights = {**{f"backbone.{k}": v for k, v in backbone.items()}, **{f"head_module.{k}": v for k, v in head.items()}}
+    return {"config": config, "weights": weights, "extra": None, "head": None, "architecture": cls, "remote": True,
+            "causal": False, "backbone": cfg.to_dict()}
 
 
 def plan(ckpt: dict, payload: Payload, source) -> dict:
     """What to write for this checkpoint (no file touched yet)."""
     from kslm.export.tokenizer_files import special_ids
 
-    ids = special_ids(payload.load_tokenizer())
+    ids = special_ids(payload.load_tokenizer(), payload.task)
     head = _tensors(ckpt, "head_module.") if payload.task != "LanguageModel" else None
     if payload.task != "LanguageModel" and not head:
         raise CheckpointError(f"{source}: a {payload.task} checkpoint without its head's weights")
     if (payload.hf_config or {}).get("model_type") == "kslm":  # fine-tuned from an export (--model.hf_path DIR)
         cfg = BackboneConfig.from_dict(payload.hf_config["backbone"])
-        weights = {f"backbone.{k}": v for k, v in _tensors(ckpt, "backbone.model.backbone.").items()}
-        _checked_backbone(cfg, {k[len("backbone."):]: v for k, v in weights.items()}, source)
-        return {"config": _kslm_config(cfg, "KslmModel", "AutoModel", ids), "weights": weights, "extra": None, "head": head,
-                "architecture": "KslmModel", "remote": True, "causal": False, "backbone": cfg.to_dict()}
+        state = _tensors(ckpt, "backbone.model.backbone.")
+        _checked_backbone(cfg, state, source)
+        return _extraction_files(cfg, payload, state, head, ids)
     if payload.hf_config is not None:  # an HF encoder fine-tuned by kslm: its own architecture, as it came in
         config = dict(payload.hf_config)
         weights = _tensors(ckpt, "backbone.model.")
@@ -111,32 +129,43 @@ def plan(ckpt: dict, payload: Payload, source) -> dict:
         out = _lm_files(cfg, state, ids)
         out.update(head=None, causal=cfg.mask != "bidirectional")
         return out
-    return {"config": _kslm_config(cfg, "KslmModel", "AutoModel", ids), "weights": {f"backbone.{k}": v for k, v in state.items()},
-            "extra": None, "head": head, "architecture": "KslmModel", "remote": True, "causal": False}
+    return _extraction_files(cfg, payload, state, head, ids)
 
 
-def record(ckpt: dict, payload: Payload, p: dict) -> dict:
+def record(ckpt: dict, payload: Payload, p: dict, source=None) -> dict:
     """kslm.json: what kslm needs to take the directory back, and what the card reports."""
     layout = "native" if not p["remote"] else "kslm"
     if payload.hf_config is not None and not p["remote"]:
         layout = "hf_encoder"
+    try:
+        validated = metrics_record(ckpt.get(METRICS_KEY), source)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc} (field '--ckpt_path')") from None
     return {"format": FORMAT, "kslm_version": kslm.__version__, "task": payload.task, "layout": layout,
             "architecture": p["architecture"], "backbone": p.get("backbone", payload.backbone),
             "labels": payload.labels, "head": payload.head,
             "settings": payload.settings, "data": payload.data,
-            "trained": {"global_step": ckpt.get("global_step"), "epoch": ckpt.get("epoch"), "metrics": _metrics(ckpt)}}
+            "trained": {"global_step": ckpt.get("global_step"), "epoch": ckpt.get("epoch"),
+                        "validated_at_step": validated["step"] if validated else None,
+                        "metrics": _json_numbers(validated["metrics"]) if validated else {},
+                        "monitored": _monitored(ckpt)}}
 
 
-def _metrics(ckpt: dict) -> dict:
-    """The scores the checkpoint holds: ModelCheckpoint's monitored ones (kslm logs the rest to TensorBoard)."""
+def _json_numbers(metrics: dict) -> dict:
+    """Floats for kslm.json (strict JSON has no NaN or infinity: those are written as the strings nan, inf)."""
+    return {k: v if math.isfinite(v) else str(v) for k, v in metrics.items()}
+
+
+def _monitored(ckpt: dict) -> dict:
+    """ModelCheckpoint's monitored scores, when the run had checkpoint.monitor."""
     out = {}
     for state in (ckpt.get("callbacks") or {}).values():
-        if not isinstance(state, dict) or not state.get("monitor"):
+        if not isinstance(state, dict) or not isinstance(state.get("monitor"), str):
             continue
         for key in ("current_score", "best_model_score"):
             value = state.get(key)
-            if value is not None:
-                out[f"{state['monitor']} ({key.replace('_', ' ')})"] = float(value)
+            if isinstance(value, (int, float)) or (isinstance(value, torch.Tensor) and value.numel() == 1):
+                out[f"{state['monitor'][:200]} ({key.replace('_', ' ')})"] = _json_numbers({"v": float(value)})["v"]
     return out
 
 
@@ -186,7 +215,7 @@ def export(ckpt_path, out, overwrite: bool = False) -> dict:
     if not ckpt.get("state_dict"):
         raise CheckpointError(f"{ckpt_path}: the checkpoint holds no weights (field '--ckpt_path')")
     p = plan(ckpt, payload, ckpt_path)
-    rec = record(ckpt, payload, p)
+    rec = record(ckpt, payload, p, ckpt_path)
     from kslm.export.card import model_card
     from kslm.export.tokenizer_files import special_ids, write_tokenizer
 
@@ -205,9 +234,9 @@ def export(ckpt_path, out, overwrite: bool = False) -> dict:
         if p["remote"]:
             for name in REMOTE_FILES:
                 shutil.copyfile(HERE / name, tmp / name)
-        write_tokenizer(tmp, payload.tokenizer, payload.max_length)
+        write_tokenizer(tmp, payload.tokenizer, payload.max_length, payload.task)
         if p["causal"]:
-            ids = special_ids(payload.load_tokenizer())
+            ids = special_ids(payload.load_tokenizer(), payload.task)
             tf.GenerationConfig(do_sample=False, use_cache=True, eos_token_id=ids["eos_token_id"],
                                 pad_token_id=ids["pad_token_id"], bos_token_id=ids["bos_token_id"]).save_pretrained(str(tmp))
         (tmp / KSLM_JSON).write_text(json.dumps(rec, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")

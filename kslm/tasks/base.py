@@ -22,12 +22,13 @@ from kslm.nn import Backbone, BackboneConfig
 from kslm.nn.attention import KERNELS
 from kslm.optim import OptimConfig, PenaltyConfig, build
 from kslm.optim.gradient_penalty import double_backward_attention, input_gradient_penalty, parameter_penalty_gradients
+from kslm.tasks.last_validation import LastValidation
 from kslm.tasks.random_state import every_rank, own_random_state, random_state, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
 
-class KslmTask(pl.LightningModule):
+class KslmTask(LastValidation, pl.LightningModule):
     """Base LightningModule: holds `self.backbone` (built lazily from the connected tokenizer) and the optimiser.
 
     Args:
@@ -274,9 +275,11 @@ class KslmTask(pl.LightningModule):
         # line by LightningCLI (whatever the task) and needs the class importable to load
         checkpoint.pop("hyper_parameters", None)
         checkpoint.pop("hparams_name", None)
+        self.save_validation(checkpoint)  # the run's latest validation metrics, for `kslm export`'s model card
 
     def on_load_checkpoint(self, checkpoint):
         payload = payload_of(checkpoint)
+        self.load_validation(checkpoint)
         if payload.task != type(self).__name__:
             raise CheckpointError(f"a {payload.task} checkpoint cannot be loaded into {type(self).__name__}")
         tok = payload.load_tokenizer()

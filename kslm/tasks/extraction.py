@@ -9,6 +9,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from kslm.checkpoint import payload_of
+from kslm.data.decode import windows_of_records  # noqa: F401  (kept importable from here)
 from kslm.data.tokenizer import special_ids
 from kslm.errors import CheckpointError, ConfigError
 from kslm.metrics import format_report
@@ -173,14 +174,6 @@ def check_labels(labels, option: str, name: str) -> None:
         if label in seen:
             raise ConfigError(f"{option}[{i}]: {label!r} is listed twice")
         seen.add(label)
-
-
-def windows_of_records(batch) -> List[List[int]]:
-    """The window indices of each record of a record batch (batch["record"][w] is window w's record)."""
-    out = [[] for _ in batch["text"]]
-    for w, r in enumerate(batch["record"]):
-        out[r].append(w)
-    return out
 
 
 __all__ = ["ExtractionTask", "check_labels", "windows_of_records"]

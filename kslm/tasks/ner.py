@@ -4,7 +4,7 @@ A bidirectional backbone encodes each window (<s> text </s>); the head scores ev
 the loss is the dense multilabel "softmax + CE" over the flattened [B·types, L·L] logits (−inf = masked), mean over
 batch × types: L = mean over (b, type) of log(1 + Σ_{neg} e^{s}) + log(1 + Σ_{pos} e^{−s}) (kexue.fm/archives/7359).
 Spans with score > 0 are entities; each window's token spans are mapped back to characters and merged over a
-record's windows by kslm.data.spans.merge_windows (nested and overlapping entities included) and scored with
+record's windows by kslm.data.decode.entity_records (nested and overlapping entities included) and scored with
 exact-match span F1 per record.
 
 `loss: bce` is the baseline the MCCE post argues against (kexue.fm/archives/7359): an independent sigmoid
@@ -15,11 +15,11 @@ from typing import List, Literal, Optional
 
 from torch.nn import functional as F
 
-from kslm.data.spans import merge_windows
+from kslm.data.decode import entity_records
 from kslm.heads.global_pointer import EfficientGlobalPointer, GlobalPointer
 from kslm.losses import multilabel_categorical_crossentropy
 from kslm.metrics import SpanF1
-from kslm.tasks.extraction import ExtractionTask, windows_of_records
+from kslm.tasks.extraction import ExtractionTask
 
 
 class EntityExtraction(ExtractionTask):
@@ -73,12 +73,9 @@ class EntityExtraction(ExtractionTask):
 
     # ------------------------------------------------------------ decoding
     def decode(self, logits, batch) -> List[List[dict]]:
-        """Spans with logit > threshold → per record, sorted unique char entities {start, end (exclusive), type}."""
-        spans = [[] for _ in batch["offsets"]]  # per window: (start, end inclusive, type) over tokens 1..n
-        for w, t, i, j in (logits > self.threshold).nonzero().tolist():  # i ≤ j, inside the text
-            spans[w].append((i - 1, j - 1, self.types[t]))  # the window's offsets start after <s>
-        return [merge_windows([batch["offsets"][w] for w in ws], [spans[w] for w in ws])
-                for ws in windows_of_records(batch)]
+        """Spans with logit > threshold → per record, sorted unique char entities {start, end (exclusive), type}
+        (kslm.data.decode, which the exported KslmForExtraction uses too)."""
+        return entity_records(logits, batch, self.types, self.threshold)
 
     def validation_step(self, batch, batch_idx):
         logits = self(batch["input_ids"], batch["attention_mask"], batch["span_mask"])

@@ -8,7 +8,7 @@ object tail) pair per predicate (head / tail EGPs, one head per predicate, no Ro
 
 (sparse MCCE, sum over heads, mean over the batch, summed over the three groups, as bert4keras' GPLinker). A triple
 (s_h, s_t, p, o_h, o_t) is predicted iff all four scores are > 0 (kslm.heads.gplinker.decode_triples); its token
-spans are mapped back to characters and a record's windows merged (union) by kslm.data.spans.merge_window_triples, and
+spans are mapped back to characters and a record's windows merged (union) by kslm.data.decode.triple_records, and
 (subject, predicate, object) strings are scored with exact-match triple F1 per record (as GPLinker's SPO).
 """
 
@@ -17,26 +17,13 @@ from typing import List, Literal, Optional
 
 import torch
 
-from kslm.data.spans import merge_window_triples
+from kslm.data.decode import cap_entities, triple_records
 from kslm.errors import ConfigError
-from kslm.heads.gplinker import GPLinker, decode_triples, gplinker_loss
+from kslm.heads.gplinker import GPLinker, gplinker_loss
 from kslm.metrics import TripleF1
-from kslm.tasks.extraction import ExtractionTask, windows_of_records
+from kslm.tasks.extraction import ExtractionTask
 
 log = logging.getLogger(__name__)
-
-
-def cap_entities(entity_logits: torch.Tensor, max_entities: int, threshold: float = 0.0):
-    """Keep at most `max_entities` positive spans per (window, subject|object): the highest-scoring ones; the
-    others are set to −inf. → (logits, number of capped rows). A barely trained model scores a large share of all
-    L² spans positive, and decoding pairs every subject with every object; the cap bounds that work."""
-    flat = entity_logits.flatten(2)  # [B, 2, L·L]
-    over = (flat > threshold).sum(-1) > max_entities
-    if not over.any():
-        return entity_logits, 0
-    kth = flat.topk(min(max_entities, flat.shape[-1]), dim=-1).values[..., -1:]
-    keep = (flat >= kth) | ~over[..., None]
-    return flat.masked_fill(~keep, float("-inf")).view_as(entity_logits), int(over.sum())
 
 
 class RelationExtraction(ExtractionTask):
@@ -90,13 +77,9 @@ class RelationExtraction(ExtractionTask):
     # ------------------------------------------------------------ decoding
     def decode(self, logits, batch) -> List[List[dict]]:
         """Logits of a record batch → per record, sorted unique canonical triples with char spans."""
-        entity, head, tail = logits
-        entity, capped = cap_entities(entity, self.max_entities, self.threshold)
+        records, capped = triple_records(logits, batch, self.predicates, self.threshold, self.max_entities)
         self._capped += capped
-        per_window = [[(sh - 1, st - 1, self.predicates[p], oh - 1, ot - 1) for sh, st, p, oh, ot in triples]  # <s> off
-                      for triples in decode_triples(entity, head, tail, self.threshold, mask=batch["span_mask"])]
-        return [merge_window_triples(text, [batch["offsets"][w] for w in ws], [per_window[w] for w in ws])
-                for text, ws in zip(batch["text"], windows_of_records(batch), strict=True)]
+        return records
 
     def _warn_capped(self):
         if self._capped:
