@@ -169,9 +169,9 @@ def _from_export(folder: Path, device, options) -> Model:
         target.load_state_dict(state)
         if getattr(task, "head_module", None) is not None:
             if not head:
-                raise CheckpointError(f"{folder}: the export has no head.safetensors for its {payload.task} head")
+                raise CheckpointError(f"{folder}: the export holds no weights for its {payload.task} head")
             task.head_module.load_state_dict(head)
-    except RuntimeError as exc:
+    except (RuntimeError, KeyError) as exc:  # (shapes or names that are not the model's)
         raise CheckpointError(f"{folder}: the export's weights do not fit its kslm.json "
                               f"({str(exc).splitlines()[0][:200]})") from None
     return Model(task, _data_for(payload, task), folder, device)
