@@ -290,6 +290,11 @@ def markdown(report) -> str:
     for task, o in off.items():
         lines.append(f"\nOffline ({task}, kslm.load(…).predict over {o['records']:,} records in one call): "
                      f"{o['rps']:,.1f} records/s.")
+    quiet = report.get("offline_quiet")
+    if quiet:  # the offline ceiling measured again with nothing else running (the run's own row was contended)
+        lines.append(f"\nOffline again, alone ({quiet.get('note', '')}): ner {quiet['ner']['rps']:,.1f} records/s, "
+                     f"lm {quiet['lm']['rps']:,.1f} records/s.")
+        off = {k: v for k, v in quiet.items() if isinstance(v, dict)}
     by = {(r["task"], r["server"], r["clients"]): r for r in rows}
     b, u = by.get(("ner", "batched", 16)), by.get(("ner", "unbatched", 16))
     if b and u and "ner" in off:

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Union
 
 import torch
 
-from kslm.checkpoint import DATA_MODULES, TASKS, is_sharded, open_checkpoint
+from kslm.checkpoint import DATA_MODULES, TASKS, Checkpoint, is_sharded, open_checkpoint
 from kslm.errors import CheckpointError, ConfigError
 
 SHORT = {"LanguageModel": "lm", "EntityExtraction": "ner", "RelationExtraction": "re", "NBCE": "nbce"}
@@ -161,6 +161,9 @@ def _from_export(folder: Path, device, options) -> Model:
     unknown = sorted(set(options) - set(task_cls.runtime_options))
     if unknown:
         raise ConfigError(f"{unknown[0]}: not a run-time option of {task_cls.__name__}")
+    prefix = "backbone.model." if payload.hf_config is not None else "backbone."
+    stored = {**{prefix + k: v for k, v in state.items()}, **{f"head_module.{k}": v for k, v in (head or {}).items()}}
+    task_cls.check_checkpoint(Checkpoint(folder, False, {"state_dict": stored}, payload))  # shapes first, on meta
     task = task_cls(**task_cls.init_args(payload.settings or {"backbone": payload.backbone}), **options)
     task.connect(payload.load_tokenizer(), payload.labels, payload, payload.data)
     task.build_from_payload(payload)

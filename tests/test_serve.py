@@ -260,3 +260,22 @@ def test_bad_serve_options_are_one_line(ckpts, capsys, tmp_path):
         code, err = run_cli(["serve", *args], capsys)
         lines = [line for line in err.splitlines() if line.startswith("kslm: error:")]
         assert code == 2 and len(lines) == 1 and words in lines[0], err
+
+
+@pytest.mark.parametrize("task", ["ner", "lm"])
+def test_an_export_directory_loads_to_the_same_records(ckpts, tmp_path, capsys, task):
+    """kslm.load(an export) answers as kslm.load(its checkpoint); a kslm.json that claims a larger head than the
+    export holds is one line, before anything of that size is built."""
+    import kslm
+    from kslm.errors import CheckpointError
+
+    code, err = run_cli(["export", "--ckpt_path", str(ckpts[task]), "--out", str(tmp_path / "exp")], capsys)
+    assert code == 0, err
+    inputs = PROMPTS if task == "lm" else TEXTS
+    assert kslm.load(tmp_path / "exp").predict(inputs) == kslm.load(ckpts[task]).predict(inputs)
+    if task == "ner":
+        rec = json.loads((tmp_path / "exp" / "kslm.json").read_text(encoding="utf-8"))
+        rec["head"]["head_size"] = rec["settings"]["head_size"] = 1 << 20
+        (tmp_path / "exp" / "kslm.json").write_text(json.dumps(rec), encoding="utf-8")
+        with pytest.raises(CheckpointError, match="do not fit"):
+            kslm.load(tmp_path / "exp")

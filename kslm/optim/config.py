@@ -25,7 +25,7 @@ class OptimConfig:
     Args:
         name: adamw, amos (Amos; its ξ is options.xi, default 1/√(batches per epoch)), amos_adamw (Su's Amos-derived
             AdamW recipe; lr = α₀, its D(t) replaces `schedule`) or eg_adamw (AdamW with exponentiated-gradient
-            step-size gains). See kslm/optim and the README.
+            step-size gains). See kslm/optim and docs/reference.md.
         lr: peak learning rate (amos_adamw: the relative step size α₀; not used by amos).
         weight_decay: decoupled weight decay on matrices (norms, biases, embeddings exempt); adamw / eg_adamw.
         betas: Adam's (β1, β2).

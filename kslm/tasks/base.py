@@ -41,7 +41,7 @@ class KslmTask(LastValidation, pl.LightningModule):
         hf_path: a local Hugging Face encoder directory (BERT, RoFormer, …; extra `hf`) used as the backbone
             instead of a kslm one, with its own tokenizer (tokenizer.json or vocab.txt).
         compile: torch.compile each residual sub-layer of the backbone in place (an HF encoder as a whole); the
-            first steps pay the compilation (README, "GPU training"). Same losses, up to fp32 rounding order.
+            first steps pay the compilation (docs/scale.md, "GPU training"). Same losses, up to fp32 rounding order.
         checkpointing: activation checkpointing per residual sub-layer (non-reentrant torch.utils.checkpoint):
             activations are recomputed in the backward; less memory for about one more forward's compute.
         attention_kernel: auto (linear_memory on CUDA, dense elsewhere), dense (SDPA as it is; GAU's unequal q/k
