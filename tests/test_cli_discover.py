@@ -100,7 +100,7 @@ def test_a_misspelt_class_or_command(workdir, capsys):
                           "NERDataModule")
     code, err = cli(["fitt"], capsys)
     assert one_error_line(code, err) == \
-        "kslm: error: kslm fitt: no such command (one of fit, validate, test, predict, score, export, consolidate; " \
+        "kslm: error: kslm fitt: no such command (one of fit, validate, test, predict, score, export, consolidate, serve; " \
         "did you mean kslm fit?)"
     code, err = cli(["fit", "--model.backbone.norm", "post"], capsys)  # no class yet: nothing to check it against
     assert one_error_line(code, err, "--model.backbone.norm: no model class given", "--model CLASS")
