@@ -13,7 +13,6 @@ from kslm.data.formats import FORMATS, cluener_train_dev, cmeee_train_dev, read_
 from kslm.data.formats.jsonl import iter_jsonl
 from kslm.errors import ConfigError, DataError
 from kslm.io import write_json
-from kslm.metrics import SpanF1, TripleF1, format_report, report_json
 
 
 def _gold(path: str, fmt: str, dev_split: Optional[str]) -> List[dict]:
@@ -73,6 +72,8 @@ def score(gold_path: str, pred_path: str, fmt: str = "auto", dev_split: Optional
     gold_items = [_items(g, ner, gold_path, g["line"]) for g in gold]
     pred_items = [_items(p, ner, pred_path, p["_at"]) for p in matched]
     labels = sorted({x[2 if ner else 1] for items in gold_items + pred_items for x in items})
+    from kslm.metrics import SpanF1, TripleF1  # (torchmetrics and torch: only once there is something to score)
+
     metric = SpanF1(labels=labels, nested=True) if ner else TripleF1(labels=labels)
     metric.update(pred_items, gold_items)
     return {**metric.compute(), "records": len(gold), "task": "ner" if ner else "re"}
@@ -92,6 +93,8 @@ def main(argv: List[str]) -> None:
                         help="score the dataset's dev split of --gold (as --data.dev_split validates on)")
     parser.add_argument("--out", default=None, help="write the metrics as JSON here (atomically)")
     args = parser.parse_args(argv)
+    from kslm.metrics import format_report, report_json
+
     res = score(args.gold, args.predictions, args.format, args.dev_split)
     per = "entity type" if res["task"] == "ner" else "predicate"
     shown = res if res.get("per_category", {}).get("nested", {}).get("support") else \

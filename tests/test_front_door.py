@@ -36,7 +36,8 @@ print(json.dumps(out))
 def light():
     """The answers that must come without torch or Lightning, from one fresh Python."""
     commands = [[], ["--help"], ["--version"], ["exprot"], ["--config"], *([v, "--help"] for v in
-                                                                             ("fit", "validate", "test", "predict"))]
+                                                                             ("fit", "validate", "test", "predict", "score",
+                                                                              "export", "consolidate", "serve"))]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([sys.executable, "-c", LIGHT, json.dumps(commands)], capture_output=True, text=True,
                           env=env, timeout=120)
