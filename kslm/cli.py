@@ -56,7 +56,7 @@ def version_line() -> str:
     """kslm's version, and the versions of what it runs on (from the installed metadata: nothing is imported)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from kslm import __version__
+    from kslm._version import __version__
 
     deps = []
     for name in ("torch", "lightning"):

@@ -132,3 +132,61 @@ def test_bench_and_experiments_do_not_import_tests():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             assert not any(n == "tests" or n.startswith(("tests.", "conftest", "helpers")) for n in names), path
+
+
+# ------------------------------------------------------------------------------------- the README's allow-list
+def readme_allow_list() -> list:
+    """[(row's modules, the kslm modules they may import)] from the README's "What may import what" table: a cell's
+    backticked names (`tasks/`, `data/tokenizer`, `cli.py`, `data/*`) name modules or whole folders; "everything
+    below" is every module of the rows under it; `__init__.py` is the package itself."""
+    mods = set(modules(REPO / "kslm"))
+    text = (REPO / "README.md").read_text(encoding="utf-8").split("**What may import what**", 1)[1]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("| `")]
+    rows = rows[: next(i for i, r in enumerate(rows) if r[0].startswith("`bench/`"))]
+
+    def expand(cell: str) -> set:
+        out = set()
+        for name in re.findall(r"`([^`]+)`", cell):
+            if name == "__init__.py":
+                out.add("kslm")
+                continue
+            dotted = "kslm." + name.rstrip("/*").removesuffix(".py").replace("/", ".").rstrip(".")
+            found = {m for m in mods if m == dotted or m.startswith(dotted + ".")}
+            if "/" in name or name.endswith(".py") or found:
+                assert found, f"the README's table names {name!r}, which is no module of kslm"
+            out |= found
+        return out
+
+    table = []
+    for i, (who, may) in enumerate(rows):
+        allowed = expand(may) if "standard library" not in may else set()
+        if "everything below" in may:
+            allowed |= set().union(*(expand(w) for w, _ in rows[i + 1:]))
+        table.append((expand(who), allowed))
+    return table
+
+
+def test_imports_follow_the_readme_allow_list():
+    """Every module is in exactly one row of the table, and imports only what its row allows (or its own folder)."""
+    table, graph = readme_allow_list(), import_graph(REPO / "kslm")
+    rows_of = {m: [i for i, (own, _) in enumerate(table) if m in own] for m in graph}
+    assert not [m for m, rows in rows_of.items() if len(rows) != 1], \
+        {m: rows for m, rows in rows_of.items() if len(rows) != 1}
+    wrong = {}
+    for mod, targets in graph.items():
+        allowed = table[rows_of[mod][0]][1] | {"kslm._version"}
+        folder = mod.rpartition(".")[0] if mod.count(".") > 1 else mod
+        outside = {t for t in targets - allowed if not (t == folder or t.startswith(folder + "."))}
+        if outside:
+            wrong[mod] = sorted(outside)
+    assert not wrong, f"imports outside the README's allow-list: {wrong}"
+
+
+def test_the_allow_list_check_can_fail():
+    """The table's reading is not vacuous: a module in a lower row may not import one in a higher row."""
+    table = readme_allow_list()
+    (checkpoint_row,) = [allowed for own, allowed in table if "kslm.checkpoint" in own]
+    assert "kslm.tasks.base" not in checkpoint_row and "kslm.trainer_cli" not in checkpoint_row
+    (nn_row,) = [allowed for own, allowed in table if "kslm.nn.backbone" in own]
+    assert not any(m.startswith(("kslm.data", "kslm.tasks", "kslm.checkpoint")) for m in nn_row)

@@ -23,7 +23,7 @@ from typing import Dict
 
 import torch
 
-import kslm
+from kslm._version import __version__
 from kslm.checkpoint import Payload, check_backbone, open_checkpoint
 from kslm.errors import CheckpointError, ConfigError
 from kslm.io import atomic_dir
@@ -87,7 +87,7 @@ def _kslm_config(cfg: BackboneConfig, cls: str, auto: str, ids: dict, **extra):
 
     auto_map = {"AutoConfig": "configuration_kslm.KslmConfig", "AutoModel": "modeling_kslm.KslmModel",
                 auto: f"modeling_kslm.{cls}"}
-    return KslmConfig(backbone=cfg.to_dict(), kslm_version=kslm.__version__, architectures=[cls], auto_map=auto_map,
+    return KslmConfig(backbone=cfg.to_dict(), kslm_version=__version__, architectures=[cls], auto_map=auto_map,
                       **extra, **{k: v for k, v in ids.items() if v is not None})
 
 
@@ -141,7 +141,7 @@ def record(ckpt: dict, payload: Payload, p: dict, source=None) -> dict:
         validated = metrics_record(ckpt.get(METRICS_KEY), source)
     except CheckpointError as exc:
         raise CheckpointError(f"{exc} (field '--ckpt_path')") from None
-    return {"format": FORMAT, "kslm_version": kslm.__version__, "task": payload.task, "layout": layout,
+    return {"format": FORMAT, "kslm_version": __version__, "task": payload.task, "layout": layout,
             "architecture": p["architecture"], "backbone": p.get("backbone", payload.backbone),
             "labels": payload.labels, "head": payload.head,
             "settings": payload.settings, "data": payload.data,
