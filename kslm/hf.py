@@ -108,7 +108,7 @@ def _model_type(folder: Path):
 @contextmanager
 def _refused(path):
     """transformers' refusals (a model type it does not know, remote code it will not run, a damaged file) as one
-    line: a model directory is data, and kslm never passes trust_remote_code=True."""
+    line: a model directory is data, and kslm never lets transformers run its code."""
     try:
         yield
     except (ValueError, OSError, KeyError, TypeError) as exc:

@@ -10,9 +10,24 @@ from kslm.tasks.ner import EntityExtraction
 from kslm.tasks.re import RelationExtraction
 
 
+def init_parameters(cls) -> set:
+    """The names of a task's init arguments, its own and its base classes' (read from the signatures)."""
+    import inspect
+
+    from kslm.tasks.base import KslmTask
+
+    names = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is not None and issubclass(klass, KslmTask):
+            names.update(p.name for p in inspect.signature(init).parameters.values()
+                         if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
+    return names
+
+
 @pytest.mark.parametrize("cls", [LanguageModel, EntityExtraction, RelationExtraction])
 def test_the_schema_knows_each_tasks_settings(cls):
-    assert set(schema.SETTINGS[cls.__name__]) == cls.init_parameters() - set(cls.runtime_options)
+    assert set(schema.SETTINGS[cls.__name__]) == init_parameters(cls) - set(cls.runtime_options)
     assert set(schema.HEAD[cls.__name__]) == set(getattr(cls, "head_options", ()) if cls is not LanguageModel else ())
     assert set(schema.DATA_KEYS) == set(schema.SETTINGS)
 

@@ -117,19 +117,6 @@ class KslmTask(LastValidation, pl.LightningModule):
         return args
 
     @classmethod
-    def init_parameters(cls) -> set:
-        """The names of the task's init arguments (its own and its base classes')."""
-        import inspect
-
-        names = set()
-        for klass in cls.__mro__:
-            init = klass.__dict__.get("__init__")
-            if init is not None and issubclass(klass, KslmTask):
-                names.update(p.name for p in inspect.signature(init).parameters.values()
-                             if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
-        return names
-
-    @classmethod
     def check_checkpoint(cls, ckpt: Checkpoint) -> None:
         """Before anything is allocated: the payload's settings and head options are this task's, and the stored
         weights are exactly those of the model the payload describes — built on the meta device, so a checkpoint
