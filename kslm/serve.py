@@ -16,11 +16,12 @@ the model, a body over --max_request_bytes (413), one that is not UTF-8 or not J
 more than --max_records records (413) and a record of the wrong shape (422, naming "record N" and the field, as
 kslm.load's errors do). What only the model can find (a text over data.max_text_chars, an NBCE question longer than
 the window) is a 422 for that request alone: the others batched with it are answered. Every error is
-{"error": "one line"}; the server keeps serving. SIGTERM (or Ctrl-C) stops accepting, finishes the requests in flight,
-then exits 0. It binds 127.0.0.1 unless told otherwise (--host 0.0.0.0 exposes it: it has no authentication).
+{"error": "one line"}; the server keeps serving. SIGTERM stops accepting, finishes the requests in flight, then
+exits 0 (Ctrl-C stops at once). It binds 127.0.0.1 unless told otherwise (--host 0.0.0.0 exposes it: no authentication).
 """
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -292,19 +293,23 @@ def main(argv: List[str]) -> None:
                 max_request_bytes=args.max_request_bytes, max_records=args.max_records)
     server.app.add_api_route("/info", lambda: JSONResponse(info), methods=["GET"])
     print(f"kslm: serving {info['task']} from {source} on http://{args.host}:{args.port} (POST /predict, GET /health, "
-          f"GET /info); Ctrl-C or SIGTERM stops it after the requests in flight", file=sys.stderr, flush=True)
-    server.run(host=args.host, port=args.port, generate_client_file=False, log_level="warning")
+          f"GET /info); SIGTERM stops it after the requests in flight, Ctrl-C at once", file=sys.stderr, flush=True)
+    try:
+        server.run(host=args.host, port=args.port, generate_client_file=False, log_level="warning")
+    except (EOFError, OSError):  # LitServe's manager process stopped by the same signal: LitServe has shut down
+        if not getattr(server, "_draining", False):
+            raise
     print("kslm: server stopped", file=sys.stderr)
 
 
 class Server(ls.LitServer):
-    """LitServer whose SIGTERM / Ctrl-C drains: the HTTP processes stop accepting and finish the requests in flight
-    (the inference workers still answering them), and only then does LitServe shut the workers down."""
+    """LitServer whose SIGTERM drains: the HTTP processes stop accepting and finish the requests in flight (the
+    inference workers still answering them), and only then does LitServe shut the workers down. Ctrl-C is LitServe's
+    own immediate shutdown."""
 
     def _start_server(self, *args, **kwargs):
         self._http = super()._start_server(*args, **kwargs)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._drain)
+        signal.signal(signal.SIGTERM, self._drain)  # (Ctrl-C: LitServe's own KeyboardInterrupt shutdown)
         return self._http
 
     def _drain(self, signum, frame):
@@ -317,11 +322,15 @@ class Server(ls.LitServer):
         for worker in self._http.values():
             if getattr(worker, "pid", None):
                 os.kill(worker.pid, signal.SIGTERM)  # uvicorn: no new connections, in-flight ones finish
-        for worker in self._http.values():
+        for worker in list(self._http.values()):
             worker.join(timeout=self.uvicorn_graceful_timeout)
-        if not any(w.is_alive() for w in self._http.values()):
-            self._http.clear()  # (stopped: nothing for LitServe's own shutdown to terminate)
-        self._shutdown_event.set()
+        # LitServe's shutdown (or its worker monitor, seeing the HTTP processes gone) may already be iterating the
+        # dict: leave it as it is, and keep its "already not alive" warnings about the processes stopped here quiet
+        logging.getLogger("litserve.server").setLevel(logging.ERROR)
+        try:
+            self._shutdown_event.set()
+        except (OSError, EOFError):  # the event's manager process got the signal too (`kill -TERM -PGID`): gone
+            pass
 
 
 __all__ = ["main", "KslmRequests", "KslmAPI", "Server", "ERROR_KEY"]
