@@ -255,11 +255,6 @@ def check_backbone(cfg: BackboneConfig, state: dict, source) -> None:
     check_shapes(expected, state, source, "the backbone", None)
 
 
-def sharded_optimizer(path) -> bool:
-    """Whether a sharded checkpoint folder holds optimiser state (Lightning stores it as optimizer_0, …)."""
-    return holds_optimizer(path)
-
-
 def consolidate(src, out=None) -> Path:
     """A sharded checkpoint folder → one kslm checkpoint file (whole weights, Lightning's state, the payload; no
     optimiser state: it is for prediction, export and `--model.pretrained`, not for resuming). `out` defaults to
@@ -302,7 +297,7 @@ def check_restorable(ckpt: dict, source, resume: bool = False, field_name: str =
     if "pytorch-lightning_version" not in ckpt:
         raise CheckpointError(f"{source}: not a Lightning checkpoint (no 'pytorch-lightning_version'){where}")
     missing = [k for k in RESUME_KEYS if k not in ckpt] if resume else []
-    if "optimizer_states" in missing and is_sharded(source) and sharded_optimizer(source):
+    if "optimizer_states" in missing and is_sharded(source) and holds_optimizer(source):
         missing.remove("optimizer_states")  # the optimiser's shards stay in the folder (FSDP2 resumes from them)
     if missing:
         raise CheckpointError(f"{source}: cannot resume training: the checkpoint holds no {', '.join(missing)} (a "

@@ -158,9 +158,7 @@ def _from_export(folder: Path, device, options) -> Model:
 
     payload, state, head = read_export(folder, "path")
     task_cls = _import(TASKS[payload.task])
-    unknown = sorted(set(options) - set(task_cls.runtime_options))
-    if unknown:
-        raise ConfigError(f"{unknown[0]}: not a run-time option of {task_cls.__name__}")
+    task_cls.check_runtime_options(options)
     prefix = "backbone.model." if payload.hf_config is not None else "backbone."
     stored = {**{prefix + k: v for k, v in state.items()}, **{f"head_module.{k}": v for k, v in (head or {}).items()}}
     task_cls.check_checkpoint(Checkpoint(folder, False, {"state_dict": stored}, payload))  # shapes first, on meta

@@ -25,9 +25,8 @@ from typing import Any, Callable, Iterable, Iterator, Union
 PathLike = Union[str, os.PathLike]
 
 
-def _read_umask() -> int:
-    """The process umask, read without changing it where the system says it (Linux ≥ 4.7: /proc/self/status);
-    elsewhere os.umask's set-and-restore, once, at import (before any thread of kslm's starts)."""
+def _proc_umask():
+    """The process umask as Linux (≥ 4.7) states it in /proc/self/status, read without changing it; else None."""
     try:
         with open("/proc/self/status", encoding="ascii") as f:
             for line in f:
@@ -35,19 +34,24 @@ def _read_umask() -> int:
                     return int(line.split()[1], 8)
     except (OSError, ValueError, IndexError):
         pass
+    return None
+
+
+def _set_and_restore_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
 
-_UMASK_AT_IMPORT = _read_umask()
+# where /proc does not say it: os.umask's set-and-restore, once, at import (before any thread of kslm's starts)
+_UMASK_AT_IMPORT = _proc_umask()
+if _UMASK_AT_IMPORT is None:
+    _UMASK_AT_IMPORT = _set_and_restore_umask()
 
 
 def _umask() -> int:
-    try:
-        return _read_umask() if os.path.exists("/proc/self/status") else _UMASK_AT_IMPORT
-    except OSError:
-        return _UMASK_AT_IMPORT
+    mask = _proc_umask()
+    return _UMASK_AT_IMPORT if mask is None else mask
 
 
 class Terminated(SystemExit):

@@ -109,15 +109,16 @@ def read_sharded(folder: Path, keys=("state_dict",)) -> dict:
     from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
+    checked = read_metadata(folder)  # before anything else of the folder is read: a refusal names the metadata
+
     class Reader(FileSystemReader):
         def read_metadata(self, *args, **kwargs):
-            return read_metadata(folder)
+            return checked  # (read and checked once, above)
 
     class Planner(_EmptyStateDictLoadPlanner):
         def load_bytes(self, read_item, value):  # torch's own is weights_only=False
             self.state_dict[read_item.dest_index.fqn] = torch.load(value, map_location="cpu", weights_only=True)
 
-    read_metadata(folder)  # before anything else of the folder is read: a refusal names the metadata
     try:
         meta = torch.load(folder / META, map_location="cpu", weights_only=True)
         state: dict = {}

@@ -139,6 +139,13 @@ class KslmTask(LastValidation, pl.LightningModule):
         check_shapes(meta_shapes(model), ckpt.state_dict, ckpt.path, field_name=None)  # (the caller names the field)
 
     @classmethod
+    def check_runtime_options(cls, options: Dict[str, Any]) -> None:
+        unknown = sorted(set(options) - set(cls.runtime_options))
+        if unknown:
+            raise ConfigError(f"{unknown[0]}: not a run-time option of {cls.__name__} (those are "
+                              f"{', '.join(cls.runtime_options)}; the rest is fixed by the checkpoint)")
+
+    @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, **options):
         """The task of a kslm checkpoint, outside a Trainer: settings, tokenizer, labels and architecture from its
         payload (kslm.checkpoint), weights from its state dict (weights_only loading, shapes checked before anything
@@ -148,10 +155,7 @@ class KslmTask(LastValidation, pl.LightningModule):
             raise CheckpointError(f"{checkpoint_path}: a {ckpt.payload.task} checkpoint cannot be loaded into {cls.__name__}")
         for lightning_only in ("weights_only", "strict", "hparams_file"):  # (Lightning's loader's: kslm's loading is
             options.pop(lightning_only, None)  # always weights_only and strict, and the payload holds the settings)
-        unknown = sorted(set(options) - set(cls.runtime_options))
-        if unknown:
-            raise ConfigError(f"{unknown[0]}: not a run-time option of {cls.__name__} (those are "
-                              f"{', '.join(cls.runtime_options)}; the rest is fixed by the checkpoint)")
+        cls.check_runtime_options(options)
         payload = ckpt.payload
         settings = payload.settings or ({"backbone": payload.backbone} if payload.backbone else {})
         model = cls(**cls.init_args(settings), **options)
