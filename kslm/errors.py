@@ -25,3 +25,15 @@ class DataError(KslmError):
 
 class CheckpointError(KslmError):
     """A checkpoint is missing, unreadable or does not match the model/tokenizer."""
+
+
+def kslm_cause(exc: BaseException):
+    """The KslmError behind `exc` (itself, or one it was raised from: jsonargparse and Lightning wrap the errors
+    raised while they build classes), or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KslmError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None

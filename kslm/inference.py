@@ -154,7 +154,7 @@ def _data_for(payload, task):
 
 
 def _from_export(folder: Path, device, options) -> Model:
-    from kslm.export.reader import read_export
+    from kslm.hf.reader import read_export
 
     payload, state, head = read_export(folder, "path")
     task_cls = _import(TASKS[payload.task])

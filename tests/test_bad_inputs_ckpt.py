@@ -359,3 +359,20 @@ def test_payload_store_round_trip_of_a_crafted_checkpoint(ckpts):
     ckpt = {}
     store(ckpt, p)
     assert ckpt["kslm"]["labels"] == ["LOC", "PER"]
+
+
+def test_every_tasks_weight_options_are_its_own_settings():
+    """Which options --ckpt_path fixes is the task's own declaration (weight_options), not a list kept in the CLI:
+    each one names an init argument of the task (so a renamed option cannot silently stop being fixed)."""
+    import inspect
+
+    from kslm.tasks.lm import LanguageModel
+    from kslm.tasks.ner import EntityExtraction
+    from kslm.tasks.re import RelationExtraction
+
+    for cls in (LanguageModel, EntityExtraction, RelationExtraction):
+        params = set().union(*(inspect.signature(k.__init__).parameters for k in cls.__mro__ if "__init__" in vars(k)
+                               and k.__module__.startswith("kslm.")))
+        assert set(cls.weight_options) <= params, (cls.__name__, set(cls.weight_options) - params)
+        assert not set(cls.weight_options) & set(cls.runtime_options), cls.__name__
+    assert "ARCHITECTURE" not in (REPO / "kslm" / "cli" / "argv.py").read_text(encoding="utf-8")

@@ -65,8 +65,8 @@ def test_seed_and_val_check_interval_bounds_are_exact():
     0 with a warning); val_check_interval takes a fraction in (0, 1] or a count ≥ 1 — the smallest of each pass."""
     import numpy as np
 
+    from kslm.cli.options import check_seed, check_trainer
     from kslm.errors import ConfigError
-    from kslm.options import check_seed, check_trainer
 
     for seed in (0, 2**32 - 1, 2**32, -1):
         try:

@@ -273,12 +273,12 @@ def test_run_stopped_from_outside_is_one_line(monkeypatch, capsys, exc, code, na
     import torch.distributed as dist
 
     import kslm.cli
-    import kslm.trainer_cli
+    import kslm.cli.trainer
 
     def stopped(**kwargs):
         raise exc
 
-    monkeypatch.setattr(kslm.trainer_cli, "KslmCLI", stopped)  # (kslm fit runs it: kslm.cli is the front door)
+    monkeypatch.setattr(kslm.cli.trainer, "KslmCLI", stopped)  # (kslm fit runs it: kslm.cli is the front door)
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
     monkeypatch.setattr(dist, "get_rank", lambda *a: 1)
     monkeypatch.setattr(dist, "get_world_size", lambda *a: 2)
@@ -294,12 +294,12 @@ def test_other_runtime_errors_are_not_taken_for_a_lost_rank(monkeypatch):
     import torch.distributed as dist
 
     import kslm.cli
-    import kslm.trainer_cli
+    import kslm.cli.trainer
 
     def broken(**kwargs):
         raise RuntimeError("shape mismatch")
 
-    monkeypatch.setattr(kslm.trainer_cli, "KslmCLI", broken)
+    monkeypatch.setattr(kslm.cli.trainer, "KslmCLI", broken)
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
     with pytest.raises(RuntimeError, match="shape mismatch"):  # a bug keeps its traceback
         kslm.cli.main(["fit"])

@@ -115,7 +115,7 @@ def test_nested_null_options_parse():
     form in a subclass section); the rewrite keeps every other value the config and earlier options gave."""
     from jsonargparse import Namespace
 
-    from kslm.argv import check_nulls, nested_nulls
+    from kslm.cli.argv import check_nulls, nested_nulls
 
     argv, keys = nested_nulls(["fit", "--model.backbone.d_model", "64", "--model.optim.total_steps", "null",
                                "--model.init_args.backbone.d_ff=~", "--data.batch_size", "null", "--model.lr", "null"])

@@ -1,4 +1,4 @@
-"""The checkpoint payload (kslm.checkpoint) and the one-way connection of model and data (kslm.connect), through
+"""The checkpoint payload (kslm.checkpoint) and the one-way connection of model and data (kslm.cli.connect), through
 `kslm …` in-process: a checkpoint knows its task, so `kslm predict --ckpt_path X` needs no config and gives what the
 config gives; another task's checkpoint, an unreadable file and a window longer than the backbone's are one-line
 errors with exit code 2, the last one before any data is read."""

@@ -51,7 +51,7 @@ def load_hf(folder, mask, remote=True):
 
     auto = AutoModelForMaskedLM if mask == "bidirectional" else AutoModelForCausalLM
     if not remote:  # kslm's own copy of modeling_kslm.py (byte-identical to the export's: test_model_card_and_files)
-        from kslm.export.modeling_kslm import register
+        from kslm.hf.modeling_kslm import register
 
         register()
     return auto.from_pretrained(str(folder), trust_remote_code=remote).eval()
@@ -186,7 +186,7 @@ def test_autotokenizer_ids_and_offsets(tokenizer, tmp_path):
     from transformers import AutoTokenizer
 
     from kslm.data.tokenizer import load_tokenizer
-    from kslm.export.reader import read_export
+    from kslm.hf.reader import read_export
 
     ckpt, _ = lm_checkpoint(tmp_path / "t.ckpt", tokenizer, norm="pre", norm_type="rmsnorm")
     export(ckpt, tmp_path / "out")

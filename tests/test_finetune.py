@@ -120,7 +120,7 @@ def test_hf_tokenizer_from_vocab_txt_equals_tokenizer_json(tmp_path):
 
 
 def test_hf_encoder_fits_and_predicts_without_its_directory(workdir, capsys):
-    from kslm.hf import HFEncoder
+    from kslm.hf.encoder import HFEncoder
 
     texts = [json.loads(line)["text"] for line in CLUENER.read_text(encoding="utf-8").splitlines()]
     bert = tiny_bert(workdir / "bert", texts)

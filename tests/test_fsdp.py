@@ -153,7 +153,7 @@ def test_fsdp2_refuses_what_it_cannot_shard_in_one_line(small_corpus, tmp_path, 
 
 
 def test_mixed_precision_policy_only_for_bf16_on_a_bf16_device(monkeypatch):
-    from kslm.fsdp import mixed_precision
+    from kslm.tasks.fsdp import mixed_precision
 
     assert mixed_precision("cpu", "bf16-mixed") is None  # CPU: fp32 throughout
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)

@@ -62,7 +62,7 @@ def test_hub_name_offline_and_not_cached_is_one_line(workdir, capsys, monkeypatc
 HUB_SCRIPT = """
 import sys, torch
 from kslm.data.tokenizer import load_tokenizer
-from kslm.hf import HFEncoder, local_dir
+from kslm.hf.encoder import HFEncoder, local_dir
 enc = HFEncoder.from_pretrained("kslm-test/tiny-bert")
 saved = torch.load(sys.argv[1], weights_only=True)
 same = all(torch.equal(v, saved[k]) for k, v in enc.model.state_dict().items())

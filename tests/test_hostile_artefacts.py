@@ -114,6 +114,20 @@ def test_a_payload_never_reaches_the_parser_or_chooses_paths(made, home, monkeyp
     assert not (home / "cache-of-the-ckpt").exists() and not (home / "exported").exists()
 
 
+@pytest.mark.parametrize("kind", ["lm", "ner"])
+def test_lightnings_hyper_parameters_in_a_checkpoint_are_never_parsed(made, home, monkeypatch, capsys, kind):
+    """A sound payload beside Lightning's own `hyper_parameters` naming a class: LightningCLI would parse them into
+    the model section and import the class's module; kslm never reads them (the payload is the settings)."""
+    _module_that_writes(home, monkeypatch)
+    (home / "prompts.txt").write_text("张三\n", encoding="utf-8")
+    extra = ["--data.predict_file", "prompts.txt", "--model.max_new_tokens", "1"] if kind == "lm" else []
+    for hparams in ({"class_path": "evil_mod.Thing", "init_args": {}}, {"_class_path": "evil_mod.Thing", "lr": 1}):
+        path = _crafted(made, home, kind, lambda p, c, h=hparams: c.update(hyper_parameters=copy.deepcopy(h)))
+        code, err = run_cli([*PREDICT, "--ckpt_path", str(path), *extra], capsys)
+        assert code == 0 and "Traceback" not in err, err[-2000:]
+        _untouched(home)
+
+
 # ------------------------------------------------------------------------------------------ lying shapes
 SHAPES = {
     "d_model 60000": ("lm", lambda p, c: [p["backbone"].update(d_model=60000), p["settings"]["backbone"].update(d_model=60000)]),
@@ -167,7 +181,7 @@ def _evil_metadata(folder, home):
 
 
 def _escaping_shard(folder, home):
-    from kslm.sharded import SafeMetadataUnpickler
+    from kslm.checkpoint.sharded import SafeMetadataUnpickler
 
     with (folder / ".metadata").open("rb") as f:
         meta = SafeMetadataUnpickler(f).load()
@@ -231,7 +245,7 @@ def test_an_export_directory_read_back_is_data(made, home, monkeypatch, capsys):
         edit(bad)
         (home / "exp" / "kslm.json").write_text(json.dumps(bad), encoding="utf-8")
         from kslm.errors import CheckpointError
-        from kslm.export.reader import read_export
+        from kslm.hf.reader import read_export
 
         with pytest.raises(CheckpointError) as info:
             read_export(home / "exp")
@@ -291,7 +305,7 @@ def test_a_line_over_the_record_limit_is_read_no_further(home, monkeypatch):
 def test_a_missing_relative_path_is_not_a_hub_id(home):
     """`checkpoints/export` that is not there (its first folder is) is a local path to say is missing, never a name
     to fetch from the hub; `bert-base-chinese` or `hfl/rbt3` (no such folder here) still read as hub ids."""
-    from kslm.hf import is_hub_name
+    from kslm.hf.encoder import is_hub_name
 
     (home / "checkpoints").mkdir()
     assert not is_hub_name("checkpoints/export") and not is_hub_name("./export") and not is_hub_name("../x/y")

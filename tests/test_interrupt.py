@@ -1,7 +1,7 @@
 """Ctrl-C keeps the work (issue 24, item 1): a fit stopped by SIGINT finishes its step, saves a resumable last.ckpt,
 points the run's link at it, says `kslm: interrupted at step N — resume with --ckpt_path …` and exits 130; resumed
 from there it ends with the weights of an uninterrupted run. One real SIGINT to a `kslm fit` subprocess; the stop
-at a training step and at a validation in this process (kslm.interrupt.requested answering as a signal would)."""
+at a training step and at a validation in this process (kslm.cli.interrupt.requested answering as a signal would)."""
 
 import os
 import re
@@ -44,7 +44,7 @@ def _uninterrupted(corpus, folder, steps, monkeypatch, capsys):
 
 @pytest.mark.parametrize("stop", [4, 3], ids=["between-validations", "at-a-validation"])
 def test_an_interrupted_fit_saves_and_resumes_exactly(small_corpus, workdir, capsys, monkeypatch, stop):
-    import kslm.interrupt
+    import kslm.cli.interrupt
 
     run = workdir / "run"
     run.mkdir()
@@ -55,7 +55,7 @@ def test_an_interrupted_fit_saves_and_resumes_exactly(small_corpus, workdir, cap
         asked.append((trainer.global_step, trainer.validating))
         return int(signal.SIGINT) if trainer.global_step == stop else 0
 
-    monkeypatch.setattr(kslm.interrupt, "requested", requested)
+    monkeypatch.setattr(kslm.cli.interrupt, "requested", requested)
     code, err = run_cli(["fit", *_run_folders(tiny_args(small_corpus, run, *COMMON, steps=9))], capsys)
     assert code == 130, err
     link = run / "checkpoints" / "transformer" / "last.ckpt"
@@ -108,7 +108,7 @@ def test_ctrl_c_to_a_running_fit(small_corpus, workdir, capsys, monkeypatch, sin
 
 
 def test_a_second_signal_stops_at_once_and_the_handlers_come_back():
-    import kslm.interrupt as interrupt
+    import kslm.cli.interrupt as interrupt
     from kslm.io import Terminated
 
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)

@@ -1,9 +1,9 @@
-"""kslm.payload_schema: the settings and head options a checkpoint may hold are exactly what each task records
+"""kslm.checkpoint.schema: the settings and head options a checkpoint may hold are exactly what each task records
 (its init arguments less its run-time options, its head_options), and the type check of the typed configs."""
 
 import pytest
 
-from kslm import payload_schema as schema
+from kslm.checkpoint import schema
 from kslm.errors import CheckpointError
 from kslm.tasks.lm import LanguageModel
 from kslm.tasks.ner import EntityExtraction

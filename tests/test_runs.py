@@ -180,9 +180,9 @@ def test_validate_prints_one_results_table_in_the_readmes_units(runs):
     assert f" val/f1 {f1} " in fit + " ", (line, fit)
 
 
-# --------------------------------------------------------------------------------------------- kslm.runs
+# --------------------------------------------------------------------------------------------- kslm.cli.folders
 def test_next_and_resumed_version(tmp_path):
-    from kslm.runs import next_version, resumed_version
+    from kslm.cli.folders import next_version, resumed_version
 
     logs, ckpts = tmp_path / "logs", tmp_path / "ckpts"
     assert next_version(logs, ckpts) == 0
@@ -201,7 +201,7 @@ def test_next_and_resumed_version(tmp_path):
 
 
 def test_point_link_replaces_atomically_and_keeps_an_old_file(tmp_path):
-    from kslm.runs import point_link
+    from kslm.cli.folders import point_link
 
     for n in (0, 1):
         (tmp_path / f"version_{n}").mkdir()
@@ -217,7 +217,7 @@ def test_point_link_replaces_atomically_and_keeps_an_old_file(tmp_path):
 
 
 def test_step_bar_counts_the_run_from_the_resumed_step():
-    from kslm.progress import LogProgress, StepProgressBar, progress_bar
+    from kslm.cli.progress import LogProgress, StepProgressBar, progress_bar
 
     bar = StepProgressBar()
     trainer = SimpleNamespace(global_step=32, estimated_stepping_batches=300, current_epoch=2)
@@ -230,7 +230,7 @@ def test_step_bar_counts_the_run_from_the_resumed_step():
 
 
 def test_run_names_and_evaluation_folders(tmp_path):
-    from kslm.runs import eval_version, name_error
+    from kslm.cli.folders import eval_version, name_error
 
     for good in ("gau", "weibo-egp", "cluener_egp.v2", "run+1"):
         assert name_error(good) is None, good
@@ -244,7 +244,7 @@ def test_run_names_and_evaluation_folders(tmp_path):
 
 
 def test_a_new_run_removes_the_link_and_a_run_stopped_before_its_first_step_leaves_nothing(tmp_path):
-    from kslm.runs import discard_run, start_run
+    from kslm.cli.folders import discard_run, start_run
 
     base = tmp_path / "checkpoints" / "gau"
     (base / "version_0").mkdir(parents=True)
@@ -276,7 +276,7 @@ def test_last_never_names_the_previous_run_once_a_new_one_trains(small_corpus, w
     """Fit A; fit B fails in its data setup (its log folder made): one line, no folders left, the link still on A, no
     number taken; fit C: while it trains before its first checkpoint there is no link (A's would be resumed by
     `--ckpt_path last`), then the link names C's."""
-    import kslm.interrupt
+    import kslm.cli.interrupt
 
     base = _default_folders(tiny_args(small_corpus, workdir, "--trainer.enable_progress_bar", "false"))
     assert run_cli(["fit", *base, "--trainer.max_steps", "2"], capsys)[0] == 0
@@ -294,7 +294,7 @@ def test_last_never_names_the_previous_run_once_a_new_one_trains(small_corpus, w
         seen.append((trainer.global_step, link.is_symlink()))
         return 0
 
-    monkeypatch.setattr(kslm.interrupt, "requested", requested)
+    monkeypatch.setattr(kslm.cli.interrupt, "requested", requested)
     code, err = run_cli(["fit", *base, "--trainer.max_steps", "3", "--trainer.val_check_interval", "2"], capsys)
     assert code == 0 and "kslm: fit transformer/version_1 (a new run)" in err, err
     assert seen == [(1, False), (2, True)], seen  # none at step 1; C's own after step 2's validation saved

@@ -1,7 +1,7 @@
 """KslmDataModule: what every kslm data module shares — the cache folder, the connected tokenizer (and labels), the
 resumable training loader and its exact-resume state.
 
-Data flows one way: the CLI (kslm.connect) resolves the tokenizer and the label set once — from `--ckpt_path`,
+Data flows one way: the CLI (kslm.cli.connect) resolves the tokenizer and the label set once — from `--ckpt_path`,
 `--model.pretrained`, `--model.hf_path`, `--data.tokenizer`, or by training on the data — and hands them to the
 model and to the data module (`connect`). A data module never reads the model or the Trainer's other half.
 Without a connection (a data module used on its own, as the experiments do) `load_tokenizer` builds its own.
@@ -23,7 +23,7 @@ from kslm.errors import DataError
 
 def ignore_sigint(worker_id: int) -> None:
     """A DataLoader worker's init: Ctrl-C at a terminal reaches the workers too, which would die with a
-    KeyboardInterrupt while kslm's fit finishes its step and saves (kslm.interrupt); the main process stops them."""
+    KeyboardInterrupt while kslm's fit finishes its step and saves (kslm.cli.interrupt); the main process stops them."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -1,7 +1,7 @@
 """One decode path per extraction task: a head's logits over a record batch of windows (as the NER / RE data modules
 collate them: <s> window </s>, `offsets`, `record`, `text`) → per record, the canonical entities / triples with
 character offsets. EntityExtraction and RelationExtraction decode with these, and so do the exported head classes
-(kslm.export.modeling_kslm.KslmForExtraction), so an export predicts what `kslm predict` does.
+(kslm.hf.modeling_kslm.KslmForExtraction), so an export predicts what `kslm predict` does.
 """
 
 from typing import List, Sequence, Tuple

@@ -71,8 +71,8 @@ def check_special_tokens(tok: Tokenizer, source) -> None:
 
 def load_tokenizer(path: str, kslm_specials: bool = True) -> Tokenizer:
     """A tokenizer.json, or a Hugging Face model directory (its tokenizer.json, else a BERT WordPiece tokenizer built
-    from its vocab.txt). A kslm checkpoint's tokenizer is read by kslm.checkpoint (kslm.connect decides which); a
-    `kslm export`'s is read as the checkpoint held it (kslm.export.tokenizer_files.kslm_tokenizer_json).
+    from its vocab.txt). A kslm checkpoint's tokenizer is read by kslm.checkpoint (kslm.cli.connect decides which); a
+    `kslm export`'s is read as the checkpoint held it (kslm.hf.tokenizer_files.kslm_tokenizer_json).
 
     kslm_specials: require kslm's special ids (<pad>=0 … <mask>=4), as the LM data needs; otherwise any
     tokenizer with <s>/</s>/<pad> or [CLS]/[SEP]/[PAD] is accepted (extraction tasks on an HF encoder).
@@ -103,7 +103,7 @@ def load_tokenizer(path: str, kslm_specials: bool = True) -> Tokenizer:
         raise DataError(f"larger than {MAX_JSON_FILE_BYTES >> 20} MiB: not a tokenizer", path=p, field="tokenizer")
     try:
         if (p.parent / "kslm.json").is_file():  # a `kslm export`: without the document template the export added
-            from kslm.export.tokenizer_files import kslm_tokenizer_json
+            from kslm.hf.tokenizer_files import kslm_tokenizer_json
 
             tok = Tokenizer.from_str(kslm_tokenizer_json(p.read_text(encoding="utf-8")))
         else:

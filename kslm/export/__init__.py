@@ -1,3 +1,3 @@
-"""kslm models out to Hugging Face (`kslm export`) and back in (kslm.export.reader): writer.py (the directory),
-native.py (exact HF architectures), modeling_kslm.py + configuration_kslm.py (remote code over kslm.nn),
-tokenizer_files.py, card.py (README.md), cli.py."""
+"""`kslm export`: a kslm checkpoint out to a Hugging Face directory — cli.py (the verb), writer.py (the directory:
+weights, config, tokenizer files, remote code), card.py (README.md). What Hugging Face reads and writes (native
+architectures, remote code, tokenizer files, reading an export back) is the adapter layer kslm.hf."""

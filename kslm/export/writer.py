@@ -2,7 +2,7 @@
 generation_config.json for causal LMs, README.md model card, kslm.json), written atomically (kslm.io.atomic_dir).
 
 What goes where:
-    LM, a config some HF architecture is exactly (kslm.export.native)  → that architecture, no remote code
+    LM, a config some HF architecture is exactly (kslm.hf.native)  → that architecture, no remote code
     LM, anything else                                                 → KslmForCausalLM / KslmForMaskedLM (remote code:
                                                                         modeling_kslm.py + configuration_kslm.py, auto_map)
     NER / RE over a kslm backbone                                      → KslmForExtraction
@@ -11,7 +11,7 @@ What goes where:
                                                                         model.safetensors
     NER / RE over a Hugging Face encoder                               → that encoder's own config + head.safetensors
 `kslm.json` is kslm's own record (task, backbone config, labels, head options, settings, how the weights are laid
-out); kslm.export.reader reads the directory back (`--model.pretrained DIR`, NBCE, `--model.hf_path DIR`).
+out); kslm.hf.reader reads the directory back (`--model.pretrained DIR`, NBCE, `--model.hf_path DIR`).
 Weights are safetensors only; kslm's tied head keeps one matrix (no duplicate tensor is written).
 """
 
@@ -30,7 +30,7 @@ from kslm.io import atomic_dir
 from kslm.metrics import METRICS_KEY, metrics_record
 from kslm.nn import BackboneConfig
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).parent.parent / "hf"  # the remote-code files live in kslm/hf/
 REMOTE_FILES = ("modeling_kslm.py", "configuration_kslm.py")
 KSLM_JSON = "kslm.json"
 EXTRA_WEIGHTS = "kslm_embedding.safetensors"  # what a native export's folded embedding loses
@@ -66,7 +66,7 @@ def _transformers():
 
 def _lm_files(cfg: BackboneConfig, state: dict, ids: dict) -> dict:
     """(config, weights, extra weights, architecture, remote) of an LM: native when the logits agree, else remote."""
-    from kslm.export import native
+    from kslm.hf import native
 
     arch = native.candidate(cfg)
     if arch is not None:
@@ -83,7 +83,7 @@ def _lm_files(cfg: BackboneConfig, state: dict, ids: dict) -> dict:
 
 
 def _kslm_config(cfg: BackboneConfig, cls: str, auto: str, ids: dict, **extra):
-    from kslm.export.configuration_kslm import KslmConfig
+    from kslm.hf.configuration_kslm import KslmConfig
 
     auto_map = {"AutoConfig": "configuration_kslm.KslmConfig", "AutoModel": "modeling_kslm.KslmModel",
                 auto: f"modeling_kslm.{cls}"}
@@ -106,7 +106,7 @@ def _extraction_files(cfg: BackboneConfig, payload: Payload, backbone: dict, hea
 
 def plan(ckpt: dict, payload: Payload, source) -> dict:
     """What to write for this checkpoint (no file touched yet)."""
-    from kslm.export.tokenizer_files import special_ids
+    from kslm.hf.tokenizer_files import special_ids
 
     ids = special_ids(payload.load_tokenizer(), payload.task)
     head = _tensors(ckpt, "head_module.") if payload.task != "LanguageModel" else None
@@ -217,7 +217,7 @@ def export(ckpt_path, out, overwrite: bool = False) -> dict:
     p = plan(ckpt, payload, ckpt_path)
     rec = record(ckpt, payload, p, ckpt_path)
     from kslm.export.card import model_card
-    from kslm.export.tokenizer_files import special_ids, write_tokenizer
+    from kslm.hf.tokenizer_files import special_ids, write_tokenizer
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
         config = p["config"]

@@ -2,7 +2,7 @@
 a checkpoint whose payload (kslm.checkpoint.Payload) carries the task, its settings, the backbone config and the
 tokenizer (so nothing else is needed to reuse it).
 
-Data flows one way: the CLI (kslm.connect) hands the task its tokenizer, labels, the checkpoint payload its weights
+Data flows one way: the CLI (kslm.cli.connect) hands the task its tokenizer, labels, the checkpoint payload its weights
 will come from, and the data settings to record (`connect`); the task never reads the Trainer's data module."""
 
 import logging
@@ -51,6 +51,7 @@ class KslmTask(LastValidation, pl.LightningModule):
 
     # how the task runs, not what it is: kept out of the checkpoint's settings (the command line decides)
     runtime_options: Tuple[str, ...] = ("compile", "checkpointing", "attention_kernel")
+    weight_options: Tuple[str, ...] = ("backbone", "pretrained", "hf_path")  # shape the weights: --ckpt_path fixes them
     # what the task logs (checkpoint.monitor must be one of them, or lr-*)
     logged_metrics: Tuple[str, ...] = ("train/loss", "train/penalty", "val/loss", "test/loss", "train/tokens_per_sec",
                                        "train/flops_per_sec", "train/mfu")
@@ -121,7 +122,7 @@ class KslmTask(LastValidation, pl.LightningModule):
         """Before anything is allocated: the payload's settings and head options are this task's, and the stored
         weights are exactly those of the model the payload describes — built on the meta device, so a checkpoint
         claiming a larger model than it holds is one line, not an allocation of its claimed size."""
-        payload = ckpt.payload  # (its settings and head options already checked against the task's: payload_schema)
+        payload = ckpt.payload  # (its settings and head options already checked against the task's: kslm.checkpoint.schema)
         if payload.task != cls.__name__:
             raise CheckpointError(f"{ckpt.path}: a {payload.task} checkpoint cannot be loaded into {cls.__name__}")
         settings = payload.settings or ({"backbone": payload.backbone} if payload.backbone else {})
@@ -176,7 +177,7 @@ class KslmTask(LastValidation, pl.LightningModule):
         Tasks extend this to build their heads (of width `self.hidden_size`)."""
         self.tokenizer = tokenizer
         if hf_config is not None or hf_weights is not None:
-            from kslm.hf import HFEncoder
+            from kslm.hf.encoder import HFEncoder
 
             self.backbone = HFEncoder.from_pretrained(hf_weights) if hf_weights else HFEncoder.from_config(hf_config)
             self.hf_config = self.backbone.config_dict
@@ -223,11 +224,11 @@ class KslmTask(LastValidation, pl.LightningModule):
         self._shard()
 
     def _shard(self) -> None:
-        """Under a strategy with a device mesh (`--trainer.strategy fsdp2`): FSDP2 units per block (kslm.fsdp)."""
+        """Under a strategy with a device mesh (`--trainer.strategy fsdp2`): FSDP2 units per block (kslm.tasks.fsdp)."""
         mesh = getattr(self, "_device_mesh", None)
         if mesh is None:
             return
-        from kslm.fsdp import mixed_precision, shard
+        from kslm.tasks.fsdp import mixed_precision, shard
 
         dp = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
         units = shard(self, dp, mixed_precision(dp.device_type, str(self.trainer.precision)))
@@ -242,7 +243,7 @@ class KslmTask(LastValidation, pl.LightningModule):
     def init_from_pretrained(self, tokenizer: Tokenizer, path: str) -> None:
         """Backbone config, weights and tokenizer from a kslm LM checkpoint or a `kslm export` directory; the task keeps
         its mask and dropout."""
-        from kslm.export.reader import pretrained_backbone
+        from kslm.hf.reader import pretrained_backbone
 
         cfg, state, ckpt_tok = pretrained_backbone(path)
         if fingerprint(ckpt_tok) != fingerprint(tokenizer):
@@ -286,7 +287,7 @@ class KslmTask(LastValidation, pl.LightningModule):
             raise CheckpointError("the checkpoint's backbone differs from the configured one; resume with the "
                                   "configuration the checkpoint was trained with")
         elif payload.hf_config is not None:
-            from kslm.hf import same_architecture
+            from kslm.hf.encoder import same_architecture
 
             if self.hf_config is None or not same_architecture(self.hf_config, payload.hf_config):
                 raise CheckpointError("the checkpoint's Hugging Face encoder differs from the configured one")

@@ -67,7 +67,7 @@ class ExtractionTask(KslmTask):
     def _load_exported_head(self, path) -> None:
         """`--model.hf_path DIR` of a `kslm export` of this task: its head's weights too, when its labels and head
         options are this run's (otherwise the head starts fresh, as over any encoder)."""
-        from kslm.export.reader import is_export, read_export
+        from kslm.hf.reader import is_export, read_export
 
         if not is_export(path):
             return

@@ -51,6 +51,7 @@ class LanguageModel(KslmTask):
         sample_tokens: new tokens per sample (0 = none).
     """
 
+    weight_options = (*KslmTask.weight_options, "aux_objective", "heat_mode")
     runtime_options = (*KslmTask.runtime_options, "max_new_tokens", "temperature", "top_p", "sample_count",
                        "sample_tokens")
     sample_prompt_tokens = 16  # the prompts: this many first tokens (at most half) of the first validation blocks

@@ -42,7 +42,7 @@ class NBCE(pl.LightningModule):
         dtype: weights of a Hugging Face model: float32, bfloat16 or float16 (NBCE's scores are fp32 regardless).
     """
 
-    predict_only = True  # no training or evaluation step: kslm.options refuses fit / validate / test
+    predict_only = True  # no training or evaluation step: kslm.cli.options refuses fit / validate / test
 
     def __init__(self, checkpoint: Optional[str] = None, hf_path: Optional[str] = None, beta: float = 0.25,
                  eta: float = 0.1, top_p: float = 0.95, temperature: float = 0.01, max_new_tokens: int = 64,
@@ -73,7 +73,7 @@ class NBCE(pl.LightningModule):
     # ------------------------------------------------------------- loading
     def _load_kslm(self, path):
         from kslm.data.tokenizer import EOS_ID, PAD_ID
-        from kslm.export.reader import pretrained_backbone
+        from kslm.hf.reader import pretrained_backbone
         from kslm.nn import Backbone
 
         cfg, state, tok = pretrained_backbone(path, "model.checkpoint")  # a .ckpt or a `kslm export` directory
@@ -93,8 +93,8 @@ class NBCE(pl.LightningModule):
             from transformers import AutoModelForCausalLM, AutoTokenizer
         except ImportError:
             raise ConfigError("model.hf_path needs transformers: pip install -e '.[hf]'") from None
-        from kslm.export.modeling_kslm import register
-        from kslm.hf import is_hub_name, local_dir, offline
+        from kslm.hf.encoder import is_hub_name, local_dir, offline
+        from kslm.hf.modeling_kslm import register
 
         register()  # a `kslm export` directory with remote code loads with kslm's installed classes, never its copy
         hub = is_hub_name(path)
@@ -117,7 +117,7 @@ class NBCE(pl.LightningModule):
         self.eos_ids, self.window = sorted(set(eos)), self.lm.window
         self.pad_id = self.hf_tokenizer.pad_token_id or 0  # any id: padded positions are masked out
         self._start = None
-        from kslm.export.reader import is_export
+        from kslm.hf.reader import is_export
 
         if is_export(path):  # a kslm LM exported: kslm's prompts (a document starts after </s>), its tokenizer
             from kslm.data.tokenizer import EOS_ID, load_tokenizer

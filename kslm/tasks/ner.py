@@ -36,6 +36,7 @@ class EntityExtraction(ExtractionTask):
     label_key = "types"
     label_name = "entity types"
     head_options = ("head", "head_size")
+    weight_options = (*ExtractionTask.weight_options, *head_options, label_key)
 
     def __init__(self, *args, head: Literal["gp", "egp"] = "egp", head_size: int = 64,
                  types: Optional[List[str]] = None, loss: Literal["mcce", "bce"] = "mcce", **kwargs):

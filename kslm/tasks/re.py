@@ -41,6 +41,7 @@ class RelationExtraction(ExtractionTask):
     label_name = "predicates"
     head_options = ("head_size",)
     runtime_options = (*ExtractionTask.runtime_options, "max_entities")
+    weight_options = (*ExtractionTask.weight_options, *head_options, label_key)
 
     def __init__(self, *args, head_size: int = 64, loss: Literal["sparse", "dense"] = "sparse",
                  predicates: Optional[List[str]] = None, max_entities: int = 32, **kwargs):

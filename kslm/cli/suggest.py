@@ -105,7 +105,7 @@ def _by_leaf(leaf: str, keys: List[str]) -> Optional[str]:
 def config_files(argv: List[str]) -> List[Tuple[str, str]]:
     """(section prefix, file) for each config file on the command line, in order (`--config F` → "", `--model F`
     → "model")."""
-    from kslm.argv import CONFIG_OPTIONS
+    from kslm.cli.argv import CONFIG_OPTIONS
 
     out = []
     for i, a in enumerate(argv):

@@ -6,7 +6,7 @@ no `--config`), the backbone config (or the Hugging Face config of an HF encoder
 set (entity types / predicates), the head options and the data settings prediction needs.
 
 A checkpoint may come from a stranger, so it is data and nothing else (SECURITY.md): files are read with
-`torch.load(weights_only=True)`, sharded folders through kslm.sharded's safe reader, and the payload is validated
+`torch.load(weights_only=True)`, sharded folders through kslm.checkpoint.sharded's safe reader, and the payload is validated
 against its schema (`validate`: known keys, plain JSON values of the right types, no `class_path` anywhere, data
 settings that are numbers, never paths) before anything uses it. `open_checkpoint` builds the one validated
 `Checkpoint` of a path (read once per process); every reader of `--ckpt_path`, `--model.pretrained` and
@@ -20,11 +20,11 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from tokenizers import Tokenizer
 
-from kslm import payload_schema as schema
+from kslm.checkpoint import schema
+from kslm.checkpoint.sharded import META as SHARDED_META
+from kslm.checkpoint.sharded import holds_optimizer, is_sharded, read_sharded
 from kslm.errors import CheckpointError
 from kslm.nn import Backbone, BackboneConfig
-from kslm.sharded import META as SHARDED_META
-from kslm.sharded import holds_optimizer, is_sharded, read_sharded
 
 FORMAT_VERSION = 1
 KEY = "kslm"  # the payload's key in Lightning's checkpoint dict
@@ -81,7 +81,7 @@ class Payload:
 
     @classmethod
     def from_dict(cls, d: Any, source="<checkpoint>") -> "Payload":
-        """The payload of a checkpoint dict, validated (kslm.payload_schema) before anything uses it."""
+        """The payload of a checkpoint dict, validated (kslm.checkpoint.schema) before anything uses it."""
         if not isinstance(d, dict) or not isinstance(d.get("tokenizer"), str):
             raise CheckpointError(f"{source}: not a kslm checkpoint (no tokenizer inside)")
         if "version" not in d:  # the payload before it had an owner: flat keys, no task name
@@ -152,7 +152,7 @@ def _from_unversioned(d: dict, source) -> dict:
 def read_checkpoint(path, field_name: Optional[str] = None) -> dict:
     """The raw checkpoint dict (weights_only loading). Any unreadable file is a one-line CheckpointError. A sharded
     checkpoint folder (FSDP2) reads as its consolidated form: Lightning's state and the payload with whole weights
-    (the optimiser's shards stay on disk), through kslm.sharded's safe reader."""
+    (the optimiser's shards stay on disk), through kslm.checkpoint.sharded's safe reader."""
     p = Path(str(path))
     where = f" (field '{field_name}')" if field_name else ""
     if is_sharded(p):
@@ -227,6 +227,14 @@ def open_checkpoint(path, field_name: Optional[str] = None) -> Checkpoint:
         _OPENED.clear()  # one at a time: a process works with one checkpoint, and the weights are large
         _OPENED[key] = ckpt
     return ckpt
+
+
+def forget(ckpt: Checkpoint) -> None:
+    """Drop `ckpt` from open_checkpoint's memory: its dict is being handed to another owner (Lightning restores from
+    it, and its optimiser state may change in place), so the next opening of the file reads it again."""
+    for key, held in list(_OPENED.items()):
+        if held is ckpt:
+            del _OPENED[key]
 
 
 def check_shapes(expected: Dict[str, Tuple[int, ...]], state: dict, source, what: str = "the model",
@@ -321,6 +329,6 @@ def load_backbone(path, prefix: str = "backbone.") -> Tuple[BackboneConfig, dict
     return cfg, state, payload.load_tokenizer()
 
 
-__all__ = ["Payload", "Checkpoint", "FORMAT_VERSION", "TASKS", "read_checkpoint", "open_checkpoint", "read_payload",
+__all__ = ["Payload", "Checkpoint", "FORMAT_VERSION", "TASKS", "read_checkpoint", "open_checkpoint", "forget", "read_payload",
            "payload_of", "check_restorable", "check_shapes", "check_backbone", "meta_shapes", "store", "load_backbone",
            "task_name", "is_sharded", "consolidate"]

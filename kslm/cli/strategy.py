@@ -2,7 +2,7 @@
 
 Lightning's `fsdp` (FSDPStrategy, FSDP1) refuses a CPU accelerator; its ModelParallelStrategy (FSDP2 over a device
 mesh) runs on CPU with gloo as on GPUs with NCCL, but it shards nothing itself — the module's `configure_model`
-must (kslm.tasks.base calls kslm.fsdp.shard there) — and its default mesh is data-parallel across nodes,
+must (kslm.tasks.base calls kslm.tasks.fsdp.shard there) — and its default mesh is data-parallel across nodes,
 tensor-parallel within a node. kslm has no tensor parallelism, so FSDP2Strategy makes the data-parallel dimension
 every rank (world size × 1): each rank reads its own shard of the data and holds 1/world of the weights, gradients
 and optimiser state.

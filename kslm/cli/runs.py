@@ -1,5 +1,5 @@
-"""The run a trainer verb starts, decided before any class is built (kslm.trainer_cli): its name (`--name`, default
-the config's stem), its folders (kslm.runs) and the first lines a fit prints about them; a new fit removes the
+"""The run a trainer verb starts, decided before any class is built (kslm.cli.trainer): its name (`--name`, default
+the config's stem), its folders (kslm.cli.folders) and the first lines a fit prints about them; a new fit removes the
 previous run's `last.ckpt` link once its data is read, and a fit stopped before its first training step is discarded
 (folders, link back).
 """
@@ -12,8 +12,8 @@ from typing import Optional
 
 from lightning.pytorch.callbacks import Callback
 
+from kslm.cli.folders import discard_run, eval_version, name_error, next_version, resumed_version, start_run
 from kslm.errors import ConfigError
-from kslm.runs import discard_run, eval_version, name_error, next_version, resumed_version, start_run
 
 
 @dataclass

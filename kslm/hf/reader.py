@@ -1,5 +1,5 @@
-"""An export directory back into kslm: `--model.pretrained DIR` (kslm.tasks.base), its tokenizer (kslm.connect), NBCE's
-`model.checkpoint DIR`, and `--model.hf_path DIR` (kslm.hf). kslm.json says how the weights are laid out; weights are
+"""An export directory back into kslm: `--model.pretrained DIR` (kslm.tasks.base), its tokenizer (kslm.cli.connect), NBCE's
+`model.checkpoint DIR`, and `--model.hf_path DIR` (kslm.hf.encoder). kslm.json says how the weights are laid out; weights are
 read with safetensors (never pickle), so reading an export runs no code from it."""
 
 from pathlib import Path
@@ -10,7 +10,7 @@ from tokenizers import Tokenizer
 
 from kslm.checkpoint import FORMAT_VERSION, Payload, check_backbone, load_backbone, read_payload
 from kslm.errors import CheckpointError
-from kslm.export.tokenizer_files import kslm_tokenizer_json
+from kslm.hf.tokenizer_files import kslm_tokenizer_json
 from kslm.io import read_json
 from kslm.nn import BackboneConfig
 
@@ -64,7 +64,7 @@ def read_export(path, field: str = "model.pretrained") -> Tuple[Payload, Dict[st
     if weights is None:
         raise CheckpointError(f"{folder}: the export has no model.safetensors (field '{field}')")
     if layout == "native":
-        from kslm.export.native import from_arcee
+        from kslm.hf.native import from_arcee
 
         extra = _weights(folder, "kslm_embedding.safetensors", field) or {}
         try:  # (no allocation: it renames and concatenates the stored tensors; shapes are checked below)

@@ -15,9 +15,9 @@ from lightning.pytorch.callbacks import BasePredictionWriter, Callback, Learning
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
-from kslm import interrupt
+from kslm.cli import interrupt
+from kslm.cli.options import check_output_path
 from kslm.io import write_jsonl
-from kslm.options import check_output_path
 
 
 class KslmCheckpoint(ModelCheckpoint):
@@ -32,7 +32,7 @@ class KslmCheckpoint(ModelCheckpoint):
     whose last validation is its best keeps that checkpoint.
 
     Args:
-        latest_link: a path that is made, after every write of last.ckpt, a link to it (kslm.runs.point_link; the
+        latest_link: a path that is made, after every write of last.ckpt, a link to it (kslm.cli.folders.point_link; the
             CLI sets `checkpoints/<config>/last.ckpt` when it picks the run's folder). Rank 0 only.
     """
 
@@ -52,7 +52,7 @@ class KslmCheckpoint(ModelCheckpoint):
 
     def on_train_start(self, trainer, pl_module):
         super().on_train_start(trainer, pl_module)
-        interrupt.arm()  # Ctrl-C / SIGTERM now stop at a step boundary, with a checkpoint (kslm.interrupt)
+        interrupt.arm()  # Ctrl-C / SIGTERM now stop at a step boundary, with a checkpoint (kslm.cli.interrupt)
 
     def on_train_end(self, trainer, pl_module):
         interrupt.disarm()
@@ -159,7 +159,7 @@ class KslmCheckpoint(ModelCheckpoint):
         if self.save_last:
             self._last_step = trainer.global_step
         if self.latest_link and self.save_last and self.last_model_path and trainer.is_global_zero:
-            from kslm.runs import point_link
+            from kslm.cli.folders import point_link
 
             _, moved = point_link(self.latest_link, self.last_model_path)
             if moved is not None:

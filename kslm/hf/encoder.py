@@ -29,7 +29,7 @@ def _transformers():
         import transformers
     except ImportError:
         raise ConfigError("model.hf_path needs the optional extra: pip install 'kslm[hf]'") from None
-    from kslm.export.modeling_kslm import register
+    from kslm.hf.modeling_kslm import register
 
     register()  # `kslm export` directories (model_type kslm) load with kslm's installed classes, never an export's copy
     return transformers
@@ -150,12 +150,12 @@ class HFEncoder(nn.Module):
         """From a local directory, or a hub name (its weights through the hub cache)."""
         p = config_dir(path)
         tf = _transformers()
-        from kslm.export.reader import is_export, read_export
+        from kslm.hf.reader import is_export, read_export
 
         if is_export(p) and _model_type(p) == "kslm":
             # built like Backbone(cfg) (the same random draws as --model.pretrained, so the head's init is the same),
             # then the export's weights
-            from kslm.export.modeling_kslm import KslmConfig, KslmModel
+            from kslm.hf.modeling_kslm import KslmConfig, KslmModel
 
             payload, state, _ = read_export(p, "model.hf_path")
             model = KslmModel(KslmConfig(backbone=payload.backbone))

@@ -10,7 +10,7 @@ sharded and are refused.
 
 Mixed precision: with bf16 asked for (`--trainer.precision bf16-mixed` / `bf16-true`) on a device with bf16 support
 (CUDA), parameters are gathered and computed in bf16 and gradients reduced in fp32 (MixedPrecisionPolicy); on CPU
-everything stays fp32 (no native bf16 kernels there). The strategy that calls this is kslm.strategy.FSDP2Strategy.
+everything stays fp32 (no native bf16 kernels there). The strategy that calls this is kslm.cli.strategy.FSDP2Strategy.
 """
 
 from typing import Optional

@@ -21,12 +21,12 @@ class Verb(NamedTuple):
 
 
 VERBS = (
-    Verb("fit", "train a model, or resume a run (--ckpt_path)", "kslm.trainer_cli:run", True),
-    Verb("validate", "evaluate a checkpoint on validation data", "kslm.trainer_cli:run", True),
-    Verb("test", "evaluate a checkpoint on a labelled test file", "kslm.trainer_cli:run", True),
-    Verb("predict", "predict with a checkpoint: entities, triples, LM generations, NBCE answers", "kslm.trainer_cli:run",
+    Verb("fit", "train a model, or resume a run (--ckpt_path)", "kslm.cli.trainer:run", True),
+    Verb("validate", "evaluate a checkpoint on validation data", "kslm.cli.trainer:run", True),
+    Verb("test", "evaluate a checkpoint on a labelled test file", "kslm.cli.trainer:run", True),
+    Verb("predict", "predict with a checkpoint: entities, triples, LM generations, NBCE answers", "kslm.cli.trainer:run",
          True),
-    Verb("score", "score a predictions file against gold records (P / R / F1 per label)", "kslm.score:main"),
+    Verb("score", "score a predictions file against gold records (P / R / F1 per label)", "kslm.cli.score:main"),
     Verb("export", "write a checkpoint as a Hugging Face directory", "kslm.export.cli:main"),
     Verb("consolidate", "merge a sharded (fsdp2) checkpoint folder into one checkpoint file", "kslm.cli:consolidate_main"),
     Verb("serve", "serve a model over HTTP (LitServe): POST /predict, GET /health, GET /info", "kslm.cli:serve_main"),
@@ -85,6 +85,20 @@ def _entry(verb: Verb):
 def main(args=None):
     """`kslm …` (the console script). `args`: the command line without the program name (default sys.argv[1:]),
     or a dict of a trainer verb's config (LightningCLI's dict form, verb under "subcommand")."""
+    try:
+        return _main(args)
+    except BrokenPipeError:  # `kslm … | head`: the reader has gone; no traceback, and none at exit either
+        _broken_pipe()
+
+
+def _broken_pipe():
+    import os
+
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(128 + signal.SIGPIPE)
+
+
+def _main(args):
     argv = None if isinstance(args, dict) else list(sys.argv[1:] if args is None else args)
     if argv is not None:
         if not argv or argv[0] in ("-h", "--help"):
@@ -98,7 +112,7 @@ def main(args=None):
             sys.exit(2)
     verb = BY_NAME[argv[0] if argv is not None else args.get("subcommand", "fit")]
     if verb.trainer and argv is not None and any(a in ("-h", "--help") for a in argv[1:]):
-        from kslm.cli_help import verb_help
+        from kslm.cli.help import verb_help
 
         print(verb_help(verb.name))
         return None
@@ -116,9 +130,11 @@ def main(args=None):
 
 def _exit(exc: BaseException):
     """How `exc` leaves kslm: its exit code and at most one line; a bug keeps its traceback (re-raised)."""
-    from kslm.errors import KslmError
-    from kslm.interrupt import Interrupted
+    from kslm.cli.interrupt import Interrupted
+    from kslm.errors import kslm_cause
 
+    if isinstance(exc, BrokenPipeError):
+        _broken_pipe()
     if isinstance(exc, Interrupted):  # a fit stopped by Ctrl-C / SIGTERM after saving its checkpoint (every rank)
         if exc.rank == 0:
             print(f"kslm: {exc}", file=sys.stderr)
@@ -136,18 +152,11 @@ def _exit(exc: BaseException):
         sys.exit(128 + signal.SIGTERM)
     if not isinstance(exc, Exception):
         raise exc
-    cause, line = _kslm_cause(exc), _rank_failure_line(exc)
+    cause, line = kslm_cause(exc), _rank_failure_line(exc)
     if line is not None:
         print(f"kslm: error: {line}", file=sys.stderr)
         sys.exit(1)
-    if cause is None and "kslm.trainer_cli" in sys.modules:
-        from kslm.trainer_cli import lightning_error_line
-
-        line = lightning_error_line(exc)
-        if line is not None:
-            print(f"kslm: error: {line}", file=sys.stderr)
-            sys.exit(2)
-    if cause is None or not isinstance(cause, KslmError):
+    if cause is None:
         raise exc
     print(f"kslm: error: {_one_line(str(cause))}", file=sys.stderr)
     sys.exit(2)
@@ -170,19 +179,6 @@ def _sigterm(exc: BaseException) -> bool:
 
 def _one_line(message: str) -> str:
     return re.sub(r"\s+", " ", message).strip()
-
-
-def _kslm_cause(exc: BaseException):
-    """The KslmError behind `exc`, if any (jsonargparse wraps errors raised while instantiating classes)."""
-    from kslm.errors import KslmError
-
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, KslmError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
 
 
 def _rank_failure_line(exc: BaseException) -> Optional[str]:
@@ -235,9 +231,6 @@ _LAZY = ("KslmCLI", "checkpoint_model_config", "given_model_options")
 
 def __getattr__(name):  # the LightningCLI side, for code that imported it from here: loaded on first use
     if name in _LAZY:
-        return getattr(importlib.import_module("kslm.trainer_cli"), name)
+        return getattr(importlib.import_module("kslm.cli.trainer"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-
-if __name__ == "__main__":
-    main()

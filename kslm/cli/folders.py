@@ -8,7 +8,7 @@ put back), so only fit runs that trained take numbers; validate and test log to 
 
 A fit resumed from a run's own `last.ckpt` (through the link or the file) continues in that run's folders; a fit
 resumed from any other checkpoint (an earlier top-k file, another config's, a file outside these folders) is a new
-run with a new N. No lightning here: kslm.trainer_cli picks the folders, kslm.callbacks.KslmCheckpoint moves the link.
+run with a new N. No lightning here: kslm.cli.trainer picks the folders, kslm.cli.callbacks.KslmCheckpoint moves the link.
 """
 
 import os

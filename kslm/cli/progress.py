@@ -66,7 +66,7 @@ class LogProgress(ProgressBar):
     over those steps (validation time excluded; all ranks) and the time left at the run's pace so far. One line
     per validation during fit, with the validation's scalars (`val/name`; per-type ones such as `val/f1/PER` stay in
     TensorBoard; precision, recall and F1 in %, kslm.report). Rank 0 prints; validate / test print one results line
-    (kslm.trainer_cli), after an extraction task's per-label table."""
+    (kslm.cli.trainer), after an extraction task's per-label table."""
 
     def __init__(self, every_n_steps: Optional[int] = None, stream=None):
         super().__init__()
@@ -156,7 +156,7 @@ def _duration(seconds: float) -> str:
 class ParameterSummary(ModelSummary):
     """Lightning's model summary in one line: parameters (trainable), size, and modules in train / eval mode.
     Lightning's table adds a FLOPs column that reads 0 unless the model sets an `example_input_array` (kslm's
-    tasks take dict batches; the run's FLOP/s come from their analytic count, see kslm.callbacks.TokenThroughput)."""
+    tasks take dict batches; the run's FLOP/s come from their analytic count, see kslm.cli.callbacks.TokenThroughput)."""
 
     @staticmethod
     def summarize(summary_data, total_parameters, trainable_parameters, model_size, total_training_modes,

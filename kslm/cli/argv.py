@@ -9,13 +9,10 @@ from typing import Optional, Tuple
 
 from jsonargparse import Namespace
 
-from kslm.checkpoint import read_payload
+from kslm.checkpoint import Checkpoint, open_checkpoint
 from kslm.errors import CheckpointError, ConfigError
 
 LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")  # ckpt_path values Lightning resolves itself
-# model options a checkpoint fixes: they shape the weights it holds (--ckpt_path with a different value is refused)
-ARCHITECTURE_OPTIONS = ("backbone", "head", "head_size", "types", "predicates", "labels", "hf_path", "pretrained",
-                        "aux_objective", "heat_mode")
 RESTORED_ON_RESUME = ("optim",)  # fit --ckpt_path restores the optimiser and its schedule exactly
 _MISSING = object()
 CONFIG_OPTIONS = ("-c", "--config", "--model", "--data", "--trainer", "--checkpoint", "--predictions")  # take a file
@@ -33,19 +30,21 @@ def _option(argv, *names) -> Optional[str]:
     return value
 
 
-def checkpoint_config_args(argv: list) -> list:
+def checkpoint_config_args(argv: list) -> Tuple[list, Optional[Checkpoint]]:
     """`kslm predict|validate|test --ckpt_path X` without --config or --model: the checkpoint knows its task, its
-    settings and its data settings; they become the --model / --data sections (later options still override)."""
+    settings and its data settings; they become the --model / --data sections (later options still override).
+    Returns the command line and the checkpoint opened for it (None when it was not needed), which the CLI keeps."""
     if not argv or argv[0] not in ("validate", "test", "predict"):
-        return argv
+        return argv, None
     rest = argv[1:]
     if any(a in ("-c", "--config", "--model") or a.startswith(("--config=", "--model=")) for a in rest):
-        return argv
+        return argv, None
     ckpt = _option(rest, "--ckpt_path")
     if not ckpt or ckpt in LIGHTNING_CKPT_NAMES:
-        return argv
+        return argv, None
     refuse_sharded(ckpt, argv[0], None)
-    payload = read_payload(ckpt, "ckpt_path")
+    opened = open_checkpoint(ckpt, "ckpt_path")
+    payload = opened.payload
     model, data = payload.predict_config()
     given_data = any(a == "--data" or a.startswith("--data=") for a in rest)
     corpus = ("--data.data_files", "--data.dataset") + (("--data.test_file",) if argv[0] == "test" else ())
@@ -56,14 +55,14 @@ def checkpoint_config_args(argv: list) -> list:
         print(f"kslm: note: a checkpoint holds no data paths: without --config, kslm {argv[0]} reads the embedded "
               "corpus (give --data.data_files, or the training config)", file=sys.stderr)
     injected = ["--model", json.dumps(model)] + ([] if given_data else ["--data", json.dumps(data)])
-    return [argv[0], *injected, *rest]
+    return [argv[0], *injected, *rest], opened
 
 
 def refuse_sharded(ckpt, sub: str, strategy) -> None:
     """A sharded checkpoint folder is read only to resume `fit --trainer.strategy fsdp2`; anything else is refused
     before a byte of the folder is read."""
     from kslm.checkpoint import is_sharded
-    from kslm.strategy import NAME as FSDP2
+    from kslm.cli.strategy import NAME as FSDP2
 
     if is_sharded(ckpt) and not (sub == "fit" and strategy == FSDP2):
         what = f"resume from it with --trainer.strategy {FSDP2}, or" if sub == "fit" else f"kslm {sub} takes"
@@ -243,8 +242,12 @@ def _plain(value):
 def checkpoint_model_config(payload, given: list, configured, sub: str, ckpt) -> dict:
     """The model section for a run from `ckpt`: the checkpoint's settings, with the command-line options `given`
     (their parsed values in `configured`, the model's init_args) applied where they can be. An option that shapes
-    the weights (ARCHITECTURE_OPTIONS) — or, for fit, the optimiser and schedule the resume restores — with a value
-    other than the checkpoint's is refused: one line lists them all."""
+    the weights (the task's `weight_options`) — or, for fit, the optimiser and schedule the resume restores — with a
+    value other than the checkpoint's is refused: one line lists them all."""
+    import importlib
+
+    module, _, name = payload.task_class_path.rpartition(".")
+    fixed = getattr(importlib.import_module(module), name).weight_options
     model, _ = payload.predict_config()
     settings = model["init_args"] = copy.deepcopy(model["init_args"])  # applied options must not edit the payload
     refused, restored = [], False
@@ -253,7 +256,7 @@ def checkpoint_model_config(payload, given: list, configured, sub: str, ckpt) ->
         if new is _MISSING or old is _MISSING or _plain(new) == _plain(old):
             continue  # not recorded in the checkpoint (a run-time option): the command line stands as it is
         top = key.split(".")[0]
-        if top in ARCHITECTURE_OPTIONS or (sub == "fit" and top in RESTORED_ON_RESUME):
+        if top in fixed or (sub == "fit" and top in RESTORED_ON_RESUME):
             refused.append(f"model.{key} (checkpoint {_plain(old)!r}, given {_plain(new)!r})")
             restored = restored or top in RESTORED_ON_RESUME
         else:

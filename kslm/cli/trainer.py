@@ -1,6 +1,6 @@
 """The trainer verbs, `kslm fit|validate|test|predict --config configs/….yaml [--key value …]`: KslmCLI (LightningCLI)
 and `run`, which kslm.cli (the front door) calls with the command line. `--help-all` is Lightning's full option list
-(`kslm VERB --help` is kslm's short one, kslm.cli_help)."""
+(`kslm VERB --help` is kslm's short one, kslm.cli.help)."""
 
 import logging
 import os
@@ -8,12 +8,14 @@ import re
 import sys
 import traceback
 import warnings
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from jsonargparse import ArgumentError, Namespace
 from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 # kslm's tasks and data modules, imported so that jsonargparse knows them as subclasses of LightningModule /
@@ -26,8 +28,9 @@ import kslm.tasks.lm  # noqa: F401
 import kslm.tasks.nbce  # noqa: F401
 import kslm.tasks.ner  # noqa: F401
 import kslm.tasks.re  # noqa: F401
-from kslm import cli_runs
-from kslm.argv import (
+from kslm.checkpoint import Checkpoint, check_restorable, consolidate, forget, is_sharded, open_checkpoint, task_name
+from kslm.cli import runs
+from kslm.cli.argv import (
     LIGHTNING_CKPT_NAMES,
     check_config_files,
     check_nulls,
@@ -37,13 +40,10 @@ from kslm.argv import (
     nested_nulls,
     refuse_sharded,
 )
-from kslm.callbacks import JsonlPredictionWriter, KslmCheckpoint, RunConfig, SharedLearningRate, TokenThroughput
-from kslm.checkpoint import check_restorable, consolidate, is_sharded, open_checkpoint, task_name
-from kslm.cli_help import DESCRIPTIONS
-from kslm.connect import connect
-from kslm.errors import CheckpointError, ConfigError
-from kslm.io import sigterm_raises
-from kslm.options import (
+from kslm.cli.callbacks import JsonlPredictionWriter, KslmCheckpoint, RunConfig, SharedLearningRate, TokenThroughput
+from kslm.cli.connect import connect
+from kslm.cli.help import DESCRIPTIONS
+from kslm.cli.options import (
     check_fit,
     check_output_path,
     check_seed,
@@ -52,26 +52,59 @@ from kslm.options import (
     lightning_option_error,
     named_option,
 )
-from kslm.progress import hide_adverts, plain_logs, progress_bar, scalars
+from kslm.cli.progress import hide_adverts, plain_logs, progress_bar, scalars
+from kslm.cli.strategy import FSDP2Strategy
+from kslm.cli.suggest import explain_parse_error
+from kslm.errors import CheckpointError, ConfigError, kslm_cause
+from kslm.io import sigterm_raises
 from kslm.report import metrics_line
-from kslm.strategy import FSDP2Strategy
-from kslm.suggest import explain_parse_error
 
-_RUN: dict = {}  # the running command's subcommand, config and run (for error messages and the clean-up)
+
+@dataclass
+class Command:
+    """One trainer command as it runs: what `run` needs after KslmCLI fails or ends (its clean-up, its error line)."""
+
+    subcommand: Optional[str] = None
+    config: Any = None  # the subcommand's parsed config
+    run: Optional[runs.Run] = None  # its run folders (fit) or log folder (validate / test)
+    trainer: Any = None
+    checkpoint: Optional[Checkpoint] = field(default=None, repr=False)  # --ckpt_path, opened once (kslm.checkpoint)
+
+
+class OpenedCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO, handed the dict kslm already read (weights_only) and checked for `--ckpt_path`,
+    so that the file is read once: Lightning restores from that dict, and later loads read files as before."""
+
+    def __init__(self, checkpoint: Checkpoint):
+        super().__init__()
+        self._opened = checkpoint
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None):
+        opened, self._opened = self._opened, None
+        if opened is not None and Path(str(path)).resolve() == opened.path.resolve():
+            return opened.raw  # (Lightning restores the optimiser from it: nobody else holds it, see KslmCLI._connect)
+        return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
 
 
 class KslmCLI(LightningCLI):
+    def __init__(self, *args, command: Optional[Command] = None, **kwargs):
+        self.command = command if command is not None else Command()
+        super().__init__(*args, **kwargs)
+
     def parse_arguments(self, parser, args):
-        """Parse; then, for a --ckpt_path, read kslm's payload (a one-line error for any unreadable file), refuse
+        """Parse; then open `--ckpt_path` once (kslm.checkpoint.open_checkpoint: read weights_only, payload and
+        shapes checked; a one-line error for any unreadable file) and keep it for connect and the Trainer: refuse
         another task's checkpoint and apply the checkpoint's task settings (its hyper-parameters: Lightning's own
-        copy is not written, kslm.checkpoint owns them)."""
+        copy is not written, kslm.checkpoint owns them). `ckpt_path` becomes the file it names (`last` resolved)."""
         argv = self._argv = []
+        opened = None
         if isinstance(args, (dict, Namespace)):
             super().parse_arguments(parser, args)
         else:
             argv = self._argv = list(sys.argv[1:] if args is None else args)
             check_config_files(argv)
-            argv_nulls, nulls = nested_nulls(checkpoint_config_args(argv))
+            args_from_ckpt, opened = checkpoint_config_args(argv)
+            argv_nulls, nulls = nested_nulls(args_from_ckpt)
             try:
                 self.config = parser.parse_args(argv_nulls)
             except ArgumentError as exc:  # a misspelt option, value or class: one line with the closest spelling
@@ -88,10 +121,14 @@ class KslmCLI(LightningCLI):
             if sub == "predict":  # before the checkpoint is read
                 check_output_path((cfg.get("predictions") or {}).get("path"))
         ckpt = self._ckpt_file(cfg) if cfg is not None else None
+        if cfg is not None and cfg.get("ckpt_path") is not None:
+            cfg.ckpt_path = ckpt  # the file `last` names (fit without one starts afresh): resolved here, once
         if ckpt is None:
             return
         refuse_sharded(ckpt, sub, (cfg.get("trainer") or {}).get("strategy"))
-        opened = open_checkpoint(ckpt, "ckpt_path")
+        if opened is None or opened.path != Path(ckpt):
+            opened = open_checkpoint(ckpt, "ckpt_path")
+        self.command.checkpoint = opened
         payload = opened.payload
         configured = task_name((cfg.get("model") or {}).get("class_path", ""))
         if configured != payload.task:
@@ -102,6 +139,11 @@ class KslmCLI(LightningCLI):
         model = checkpoint_model_config(payload, given_model_options(argv), configured, sub, ckpt)
         self.config = parser.parse_object({sub: {"model": model}}, self.config)
 
+    def _parse_ckpt_path(self):
+        """Not Lightning's: LightningCLI would read the file a second time for its `hyper_parameters` and parse them
+        into the model section (a `class_path` there would make the parser import a module). kslm never writes
+        them and never reads them: the model section comes from the validated payload (parse_arguments)."""
+
     def _ckpt_file(self, cfg) -> Optional[str]:
         """ckpt_path as a file: 'last' is this config's last.ckpt, if there is one."""
         ckpt = cfg.get("ckpt_path")
@@ -110,9 +152,9 @@ class KslmCLI(LightningCLI):
         if not str(ckpt).strip():
             raise CheckpointError("--ckpt_path is empty: give a checkpoint file, or leave the option out "
                                   "(field 'ckpt_path')")
-        if ckpt == "last":  # the latest run's last checkpoint: the link kslm.runs keeps, or an explicit dirpath's file
+        if ckpt == "last":  # the latest run's last checkpoint: the link kslm.cli.folders keeps, or an explicit dirpath's file
             last = Path(cfg.checkpoint.get("latest_link") or Path(cfg.checkpoint.get("dirpath") or
-                                                                     Path("checkpoints") / cli_runs.run_name(cfg)) / "last.ckpt")
+                                                                     Path("checkpoints") / runs.run_name(cfg)) / "last.ckpt")
             if last.is_file() or is_sharded(last):
                 return str(last)
             if self.config.get("subcommand") != "fit":  # fit starts afresh; the others would use untrained weights
@@ -143,14 +185,12 @@ class KslmCLI(LightningCLI):
     def before_instantiate_classes(self):
         sub = self.subcommand
         cfg = self.config[sub] if sub else self.config
-        _RUN.update(subcommand=sub, config=cfg, cli=self)
+        self.command.subcommand, self.command.config = sub, cfg
         self._check_options(sub, cfg)
         hide_adverts()
-        name = cli_runs.run_name(cfg)
+        name = runs.run_name(cfg)
         cfg.name = name  # (in the saved config.yaml: a re-run from it keeps the name)
-        if sub == "fit" and cfg.get("ckpt_path") == "last":  # the file it names: Lightning must not look in the new
-            cfg.ckpt_path = self._ckpt_file(cfg)  # run folder
-        run = _RUN["run"] = cli_runs.plan(sub, cfg, name)
+        run = self.command.run = runs.plan(sub, cfg, name)
         if cfg.trainer.get("logger") in (None, True):  # predict logs nothing: no empty TensorBoard version
             cfg.trainer.logger = False if sub == "predict" else {
                 "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
@@ -164,7 +204,7 @@ class KslmCLI(LightningCLI):
                 if not any(str(getattr(c, "class_path", "")).endswith(kinds) for c in callbacks):
                     callbacks.append({"class_path": f"{cls.__module__}.{cls.__name__}", "init_args": args})
             if cfg.trainer.get("enable_model_summary") is not False and not _listed(callbacks, ModelSummary):
-                callbacks.append({"class_path": "kslm.progress.ParameterSummary"})  # one line, no "Total FLOPs: 0"
+                callbacks.append({"class_path": "kslm.cli.progress.ParameterSummary"})  # one line, no "Total FLOPs: 0"
                 cfg.trainer.enable_model_summary = False  # (else Lightning adds its table too)
         cfg.trainer.callbacks = callbacks
         if sub == "predict" and not (cfg.get("predictions") or {}).get("path"):
@@ -174,11 +214,8 @@ class KslmCLI(LightningCLI):
             self.trainer_defaults["callbacks"] = [progress_bar()]
 
     def _check_options(self, sub, cfg):
-        """Option values and combinations, before any class is built or any data read (kslm.options)."""
+        """Option values and combinations, before any class is built or any data read (kslm.cli.options)."""
         ckpt = cfg.get("ckpt_path")
-        if sub == "predict" and ckpt == "last" and self._ckpt_file(cfg) is None:
-            last = Path(cfg.checkpoint.get("dirpath") or Path("checkpoints") / cli_runs.run_name(cfg)) / "last.ckpt"
-            raise ConfigError(f"ckpt_path last: there is no {last} to predict with")
         check_subcommand(sub, cfg, bool(ckpt))
         check_trainer(cfg.trainer, sub)
         if sub == "fit":
@@ -187,19 +224,28 @@ class KslmCLI(LightningCLI):
             check_output_path((cfg.get("predictions") or {}).get("path"))
 
     def instantiate_trainer(self, **kwargs):
-        """Lightning's Trainer; a value it refuses (one kslm.options does not check) becomes one line naming it."""
+        """Lightning's Trainer; a value it refuses (one kslm.cli.options does not check) becomes one line naming it."""
         try:
             trainer = super().instantiate_trainer(**kwargs)
         except (MisconfigurationException, ValueError, TypeError) as exc:
             raise lightning_option_error(exc, self.config[self.subcommand]) from None
-        if _RUN.get("run") is not None:  # says where the run goes once its data is read (first among the callbacks)
-            trainer.callbacks.insert(0, cli_runs.RunStart(_RUN["run"], self.subcommand, self.config[self.subcommand]))
+        self.command.trainer = trainer
+        if self.command.run is not None:  # says where the run goes once its data is read (first among the callbacks)
+            trainer.callbacks.insert(0, runs.RunStart(self.command.run, self.subcommand, self.config[self.subcommand]))
+        opened = self.command.checkpoint
+        if opened is not None and not opened.sharded and type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = OpenedCheckpointIO(opened)  # Lightning restores from what kslm read
         return trainer
 
     def _connect(self):
-        """Resolve tokenizer, labels and window once, and hand them to model and data (kslm.connect)."""
-        cfg = self.config[self.subcommand]
-        connect(self.model, self.datamodule, self._ckpt_file(cfg), self.subcommand)
+        """Resolve tokenizer, labels and window once, and hand them to model and data (kslm.cli.connect), with the
+        opened --ckpt_path. Then the checkpoint's weights are left to Lightning alone (OpenedCheckpointIO): the
+        command keeps its path and payload, and the next opening of the file reads it afresh."""
+        opened = self.command.checkpoint
+        connect(self.model, self.datamodule, opened, self.subcommand)
+        if opened is not None:
+            forget(opened)
+            self.command.checkpoint = replace(opened, raw={})
 
     before_fit = before_validate = before_test = before_predict = _connect
 
@@ -278,11 +324,11 @@ def _lightning_cause(exc: BaseException, cfg):
     return None
 
 
-def lightning_error_line(exc: BaseException) -> Optional[str]:
-    """The one line for a parse error (jsonargparse) or a value Lightning refused; None for anything else."""
+def lightning_error_line(exc: BaseException, cfg=None) -> Optional[str]:
+    """The one line for a parse error (jsonargparse) or a value Lightning refused (`cfg`: the command's config);
+    None for anything else."""
     if isinstance(exc, ArgumentError):
         return _parse_error_line(str(exc))
-    cfg = _RUN.get("config")
     cause = _lightning_cause(exc, cfg)
     return None if cause is None else re.sub(r"\s+", " ", str(lightning_option_error(cause, cfg))).strip()
 
@@ -302,17 +348,18 @@ def _parsing_safety() -> None:
 def run(args) -> None:
     """`kslm fit|validate|test|predict …` (`args`: the command line, verb first, or LightningCLI's dict form).
     SIGTERM stops at once (writers clean up), except in fit's training loop, where it stops like Ctrl-C: at the next
-    step, after saving (kslm.interrupt). A new fit stopped before its first step leaves no run folder."""
+    step, after saving (kslm.cli.interrupt). A new fit stopped before its first step leaves no run folder."""
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)  # "Seed set to …" is noise
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # lightning's own deprecation noise on torch 2.13
-    _RUN.clear()
+    command = Command()
     _parsing_safety()
     plain_logs()
     if isinstance(args, list) and "--help-all" in args:
         args = ["--help" if a == "--help-all" else a for a in args]
     try:
-        with sigterm_raises(defer_when_wrapped=lambda: _RUN.get("subcommand") == "fit"):
+        with sigterm_raises(defer_when_wrapped=lambda: command.subcommand == "fit"):
             KslmCLI(
+                command=command,
                 subclass_mode_model=True,
                 subclass_mode_data=True,
                 save_config_callback=RunConfig,
@@ -323,8 +370,10 @@ def run(args) -> None:
                                **{sub: {"description": text} for sub, text in DESCRIPTIONS.items()}},
                 args=args,
             )
-    except BaseException:
-        cli = _RUN.get("cli")
-        if _RUN.get("subcommand") == "fit":
-            cli_runs.discard_if_unstarted(_RUN.get("run"), getattr(cli, "trainer", None))
+    except BaseException as exc:
+        if command.subcommand == "fit":
+            runs.discard_if_unstarted(command.run, command.trainer)
+        line = lightning_error_line(exc, command.config) if isinstance(exc, Exception) and not kslm_cause(exc) else None
+        if line is not None:  # a parse error or a value Lightning refused: kslm's one line (exit 2)
+            raise ConfigError(line) from None
         raise

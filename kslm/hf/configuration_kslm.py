@@ -1,7 +1,7 @@
 """KslmConfig: the Hugging Face config of an exported kslm model — kslm's BackboneConfig carried as a dict.
 
 This file is copied into every remote-code export (`kslm export`), next to modeling_kslm.py, and is also kslm's own
-copy (registered locally by kslm.export.modeling_kslm.register, so kslm never runs an export's copy).
+copy (registered locally by kslm.hf.modeling_kslm.register, so kslm never runs an export's copy).
 """
 
 from transformers import PretrainedConfig

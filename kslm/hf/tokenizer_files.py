@@ -9,7 +9,7 @@ kslm's own tokenizers add no special tokens when encoding: its data modules plac
     LanguageModel              </s> text            (what `kslm predict` generates from)
     EntityExtraction, RE       <s> text </s>        (one window, as `kslm predict` encodes a short text)
 
-Reading an export back (kslm.export.reader, kslm.data.tokenizer.load_tokenizer) removes exactly that post-processor
+Reading an export back (kslm.hf.reader, kslm.data.tokenizer.load_tokenizer) removes exactly that post-processor
 (`kslm_tokenizer_json`), so kslm gets the JSON its checkpoint held, byte for byte. A tokenizer that has a
 post-processor of its own (a Hugging Face encoder's [CLS] … [SEP]) is written and read unchanged."""
 

@@ -16,20 +16,22 @@ The window the data produces is checked against the backbone's `max_length` firs
 
 from typing import Optional
 
-from kslm.checkpoint import Payload, read_payload
+from kslm.checkpoint import Checkpoint, Payload
 from kslm.data.tokenizer import fingerprint, load_tokenizer, tokenizer_from_source
 from kslm.errors import CheckpointError, ConfigError
-from kslm.export.reader import pretrained_payload as pretrained_payload_of
+from kslm.hf.reader import pretrained_payload as pretrained_payload_of
 
 
-def connect(model, data, ckpt_path: Optional[str] = None, stage: str = "fit") -> None:
-    """Resolve the tokenizer, labels and window for `model` (a KslmTask or NBCE) and `data`, and connect both."""
+def connect(model, data, checkpoint: Optional[Checkpoint] = None, stage: str = "fit") -> None:
+    """Resolve the tokenizer, labels and window for `model` (a KslmTask or NBCE) and `data`, and connect both.
+    `checkpoint`: `--ckpt_path`, opened and validated once by the CLI (kslm.checkpoint.open_checkpoint); the task gets
+    its payload (settings, backbone, tokenizer, labels, head), from which it builds the model Lightning restores."""
     if data is None:
         raise ConfigError("kslm needs a data module: give --data (a config's data section)")
     if not hasattr(model, "settings"):  # NBCE: the data module builds its prompts with the model's tokenizer
         data.connect(model)
         return
-    payload = read_payload(ckpt_path, "ckpt_path") if ckpt_path else None
+    payload = checkpoint.payload if checkpoint is not None else None
     pretrained = model.hparams.get("pretrained") if payload is None else None
     pretrained_payload = pretrained_payload_of(pretrained, "model.pretrained") if pretrained else None
     check_window(model, data, payload or pretrained_payload)
@@ -49,7 +51,7 @@ def backbone_max_length(model, payload: Optional[Payload]) -> Optional[int]:
         return payload.max_length
     hf_path = model.hparams.get("hf_path")
     if hf_path:
-        from kslm.hf import local_dir
+        from kslm.hf.encoder import local_dir
 
         config = local_dir(hf_path) / "config.json"  # a hub name: its files in the hub cache
         if config.is_file():
@@ -88,7 +90,7 @@ def resolve_tokenizer(model, data, payload: Optional[Payload], pretrained: Optio
             return own
     hf_path = model.hparams.get("hf_path")
     if hf_path:
-        from kslm.hf import local_dir
+        from kslm.hf.encoder import local_dir
 
         return load_tokenizer(str(local_dir(hf_path)), kslm_specials=False)
     return data.load_tokenizer()

@@ -1,5 +1,5 @@
 """Ctrl-C and SIGTERM during `kslm fit`'s training loop keep the work: the step in progress finishes, kslm's checkpoint
-callback (kslm.callbacks.KslmCheckpoint) saves a resumable last.ckpt (atomically, as every checkpoint) and points
+callback (kslm.cli.callbacks.KslmCheckpoint) saves a resumable last.ckpt (atomically, as every checkpoint) and points
 `checkpoints/NAME/last.ckpt` at it, and the run ends with `kslm: interrupted at step N — resume with --ckpt_path …`,
 exit code 130 (SIGINT) or 143 (SIGTERM). A signal that arrives during a validation of the fit lets it finish and
 stops at its end (a checkpoint there is one Lightning writes at every validation).

@@ -1,6 +1,6 @@
 """`kslm VERB --help` for the trainer verbs: kslm's options first and briefly (the run, the task and data, the trainer
 options people set), without importing Lightning; `kslm VERB --help-all` prints Lightning's full list
-(kslm.trainer_cli). tests/test_front_door.py checks that every option named here exists in the full parser."""
+(kslm.cli.trainer). tests/test_front_door.py checks that every option named here exists in the full parser."""
 
 DESCRIPTIONS = {  # the first line of each verb's help (also the description of Lightning's full help)
     "fit": "Train a model: a task (--model) on data (--data) with Lightning's Trainer (--trainer.*); or resume a run "
