@@ -17,7 +17,8 @@ import yaml
 from helpers import REPO, read_jsonl, run_cli
 
 from kslm.checkpoint import Payload, check_restorable, read_checkpoint, read_payload, store
-from kslm.cli import KslmCLI, checkpoint_model_config, given_model_options
+from kslm.cli.argv import checkpoint_model_config, given_model_options
+from kslm.cli.trainer import KslmCLI
 from kslm.data.tokenizer import train_tokenizer
 from kslm.errors import CheckpointError
 from kslm.nn import BackboneConfig

@@ -225,12 +225,3 @@ def consolidate_main(argv) -> None:
 
     print(f"kslm: wrote {consolidate(args.checkpoint, args.out)}", file=sys.stderr)
 
-
-_LAZY = ("KslmCLI", "checkpoint_model_config", "given_model_options")
-
-
-def __getattr__(name):  # the LightningCLI side, for code that imported it from here: loaded on first use
-    if name in _LAZY:
-        return getattr(importlib.import_module("kslm.cli.trainer"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
