@@ -107,7 +107,7 @@ def test_layers_point_down():
         "kslm.checkpoint": ("kslm.hf", "kslm.data", "kslm.tasks", "kslm.export", "kslm.inference", "kslm.cli"),
         "kslm.hf": ("kslm.tasks", "kslm.export", "kslm.inference", "kslm.serve", "kslm.cli"),
         "kslm.cli.connect": ("kslm.tasks", "kslm.cli.trainer", "kslm.cli.callbacks"),
-        "kslm.data": ("kslm.tasks", "kslm.export", "kslm.inference", "kslm.cli"),
+        "kslm.data": ("kslm.hf", "kslm.tasks", "kslm.export", "kslm.inference", "kslm.cli"),
         "kslm.tasks": ("kslm.export", "kslm.inference", "kslm.serve", "kslm.cli"),
         "kslm.export": ("kslm.tasks", "kslm.inference", "kslm.serve", "kslm.cli"),
     }
@@ -195,3 +195,5 @@ def test_the_allow_list_check_can_fail():
     (hf_row,) = [allowed for own, allowed in table if "kslm.hf.reader" in own]
     assert not any(m.startswith(("kslm.tasks", "kslm.cli", "kslm.export", "kslm.inference")) for m in hf_row)
     assert not any(m.startswith("kslm.hf") for m in checkpoint_row)
+    (data_row,) = [allowed for own, allowed in table if "kslm.data.tokenizer" in own]
+    assert not any(m.startswith(("kslm.hf", "kslm.tasks", "kslm.cli")) for m in data_row)

@@ -10,10 +10,12 @@ NFC folds into the char before them.
 """
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Iterable, Tuple
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers.processors import TemplateProcessing
 
 from kslm.errors import DataError
 from kslm.io import MAX_JSON_FILE_BYTES, JsonInputError, read_json, write_text
@@ -72,7 +74,7 @@ def check_special_tokens(tok: Tokenizer, source) -> None:
 def load_tokenizer(path: str, kslm_specials: bool = True) -> Tokenizer:
     """A tokenizer.json, or a Hugging Face model directory (its tokenizer.json, else a BERT WordPiece tokenizer built
     from its vocab.txt). A kslm checkpoint's tokenizer is read by kslm.checkpoint (kslm.cli.connect decides which); a
-    `kslm export`'s is read as the checkpoint held it (kslm.hf.tokenizer_files.kslm_tokenizer_json).
+    `kslm export`'s is read as the checkpoint held it (kslm_tokenizer_json).
 
     kslm_specials: require kslm's special ids (<pad>=0 … <mask>=4), as the LM data needs; otherwise any
     tokenizer with <s>/</s>/<pad> or [CLS]/[SEP]/[PAD] is accepted (extraction tasks on an HF encoder).
@@ -103,8 +105,6 @@ def load_tokenizer(path: str, kslm_specials: bool = True) -> Tokenizer:
         raise DataError(f"larger than {MAX_JSON_FILE_BYTES >> 20} MiB: not a tokenizer", path=p, field="tokenizer")
     try:
         if (p.parent / "kslm.json").is_file():  # a `kslm export`: without the document template the export added
-            from kslm.hf.tokenizer_files import kslm_tokenizer_json
-
             tok = Tokenizer.from_str(kslm_tokenizer_json(p.read_text(encoding="utf-8")))
         else:
             tok = Tokenizer.from_file(str(p))
@@ -157,6 +157,39 @@ def cached_tokenizer(cache_path: Path, texts_fn, kind: str, vocab_size: int) -> 
     return tok
 
 
+
+# ---------------------------------------------------------------- document templates (what an export's tokenizer adds)
+def document_templates(tok: Tokenizer) -> dict:
+    """How kslm frames a document, as `tokenizers` post-processors: an LM document starts after </s>, an extraction
+    window is <s> text </s>. {} for a tokenizer without kslm's <s> and </s>. An export's tokenizer carries the
+    template of its task (kslm.hf.tokenizer_files); kslm's own tokenizers carry none (the data modules frame)."""
+    bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
+    if bos is None or eos is None:
+        return {}
+    return {"lm": TemplateProcessing(single="</s> $A", pair="</s> $A $B:1", special_tokens=[("</s>", eos)]),
+            "window": TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> $B:1 </s>:1",
+                                         special_tokens=[("<s>", bos), ("</s>", eos)])}
+
+
+def _post_processor_json(tok: Tokenizer, processor) -> object:
+    probe = Tokenizer.from_str(tok.to_str())
+    probe.post_processor = processor
+    return json.loads(probe.to_str())["post_processor"]
+
+
+def kslm_tokenizer_json(text: str) -> str:
+    """The tokenizer JSON kslm stored, from an export's tokenizer.json: kslm's document template removed when it is
+    exactly one of kslm's (anything else is left as it is)."""
+    tok = Tokenizer.from_str(text)
+    if tok.post_processor is None:
+        return text
+    ours = json.loads(text).get("post_processor")
+    if any(ours == _post_processor_json(tok, p) for p in document_templates(tok).values()):
+        tok.post_processor = None
+        return tok.to_str()
+    return text
+
+
 __all__ = ["train_tokenizer", "check_vocab_size", "min_vocab_size", "load_tokenizer", "cached_tokenizer", "check_tokenizer",
            "tokenizer_from_source", "fingerprint", "special_ids", "SPECIAL_TOKENS", "PAD_ID", "UNK_ID", "BOS_ID", "EOS_ID",
-           "MASK_ID"]
+           "MASK_ID", "document_templates", "kslm_tokenizer_json"]

@@ -171,7 +171,7 @@ class KslmForExtraction(KslmPreTrainedModel):
     gives for a text); span_mask, the tokens that may start or end a span, defaults to the real ones but <s> and </s>.
     NER → TokenSpansOutput, RE → RelationTriplesOutput. `extract(texts, tokenizer)` → `kslm predict`'s records."""
 
-    DATA_MODULES = {"EntityExtraction": "kslm.data.ner.NERDataModule", "RelationExtraction": "kslm.data.re.REDataModule"}
+    TASKS = ("EntityExtraction", "RelationExtraction")
 
     @property
     def ner(self) -> bool:
@@ -181,8 +181,8 @@ class KslmForExtraction(KslmPreTrainedModel):
         from kslm.heads.global_pointer import EfficientGlobalPointer, GlobalPointer
         from kslm.heads.gplinker import GPLinker
 
-        if self.config.kslm_task not in self.DATA_MODULES:
-            raise ValueError(f"config.kslm_task must be one of {', '.join(self.DATA_MODULES)}, got {self.config.kslm_task!r}")
+        if self.config.kslm_task not in self.TASKS:
+            raise ValueError(f"config.kslm_task must be one of {', '.join(self.TASKS)}, got {self.config.kslm_task!r}")
         head, n = dict(self.config.kslm_head or {}), len(self.config.kslm_labels)
         if self.ner:
             cls = GlobalPointer if head.get("head") == "gp" else EfficientGlobalPointer
@@ -226,13 +226,13 @@ class KslmForExtraction(KslmPreTrainedModel):
         """`kslm predict`'s records for `texts` ({"text", "entities" | "triples"}, character offsets into each text):
         kslm's own windows (the run's max_length and stride), batches and decoding (kslm.data). tokenizer: the
         export's (AutoTokenizer.from_pretrained(DIR)) or a tokenizers.Tokenizer."""
-        import importlib
+        from kslm.data.ner import NERDataModule
+        from kslm.data.re import REDataModule
 
-        module, name = self.DATA_MODULES[self.config.kslm_task].rsplit(".", 1)
         windows = dict(self.config.kslm_windows or {})
         size = batch_size or windows.pop("batch_size", None) or 16
         windows.pop("batch_size", None)
-        data = getattr(importlib.import_module(module), name)(**windows, batch_size=size)
+        data = (NERDataModule if self.ner else REDataModule)(**windows, batch_size=size)
         data.connect(getattr(tokenizer, "backend_tokenizer", tokenizer), list(self.config.kslm_labels))
         records = [{"text": t, "line": i + 1} for i, t in enumerate(texts)]
         data.check_sizes(records, "<texts>")

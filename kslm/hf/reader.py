@@ -9,8 +9,8 @@ import torch
 from tokenizers import Tokenizer
 
 from kslm.checkpoint import FORMAT_VERSION, Payload, check_backbone, load_backbone, read_payload
+from kslm.data.tokenizer import kslm_tokenizer_json
 from kslm.errors import CheckpointError
-from kslm.hf.tokenizer_files import kslm_tokenizer_json
 from kslm.io import read_json
 from kslm.nn import BackboneConfig
 

@@ -10,7 +10,7 @@ kslm's own tokenizers add no special tokens when encoding: its data modules plac
     EntityExtraction, RE       <s> text </s>        (one window, as `kslm predict` encodes a short text)
 
 Reading an export back (kslm.hf.reader, kslm.data.tokenizer.load_tokenizer) removes exactly that post-processor
-(`kslm_tokenizer_json`), so kslm gets the JSON its checkpoint held, byte for byte. A tokenizer that has a
+(kslm.data.tokenizer.kslm_tokenizer_json), so kslm gets the JSON its checkpoint held, byte for byte. A tokenizer that has a
 post-processor of its own (a Hugging Face encoder's [CLS] … [SEP]) is written and read unchanged."""
 
 import json
@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from tokenizers import Tokenizer
-from tokenizers.processors import TemplateProcessing
+
+from kslm.data.tokenizer import document_templates
 
 ROLES = {  # HF's name → (kslm's token, BERT's token)
     "pad_token": ("<pad>", "[PAD]"), "unk_token": ("<unk>", "[UNK]"), "bos_token": ("<s>", "[CLS]"),
@@ -27,44 +28,15 @@ ROLES = {  # HF's name → (kslm's token, BERT's token)
 }
 
 
-def _templates(tok: Tokenizer):
-    """kslm's document templates for this tokenizer (kslm's <s> and </s>), or {} for another tokenizer."""
-    bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
-    if bos is None or eos is None:
-        return {}
-    return {"lm": TemplateProcessing(single="</s> $A", pair="</s> $A $B:1", special_tokens=[("</s>", eos)]),
-            "window": TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> $B:1 </s>:1",
-                                         special_tokens=[("<s>", bos), ("</s>", eos)])}
-
-
-def _post_processor_json(tok: Tokenizer, processor) -> object:
-    probe = Tokenizer.from_str(tok.to_str())
-    probe.post_processor = processor
-    return json.loads(probe.to_str())["post_processor"]
-
-
 def exported_tokenizer_json(tokenizer_json: str, task: str) -> str:
     """tokenizer.json of an export of `task`: kslm's JSON with its document template as post-processor (a tokenizer
     with a post-processor of its own, or without kslm's specials, is left as it is)."""
     tok = Tokenizer.from_str(tokenizer_json)
-    templates = _templates(tok)
+    templates = document_templates(tok)
     if tok.post_processor is not None or not templates:
         return tokenizer_json
     tok.post_processor = templates["lm" if task == "LanguageModel" else "window"]
     return tok.to_str()
-
-
-def kslm_tokenizer_json(text: str) -> str:
-    """The tokenizer JSON kslm stored, from an export's tokenizer.json: kslm's document template removed when it is
-    exactly one of kslm's (anything else is left as it is)."""
-    tok = Tokenizer.from_str(text)
-    if tok.post_processor is None:
-        return text
-    ours = json.loads(text).get("post_processor")
-    if any(ours == _post_processor_json(tok, p) for p in _templates(tok).values()):
-        tok.post_processor = None
-        return tok.to_str()
-    return text
 
 
 def special_tokens(tok: Tokenizer, task: Optional[str] = None) -> Dict[str, str]:
@@ -76,7 +48,7 @@ def special_tokens(tok: Tokenizer, task: Optional[str] = None) -> Dict[str, str]
             if tok.token_to_id(name) is not None:
                 out[role] = name
                 break
-    if task == "LanguageModel" and tok.token_to_id("</s>") is not None and "lm" in _templates(tok):
+    if task == "LanguageModel" and tok.token_to_id("</s>") is not None and "lm" in document_templates(tok):
         out["bos_token"] = "</s>"
     return out
 
@@ -100,4 +72,4 @@ def write_tokenizer(folder: Path, tokenizer_json: str, max_length: Optional[int]
                                                     encoding="utf-8")
 
 
-__all__ = ["write_tokenizer", "special_tokens", "special_ids", "exported_tokenizer_json", "kslm_tokenizer_json"]
+__all__ = ["write_tokenizer", "special_tokens", "special_ids", "exported_tokenizer_json"]
