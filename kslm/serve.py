@@ -26,7 +26,7 @@ import os
 import signal
 import sys
 import threading
-from typing import List
+from typing import List, Optional
 
 import litserve as ls
 
@@ -216,86 +216,34 @@ class KslmAPI(ls.LitAPI):
         return out
 
 
-def _parse(argv):
-    import argparse
-
-    class Parser(argparse.ArgumentParser):
-        def error(self, message):
-            raise ConfigError(f"kslm serve: {message} (see kslm serve --help)")
-
-    ap = Parser(prog="kslm serve", description="Serve a kslm model over HTTP (LitServe): POST /predict, GET /health, "
-                "GET /info.")
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--ckpt_path", help="a kslm checkpoint (.ckpt) or a `kslm export` directory")
-    src.add_argument("--config", help="an NBCE config (configs/nbce/*.yaml)")
-    ap.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (default: this machine only), 0.0.0.0 or ::")
-    ap.add_argument("--port", type=int, default=8000)
-    ap.add_argument("--max_batch_size", type=int, default=16, help="requests batched together (1: no batching)")
-    ap.add_argument("--batch_timeout", type=float, default=0.005, help="seconds a batch waits to fill")
-    ap.add_argument("--workers", type=int, default=1, help="inference worker processes (each loads the model)")
-    ap.add_argument("--device", default="cpu", help="cpu or cuda")
-    ap.add_argument("--max_request_bytes", type=int, default=16 << 20, help="largest request body (default 16 MiB)")
-    ap.add_argument("--max_records", type=int, default=1024, help="most records in one request")
-    ap.add_argument("--timeout", type=float, default=120, help="seconds a request may wait for its answer")
-    args, rest = ap.parse_known_args(argv)
-    options = _model_options(rest)
-    if args.host not in HOSTS:
-        raise ConfigError(f"kslm serve: --host {args.host}: one of {', '.join(HOSTS)} (field '--host')")
-    if not 1024 <= args.port <= 65535:
-        raise ConfigError(f"kslm serve: --port {args.port}: must be in 1024..65535 (field '--port')")
-    for name in ("max_batch_size", "workers", "max_request_bytes", "max_records"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"kslm serve: --{name} must be ≥ 1, got {getattr(args, name)}")
-    if args.batch_timeout < 0 or args.timeout <= 0:
-        raise ConfigError("kslm serve: --batch_timeout must be ≥ 0 and --timeout > 0")
-    return args, options
-
-
-def _model_options(rest: List[str]) -> dict:
-    """`--model.KEY VALUE` (or --model.KEY=VALUE): the model's run-time options (e.g. --model.max_new_tokens 32)."""
-    import yaml
-
-    options, i = {}, 0
-    while i < len(rest):
-        arg = rest[i]
-        if not arg.startswith("--model."):
-            raise ConfigError(f"kslm serve: unrecognized argument {arg} (see kslm serve --help)")
-        key, _, value = arg[len("--model."):].partition("=")
-        if not _:
-            if i + 1 >= len(rest):
-                raise ConfigError(f"kslm serve: {arg} needs a value")
-            value, i = rest[i + 1], i + 1
-        try:
-            options[key] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            options[key] = value
-        i += 1
-    return options
-
-
-def main(argv: List[str]) -> None:
-    """`kslm serve …` (dispatched by kslm.cli.main): load once here (a bad checkpoint is one line before any server
-    starts), then LitServe's workers load their own copy."""
-    args, options = _parse(argv)
+def serve(source: str, options: Optional[dict] = None, *, host: str = "127.0.0.1", port: int = 8000,
+          max_batch_size: int = 16, batch_timeout: float = 0.005, workers: int = 1, device: str = "cpu",
+          max_request_bytes: int = 16 << 20, max_records: int = 1024, timeout: float = 120) -> None:
+    """Serve `source` (a kslm checkpoint, a `kslm export` directory or an NBCE config; `options`: the model's run-time
+    options) until SIGTERM or Ctrl-C. `kslm serve` (kslm.cli.verbs) checks the command line and calls this. The model
+    is loaded once here (a bad checkpoint is one line before any server starts), then LitServe's workers load their
+    own copy."""
     from kslm.inference import load
 
-    source = args.ckpt_path or args.config
+    options = dict(options or {})
+    if host not in HOSTS:
+        raise ConfigError(f"kslm serve: --host {host}: one of {', '.join(HOSTS)} (field '--host')")
     info = load(source, "cpu", **options).info()  # validates the checkpoint and options; freed before serving
     from fastapi.responses import JSONResponse
 
-    api = KslmAPI(source, options, info["task"], args.max_batch_size, args.batch_timeout)
-    accelerator = "cuda" if str(args.device).startswith("cuda") else "cpu"
-    server = Server(api, accelerator=accelerator, devices=1, workers_per_device=args.workers, timeout=args.timeout,
-                     info_path="/litserve/info", disable_openapi_url=True,
-                     middlewares=[(KslmRequests, {"path": "/predict", "task": info["task"],
-                                                  "max_bytes": args.max_request_bytes, "max_records": args.max_records})])
-    info.update(max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout, workers=args.workers,
-                max_request_bytes=args.max_request_bytes, max_records=args.max_records)
+    api = KslmAPI(source, options, info["task"], max_batch_size, batch_timeout)
+    accelerator = "cuda" if str(device).startswith("cuda") else "cpu"
+    server = Server(api, accelerator=accelerator, devices=1, workers_per_device=workers, timeout=timeout,
+                    info_path="/litserve/info", disable_openapi_url=True,
+                    middlewares=[(KslmRequests, {"path": "/predict", "task": info["task"],
+                                                 "max_bytes": max_request_bytes, "max_records": max_records})])
+    info.update(max_batch_size=max_batch_size, batch_timeout=batch_timeout, workers=workers,
+                max_request_bytes=max_request_bytes, max_records=max_records)
     server.app.add_api_route("/info", lambda: JSONResponse(info), methods=["GET"])
-    print(f"kslm: serving {info['task']} from {source} on http://{args.host}:{args.port} (POST /predict, GET /health, "
+    print(f"kslm: serving {info['task']} from {source} on http://{host}:{port} (POST /predict, GET /health, "
           f"GET /info); SIGTERM stops it after the requests in flight, Ctrl-C at once", file=sys.stderr, flush=True)
     try:
-        server.run(host=args.host, port=args.port, generate_client_file=False, log_level="warning")
+        server.run(host=host, port=port, generate_client_file=False, log_level="warning")
     except (EOFError, OSError):  # LitServe's manager process stopped by the same signal: LitServe has shut down
         if not getattr(server, "_draining", False):
             raise
@@ -333,4 +281,4 @@ class Server(ls.LitServer):
             pass
 
 
-__all__ = ["main", "KslmRequests", "KslmAPI", "Server", "ERROR_KEY"]
+__all__ = ["serve", "KslmRequests", "KslmAPI", "Server", "ERROR_KEY", "HOSTS"]

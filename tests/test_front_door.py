@@ -148,3 +148,32 @@ def test_validate_and_test_from_a_checkpoint_without_config(ckpts, workdir, caps
     code, err = cli(["validate", "--ckpt_path", str(ckpts["lm"]), "--trainer.limit_val_batches", "1"], capsys)
     assert code == 0 and "kslm: note: a checkpoint holds no data paths: without --config, kslm validate reads the " \
                          "embedded corpus" in err, err
+
+
+def test_last_without_a_config_names_the_run(ckpts, workdir, capsys):
+    """`--ckpt_path last` means the latest run's last.ckpt; without a config the run is --name's, and a verb without
+    a model says how to give one (a checkpoint, for validate / test / predict)."""
+    import shutil
+
+    from helpers import CLUENER
+
+    code, err = cli(["validate", "--ckpt_path", "last", "--data.val_file", str(CLUENER)], capsys)
+    one_error_line(code, err, "--ckpt_path last without --config", "--name NAME")
+    code, err = cli(["validate", "--ckpt_path", "last", "--name", "nerrun"], capsys)
+    one_error_line(code, err, "checkpoints/nerrun/last.ckpt: checkpoint not found", "ckpt_path")
+    (workdir / "checkpoints" / "nerrun").mkdir(parents=True)
+    shutil.copyfile(ckpts["ner"], workdir / "checkpoints" / "nerrun" / "last.ckpt")
+    code, err = cli(["validate", "--ckpt_path=last", "--name", "nerrun", "--data.val_file", str(CLUENER)], capsys)
+    assert code == 0 and re.search(r"^kslm: validate: val/loss [\d.]+ \| val/f1 ", err, re.M), err[-2000:]
+    for verb in ("validate", "test", "predict"):
+        code, err = cli([verb], capsys)
+        one_error_line(code, err, f"{verb}.model", "--ckpt_path FILE")
+    code, err = cli(["fit"], capsys)
+    one_error_line(code, err, "fit.model", "kslm fit --config")
+
+
+@pytest.mark.parametrize("args", [["consolidate"], ["export", "--out", "x"], ["score", "--gold", "g"],
+                                  ["serve"], ["serve", "--ckpt_path", "x", "--port", "80"], ["serve", "--ckpt_path", "x", "--bogus", "1"]])
+def test_every_other_verbs_mistake_is_one_line(args, workdir, capsys):
+    code, err = cli(args, capsys)
+    one_error_line(code, err, f"kslm {args[0]}:")

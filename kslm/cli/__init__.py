@@ -27,9 +27,9 @@ VERBS = (
     Verb("predict", "predict with a checkpoint: entities, triples, LM generations, NBCE answers", "kslm.cli.trainer:run",
          True),
     Verb("score", "score a predictions file against gold records (P / R / F1 per label)", "kslm.cli.score:main"),
-    Verb("export", "write a checkpoint as a Hugging Face directory", "kslm.export.cli:main"),
-    Verb("consolidate", "merge a sharded (fsdp2) checkpoint folder into one checkpoint file", "kslm.cli:consolidate_main"),
-    Verb("serve", "serve a model over HTTP (LitServe): POST /predict, GET /health, GET /info", "kslm.cli:serve_main"),
+    Verb("export", "write a checkpoint as a Hugging Face directory", "kslm.cli.verbs:export_main"),
+    Verb("consolidate", "merge a sharded (fsdp2) checkpoint folder into one checkpoint file", "kslm.cli.verbs:consolidate_main"),
+    Verb("serve", "serve a model over HTTP (LitServe): POST /predict, GET /health, GET /info", "kslm.cli.verbs:serve_main"),
 )
 BY_NAME = {v.name: v for v in VERBS}
 HELP_ALL = "--help-all"  # `kslm VERB --help-all`: Lightning's full option list
@@ -200,28 +200,4 @@ def _rank_failure_line(exc: BaseException) -> Optional[str]:
     detail = detail.split(". This is typically")[0]
     return (f"DDP rank {rank} of {world}: {lost} stopped (killed or failed: see its own output), so this rank stops "
             f"too ({_one_line(detail)[:200]})")
-
-
-def serve_main(argv) -> None:
-    """`kslm serve …` (kslm.serve), or one line when the optional extra is missing."""
-    from kslm.errors import ConfigError
-
-    try:
-        from kslm.serve import main
-    except ImportError as exc:
-        raise ConfigError(f"kslm serve needs the optional extra: pip install 'kslm[serve]' ({exc})") from None
-    main(argv)
-
-
-def consolidate_main(argv) -> None:
-    """`kslm consolidate SHARDED_DIR [OUT]`: a sharded (fsdp2) checkpoint folder → one kslm checkpoint file."""
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="kslm consolidate", description=consolidate_main.__doc__)
-    ap.add_argument("checkpoint", help="a sharded checkpoint folder (e.g. checkpoints/NAME/last.ckpt under fsdp2)")
-    ap.add_argument("out", nargs="?", help="the file to write (default: CHECKPOINT's name with .consolidated.ckpt)")
-    args = ap.parse_args(argv)
-    from kslm.checkpoint import consolidate
-
-    print(f"kslm: wrote {consolidate(args.checkpoint, args.out)}", file=sys.stderr)
 

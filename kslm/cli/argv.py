@@ -40,6 +40,17 @@ def checkpoint_config_args(argv: list) -> Tuple[list, Optional[Checkpoint]]:
     if any(a in ("-c", "--config", "--model") or a.startswith(("--config=", "--model=")) for a in rest):
         return argv, None
     ckpt = _option(rest, "--ckpt_path")
+    if ckpt == "last":  # the latest run's last checkpoint: without a config, the run is named on the command line
+        name = _option(rest, "--name")
+        if not name:
+            raise ConfigError("--ckpt_path last without --config: name the run (--name NAME reads "
+                              "checkpoints/NAME/last.ckpt), or give the checkpoint file (field 'ckpt_path')")
+        ckpt = str(Path("checkpoints") / name / "last.ckpt")
+        if not Path(ckpt).is_file():
+            raise CheckpointError(f"{ckpt}: checkpoint not found (--ckpt_path last --name {name}: run {name!r} has "
+                                  "saved none here) (field 'ckpt_path')")
+        rest = [ckpt if a == "last" and i and rest[i - 1] == "--ckpt_path" else
+                f"--ckpt_path={ckpt}" if a == "--ckpt_path=last" else a for i, a in enumerate(rest)]
     if not ckpt or ckpt in LIGHTNING_CKPT_NAMES:
         return argv, None
     refuse_sharded(ckpt, argv[0], None)

@@ -5,13 +5,12 @@ for NER). Predictions are matched to gold records by their `line` (the input lin
 or by order when they carry none; every gold record needs its prediction, with the same text.
 """
 
-import argparse
 from pathlib import Path
 from typing import List, Optional
 
 from kslm.data.formats import FORMATS, cluener_train_dev, cmeee_train_dev, read_records_with_lines
 from kslm.data.formats.jsonl import iter_jsonl
-from kslm.errors import ConfigError, DataError
+from kslm.errors import DataError
 from kslm.io import write_json
 
 
@@ -79,13 +78,10 @@ def score(gold_path: str, pred_path: str, fmt: str = "auto", dev_split: Optional
     return {**metric.compute(), "records": len(gold), "task": "ner" if ner else "re"}
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit code 2 through kslm.cli, not argparse's usage dump
-        raise ConfigError(f"kslm score: {message} (see kslm score --help)")
-
-
 def main(argv: List[str]) -> None:
-    parser = _Parser(prog="kslm score", description=__doc__.split("\n\n")[0])
+    from kslm.cli.verbs import VerbParser
+
+    parser = VerbParser("score", __doc__.split("\n\n")[0])
     parser.add_argument("--gold", required=True, help="gold records (any supported dataset format)")
     parser.add_argument("--predictions", required=True, help="the JSONL `kslm predict` wrote")
     parser.add_argument("--format", default="auto", choices=["auto", *FORMATS], help="the gold file's format")

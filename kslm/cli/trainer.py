@@ -297,7 +297,9 @@ def _parse_error_line(message: str) -> str:
     Expected …'); keep the innermost complaint, under its full dotted key."""
     message = re.sub(r"\s+", " ", message).strip()
     if "arguments are required" in message and ".model" in message:
-        return message + " (give a config: kslm fit --config configs/lm/gau.yaml)"
+        if "fit.model" in message:
+            return message + " (give a config: kslm fit --config configs/lm/gau.yaml)"
+        return message + " (give --config CONFIG.yaml, or --ckpt_path FILE: a checkpoint knows its task)"
     keys = re.findall(r'Parser key "([^"]+)"', message)
     last = message.rfind("Parser key")
     if len(keys) < 2 or last < 0:
