@@ -5,6 +5,8 @@
     m.predict("张三在北京")          # → {"line": 1, "text": "张三在北京", "entities": [{"start": 0, "end": 2, …}]}
     m.predict(["…", "…"])           # → a list of records, in order
     m.task, m.labels, m.window
+    for event in kslm.load("checkpoints/gau/last.ckpt").stream("def main("):   # a language model, as it generates
+        print(event.get("delta", ""), end="")                                  # {"delta": text} …, then the record
 
 Records go through the same steps `kslm predict` takes for a file: the data module's checks and encoding
 (`records_from` → `prediction_items`), its prediction loader (windows, batching), the task's `predict_step` (decoding)
@@ -14,7 +16,7 @@ Records go through the same steps `kslm predict` takes for a file: the data modu
 
 import hashlib
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional, Union
 
 import torch
 
@@ -104,6 +106,25 @@ class Model:
             result = task.predict_step(self._to_device(batch), index)
             out.extend(result if isinstance(result, list) else [result])
         return out
+
+    def stream(self, prompt) -> Iterator[dict]:
+        """A language model's answer to one prompt (a text, or a record {"prompt": …}) as it is generated:
+        {"delta": text} each time the generation's text grows, then the record `predict` returns (the deltas join to
+        its "generation"). What `kslm serve --stream` sends, one JSON object per line."""
+        if self.task != "lm":
+            raise ConfigError(f"streaming is for language models; this is a {self.task} model (use predict)")
+        if not isinstance(prompt, (str, dict)):
+            raise ConfigError(f"stream takes one prompt (a text or a record), got {type(prompt).__name__}")
+        return self._stream(prompt)
+
+    def _stream(self, prompt) -> Iterator[dict]:
+        data, task = self.data, self.module
+        with torch.inference_mode():
+            task.on_predict_start()
+            items = data.prediction_items(data.records_from([prompt]), None)
+            (batch,) = list(data.prediction_loader(items))
+        for event in task.predict_stream(self._to_device(batch), 0):
+            yield event
 
     def _to_device(self, batch):
         if self.device.type == "cpu":

@@ -51,9 +51,9 @@ class KslmRequests:
     `records_from`, the one the inference core applies)."""
 
     def __init__(self, app, path: str = "/predict", task: str = "ner", max_bytes: int = 16 << 20,
-                 max_records: int = 1024):
+                 max_records: int = 1024, stream: bool = False):
         self.app, self.path, self.max_bytes, self.max_records = app, path, max_bytes, max_records
-        self.check = _record_check(task)
+        self.check, self.stream = _record_check(task), stream
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
@@ -74,7 +74,7 @@ class KslmRequests:
             replayed = True
             return {"type": "http.request", "body": body, "more_body": False}
 
-        await self.app({**scope, "headers": headers}, replay, _ErrorRewriter(send))
+        await self.app({**scope, "headers": headers}, replay, _NdjsonSend(send) if self.stream else _ErrorRewriter(send))
 
     async def _read(self, scope, receive):
         declared = dict(scope["headers"]).get(b"content-length")
@@ -108,6 +108,8 @@ class KslmRequests:
         if not isinstance(data, (dict, list, str)):
             return 422, f"expected a record (a JSON object or string) or a JSON array of them, got {type(data).__name__}"
         items = _items(data)
+        if self.stream and isinstance(data, list):
+            return 422, "kslm serve --stream answers one prompt per request: POST a JSON string or record, not an array"
         if len(items) > self.max_records:
             return 413, f"{len(items):,} records exceed {self.max_records:,} per request (kslm serve --max_records)"
         try:
@@ -144,6 +146,19 @@ class _ErrorRewriter:
         await self.send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+class _NdjsonSend:
+    """Wraps `send` for a streamed answer: each chunk goes out as it comes, labelled as JSON lines."""
+
+    def __init__(self, send):
+        self.send = send
+
+    async def __call__(self, message):
+        if message["type"] == "http.response.start":
+            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"content-type"]
+            message = {**message, "headers": [*headers, (b"content-type", b"application/x-ndjson")]}
+        await self.send(message)
+
+
 async def _send_json(send, status: int, payload: dict):
     body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
     await send({"type": "http.response.start", "status": status,
@@ -165,8 +180,8 @@ def _record_check(task: str):
 class KslmAPI(ls.LitAPI):
     """The LitAPI: each inference worker loads the model once (kslm.load) and answers batches of requests."""
 
-    def __init__(self, path, options: dict, task: str, max_batch_size: int = 1, batch_timeout: float = 0.0):
-        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout)
+    def __init__(self, path, options: dict, task: str, max_batch_size: int = 1, batch_timeout: float = 0.0, **kwargs):
+        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, **kwargs)
         self.path, self.options, self.task, self.batching = str(path), dict(options), task, max_batch_size > 1
 
     def setup(self, device):
@@ -216,29 +231,53 @@ class KslmAPI(ls.LitAPI):
         return out
 
 
+class KslmStreamAPI(KslmAPI):
+    """`kslm serve --stream` (language models): one prompt per request, answered as Model.stream's events, each sent
+    as one JSON line as soon as it exists ({"delta": text} …, then the record). A refusal the model finds is a last
+    {"error": …} line (the status, 200, went out with the first line)."""
+
+    def __init__(self, path, options: dict, task: str, batch_timeout: float = 0.0):
+        super().__init__(path, options, task, 1, batch_timeout, stream=True)
+
+    def predict(self, body):
+        try:
+            yield from self.model.stream(body)
+        except KslmError as exc:
+            yield {"error": " ".join(str(exc).split())}
+
+    def encode_response(self, output):
+        for event in output:  # one JSON line each, characters as kslm predict writes them (not \u escapes)
+            yield json.dumps(event, ensure_ascii=False) + "\n"
+
+
 def serve(source: str, options: Optional[dict] = None, *, host: str = "127.0.0.1", port: int = 8000,
           max_batch_size: int = 16, batch_timeout: float = 0.005, workers: int = 1, device: str = "cpu",
-          max_request_bytes: int = 16 << 20, max_records: int = 1024, timeout: float = 120) -> None:
+          max_request_bytes: int = 16 << 20, max_records: int = 1024, timeout: float = 120, stream: bool = False) -> None:
     """Serve `source` (a kslm checkpoint, a `kslm export` directory or an NBCE config; `options`: the model's run-time
     options) until SIGTERM or Ctrl-C. `kslm serve` (kslm.cli.verbs) checks the command line and calls this. The model
     is loaded once here (a bad checkpoint is one line before any server starts), then LitServe's workers load their
-    own copy."""
+    own copy. `stream` (language models): POST /predict answers one prompt as JSON lines, Model.stream's events."""
     from kslm.inference import load
 
     options = dict(options or {})
     if host not in HOSTS:
         raise ConfigError(f"kslm serve: --host {host}: one of {', '.join(HOSTS)} (field '--host')")
     info = load(source, "cpu", **options).info()  # validates the checkpoint and options; freed before serving
+    if stream and info["task"] != "lm":
+        raise ConfigError(f"kslm serve --stream: streaming is for language models; {source} is a {info['task']} "
+                          "model (leave --stream out)")
     from fastapi.responses import JSONResponse
 
-    api = KslmAPI(source, options, info["task"], max_batch_size, batch_timeout)
+    api = (KslmStreamAPI(source, options, info["task"], batch_timeout) if stream else
+           KslmAPI(source, options, info["task"], max_batch_size, batch_timeout))
     accelerator = "cuda" if str(device).startswith("cuda") else "cpu"
     server = Server(api, accelerator=accelerator, devices=1, workers_per_device=workers, timeout=timeout,
                     info_path="/litserve/info", disable_openapi_url=True,
                     middlewares=[(KslmRequests, {"path": "/predict", "task": info["task"],
-                                                 "max_bytes": max_request_bytes, "max_records": max_records})])
-    info.update(max_batch_size=max_batch_size, batch_timeout=batch_timeout, workers=workers,
-                max_request_bytes=max_request_bytes, max_records=max_records)
+                                                 "max_bytes": max_request_bytes, "max_records": max_records,
+                                                 "stream": stream})])
+    info.update(max_batch_size=1 if stream else max_batch_size, batch_timeout=batch_timeout, workers=workers,
+                max_request_bytes=max_request_bytes, max_records=max_records, stream=stream)
     server.app.add_api_route("/info", lambda: JSONResponse(info), methods=["GET"])
     print(f"kslm: serving {info['task']} from {source} on http://{host}:{port} (POST /predict, GET /health, "
           f"GET /info); SIGTERM stops it after the requests in flight, Ctrl-C at once", file=sys.stderr, flush=True)
@@ -281,4 +320,4 @@ class Server(ls.LitServer):
             pass
 
 
-__all__ = ["serve", "KslmRequests", "KslmAPI", "Server", "ERROR_KEY", "HOSTS"]
+__all__ = ["serve", "KslmRequests", "KslmAPI", "KslmStreamAPI", "Server", "ERROR_KEY", "HOSTS"]

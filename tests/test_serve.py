@@ -256,6 +256,7 @@ def test_bad_serve_options_are_one_line(ckpts, capsys, tmp_path):
                         (["--ckpt_path", str(ckpts["ner"]), "--workers", "0"], "--workers"),
                         (["--ckpt_path", str(tmp_path / "none.ckpt")], "checkpoint not found"),
                         (["--ckpt_path", str(ckpts["ner"]), "--model.temperature", "0.5"], "temperature"),
+                        (["--ckpt_path", str(ckpts["ner"]), "--stream"], "streaming is for language models"),
                         ([], "one of the arguments --ckpt_path --config is required")):
         code, err = run_cli(["serve", *args], capsys)
         lines = [line for line in err.splitlines() if line.startswith("kslm: error:")]
@@ -279,3 +280,41 @@ def test_an_export_directory_loads_to_the_same_records(ckpts, tmp_path, capsys, 
         (tmp_path / "exp" / "kslm.json").write_text(json.dumps(rec), encoding="utf-8")
         with pytest.raises(CheckpointError, match="do not fit"):
             kslm.load(tmp_path / "exp")
+
+
+def test_a_language_model_streams_what_predict_returns(ckpts, tmp_path, capsys):
+    """Model.stream and `kslm serve --stream`: {"delta": text} as the generation grows, then the very record predict
+    returns; the deltas join to its generation, also when byte-level tokens split a character (held back until whole)."""
+    import kslm
+    from kslm.errors import ConfigError
+
+    model = kslm.load(ckpts["lm"], max_new_tokens=24)
+    lengths = []
+    for prompt in PROMPTS:
+        events = list(model.stream(prompt))
+        record = model.predict(prompt)
+        deltas = [e["delta"] for e in events[:-1]]
+        assert events[-1] == record and all(deltas) and "".join(deltas) == record["generation"]
+        lengths.append(len(deltas))
+    assert max(lengths) > 1
+    bpe = _craft(tmp_path / "bpe.ckpt", LanguageModel(backbone=BackboneConfig(d_model=16, n_layers=1, n_heads=2, qk_dim=8,
+                 max_length=128)), train_tokenizer(["张三在北京李四", "Alan Bean"], "bpe", 280, 1), data={"seq_len": 16})
+    record, deltas = kslm.load(bpe, max_new_tokens=40).predict("张三"), []
+    for event in kslm.load(bpe, max_new_tokens=40).stream("张三"):
+        deltas.append(event.get("delta"))
+    assert deltas[-1] is None and "".join(deltas[:-1]) == record["generation"]
+    assert "\ufffd" in record["generation"] and not any(d.endswith("\ufffd") for d in deltas[:-2])  # (split bytes)
+    for bad, words in ((kslm.load(ckpts["ner"]), "streaming is for language models"), (model, "one prompt")):
+        with pytest.raises(ConfigError, match=words):
+            bad.stream(["张三", "李四"])
+
+    server = Served(ckpts["lm"], "--stream", "--model.max_new_tokens", "24")
+    try:
+        status, body = server.post(PROMPTS[1])
+        assert status == 200 and b"\\u" not in body
+        assert [json.loads(line) for line in body.decode("utf-8").splitlines()] == list(model.stream(PROMPTS[1]))
+        status, body = server.post(PROMPTS)
+        assert status == 422 and "one prompt per request" in json.loads(body)["error"]
+        assert server.post({"prompt": 3})[0] == 422 and json.loads(server.get("/info")[1])["stream"] is True
+    finally:
+        server.stop()

@@ -63,6 +63,9 @@ def serve_main(argv: List[str]) -> None:
     parser.add_argument("--max_request_bytes", type=int, default=16 << 20, help="largest request body (default 16 MiB)")
     parser.add_argument("--max_records", type=int, default=1024, help="most records in one request")
     parser.add_argument("--timeout", type=float, default=120, help="seconds a request may wait for its answer")
+    parser.add_argument("--stream", action="store_true",
+                        help="language models: answer one prompt as JSON lines, {\"delta\": text} as it is generated, "
+                             "then the record")
     args, rest = parser.parse_known_args(argv)
     options = _model_options(rest)
     if not 1024 <= args.port <= 65535:
@@ -78,7 +81,8 @@ def serve_main(argv: List[str]) -> None:
         raise ConfigError(f"kslm serve needs the optional extra: pip install 'kslm[serve]' ({exc})") from None
     serve(args.ckpt_path or args.config, options, host=args.host, port=args.port, max_batch_size=args.max_batch_size,
           batch_timeout=args.batch_timeout, workers=args.workers, device=args.device,
-          max_request_bytes=args.max_request_bytes, max_records=args.max_records, timeout=args.timeout)
+          max_request_bytes=args.max_request_bytes, max_records=args.max_records, timeout=args.timeout,
+          stream=args.stream)
 
 
 def _model_options(rest: List[str]) -> dict:

@@ -24,7 +24,7 @@ recomputes from scratch: the loop does not care). pick(logits) → the next toke
 (not returned) or after max_new_tokens tokens.
 """
 
-from typing import Callable, Iterable, List, Optional
+from typing import Callable, Iterable, Iterator, List, Optional
 
 import torch
 
@@ -54,21 +54,25 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_p: Optional[
     return torch.cat(picks)
 
 
-@torch.no_grad()
-def decode(step_fn: StepFn, first_input: torch.Tensor, max_new_tokens: int, eos_ids: Iterable[int],
-           pick: Pick) -> List[int]:
+def decode_stream(step_fn: StepFn, first_input: torch.Tensor, max_new_tokens: int, eos_ids: Iterable[int],
+                  pick: Pick) -> Iterator[int]:
     """step_fn(first_input), then step_fn(token repeated over the rows, [B, 1]) per generated token; pick(logits)
-    chooses each token. Returns the new tokens, without the EOS that stopped decoding."""
+    chooses each token. Yields the new tokens as they come, without the EOS that stops decoding."""
     eos = set(eos_ids)
-    out: List[int] = []
     step_in = first_input
     for _ in range(max_new_tokens):
-        tok = int(pick(step_fn(step_in)))
+        with torch.no_grad():
+            tok = int(pick(step_fn(step_in)))
         if tok in eos:
-            break
-        out.append(tok)
+            return
+        yield tok
         step_in = torch.full((first_input.shape[0], 1), tok, dtype=torch.long, device=first_input.device)
-    return out
 
 
-__all__ = ["sample_next", "decode"]
+def decode(step_fn: StepFn, first_input: torch.Tensor, max_new_tokens: int, eos_ids: Iterable[int],
+           pick: Pick) -> List[int]:
+    """decode_stream's tokens, all at once."""
+    return list(decode_stream(step_fn, first_input, max_new_tokens, eos_ids, pick))
+
+
+__all__ = ["sample_next", "decode", "decode_stream"]

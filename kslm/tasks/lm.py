@@ -18,7 +18,7 @@ unchanged by it.
 
 import math
 import sys
-from typing import Literal, Optional
+from typing import Iterator, Literal, Optional
 
 import torch
 import torchmetrics
@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from kslm.data.tokenizer import EOS_ID, MASK_ID, SPECIAL_TOKENS
 from kslm.errors import ConfigError
-from kslm.nn.generate import decode, sample_next
+from kslm.nn.generate import decode_stream, sample_next
 from kslm.nn.heat import HeatPredictor
 from kslm.tasks.base import KslmTask
 from kslm.tasks.random_state import stable_seed
@@ -209,6 +209,11 @@ class LanguageModel(KslmTask):
                  generator: Optional[torch.Generator] = None):
         """Incremental decoding with the backbone's KV cache (kslm.nn.generate: greedy at temperature 0, else nucleus
         sampling); stops at </s>. Returns the new token ids."""
+        return list(self.generate_stream(prompt_ids, max_new_tokens, temperature, top_p, generator))
+
+    def generate_stream(self, prompt_ids, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+                        generator: Optional[torch.Generator] = None) -> Iterator[int]:
+        """generate's new token ids, yielded one by one as they are decoded."""
         if self.backbone_config.mask == "bidirectional":
             raise ConfigError("a bidirectional (masked-LM) backbone cannot generate; use mask causal or prefix")
         ids = torch.tensor([[EOS_ID] + list(prompt_ids)], device=self.device)  # </s> starts a document
@@ -220,8 +225,8 @@ class LanguageModel(KslmTask):
         def step(new):
             return self.backbone.logits(self.backbone(new, prefix_lengths=prefix, cache=cache)[:, -1]).float()
 
-        return decode(step, ids, min(max_new_tokens, budget), [EOS_ID],
-                      lambda logits: sample_next(logits, temperature, top_p, generator))
+        yield from decode_stream(step, ids, min(max_new_tokens, budget), [EOS_ID],
+                                 lambda logits: sample_next(logits, temperature, top_p, generator))
 
     def prompt_ids(self, text: str):
         """The prompt's token ids that fit the window, and how many of its characters were left out: a prompt
@@ -244,16 +249,32 @@ class LanguageModel(KslmTask):
         """One prompt → its record with "generation" and "token_ids". A prompt longer than the window keeps its last
         tokens: the record says how many characters were left out ("prompt_chars_dropped") and the run ends with a
         warning counting such prompts — nothing is skipped."""
+        *_, record = self.predict_stream(batch, batch_idx, deltas=False)
+        return record
+
+    def predict_stream(self, batch, batch_idx, deltas: bool = True) -> Iterator[dict]:
+        """predict_step as it happens: {"delta": text} whenever the generation's text grows (a character split over
+        byte tokens waits until it is whole), then predict_step's record. The deltas join to its "generation"."""
         hp = self.hparams
         ids, dropped = self.prompt_ids(batch["prompt"])
         if dropped:
             self._cut_prompts.append((batch.get("line"), dropped))
         g = torch.Generator(device=self.device).manual_seed(stable_seed(hp.seed, "predict", batch_idx))
-        new = self.generate(ids, self.max_new_tokens, self.temperature, self.top_p, g)
+        new, shown = [], ""
+        for token in self.generate_stream(ids, self.max_new_tokens, self.temperature, self.top_p, g):
+            new.append(token)
+            if not deltas:
+                continue
+            text = self.tokenizer.decode(new)
+            if len(text) > len(shown) and text.startswith(shown) and not text.endswith("\ufffd"):
+                yield {"delta": text[len(shown):]}
+                shown = text
         out = {**batch, "generation": self.tokenizer.decode(new), "token_ids": new}
+        if deltas and out["generation"] != shown and out["generation"].startswith(shown):
+            yield {"delta": out["generation"][len(shown):]}
         if dropped:
             out["prompt_chars_dropped"] = dropped
-        return out
+        yield out
 
     def on_predict_end(self):
         cut = getattr(self, "_cut_prompts", [])
