@@ -3,19 +3,18 @@
 
     python scripts/readme_walkthrough.py [--working-tree] [--keep] [--list]
 
-The repository is cloned (its HEAD; with --working-tree also the uncommitted files git does not ignore) into a temp
-dir T as T/kslm, beside T/shared, a link to the real ../shared (the configs read ../shared/data). Every command runs
-there, in README order, with PYTHONPATH = the clone (its code, not an installed kslm), a fresh KSLM_CACHE and the Hugging
-Face hub offline. The commands are the lines of every ```bash block (`\\` continuations joined, `# comments` cut), the
-`$ …` lines of plain ``` blocks (the lines under one are its output) and each ```python block. A plain block without a
-`$` line is the output of its section's last command (the quick start's), or no command at all (the Layout tree).
+HEAD (with --working-tree also the uncommitted files git does not ignore) is cloned into a temp dir T as T/kslm beside
+T/shared, a link to the real ../shared (the configs read ../shared/data). Every command runs there, in README order,
+with PYTHONPATH = the clone (its code, not an installed kslm), a fresh KSLM_CACHE and the Hugging Face hub offline.
+The commands: each line of a ```bash block (`\\` continuations joined, `# comments` cut), the `$ …` lines of plain ```
+blocks (the lines under one are its output), each ```python block and the `python bench/….py` spans of the prose. A
+plain block without `$` is the output of its section's last command (the quick start's) or no command (Layout).
 
-Every command meets the first of RULES that matches it: run as written, run shrunk (`kslm fit`: a few steps, see
-SHRINK), run specially (`kslm serve`, python blocks, scripts: --help) or skipped with the reason printed. A command no
-rule matches stops the walk before anything runs: a new README command is never skipped silently. Where the README
-shows a command's output, the lines must appear in order, numbers and hashes free; an output with `kslm: error:` must
-be exactly those lines with exit code 2. Prints one line per command and a summary; exits 0 only if all passed.
-Stdlib only.
+Each command meets the first of RULES that matches it: run as written, shrunk (`kslm fit`: SHRINK), specially (serve,
+python, scripts' --help) or skipped with its reason printed. A command no rule matches stops the walk before anything
+runs: a new README command is never skipped silently. Output the README shows must appear in order, numbers and
+hashes free; `kslm: error:` output must be exactly those lines, exit code 2. One line per command, then a summary;
+exit code 0 only if all passed. Stdlib only.
 """
 
 import argparse
@@ -23,6 +22,7 @@ import ast
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -49,6 +49,10 @@ PROSE_OUTPUT = {  # commands whose output the README states in prose, not in a b
 }
 DATA_LANGS = {"yaml", "json", "jsonl", "toml", "text", "markdown"}  # fenced blocks that hold no commands
 TIMEOUT = 900  # seconds per command
+REPL = ("import ast, sys; f = sys.argv[1]; tree = ast.parse(open(f, encoding='utf-8').read())\n"  # a ```python block
+        "last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None\n"  # run as a REPL
+        "ns = {'__name__': '__main__'}; exec(compile(tree, f, 'exec'), ns)\n"  # would: its last value printed
+        "if last is not None: print(repr(eval(compile(ast.Expression(last.value), f, 'eval'), ns)))\n")
 SCRIPT = re.compile(r"^(?:\w+=\S*\s+)*python3? (?:experiments|bench)/\S+\.py\b")
 
 
@@ -80,7 +84,8 @@ RULES = [
     Rule("tensorboard", r"^tensorboard\b", "skip", "a server for a browser: nothing to check here"),
     Rule("script", lambda s: s.kind != "python" and SCRIPT.match(s.command) is not None, "help",
          "an experiment or benchmark takes minutes to hours: its --help must work"),
-    Rule("README error", lambda s: expected_code(s) == 2, "run", "a user mistake: exit 2 and the README's line, as written"),
+    Rule("README error", lambda s: s.command.startswith("kslm ") and expected_code(s) == 2, "run",
+         "a user mistake: exit 2 and the README's line, as written"),
     Rule("training", lambda s: s.command.startswith("kslm fit ") and shrink_folder(s.command) is not None, "fit",
          f"shrunk to {STEPS} steps (+{RESUME_STEPS} for a resume), a few validation batches"),
     Rule("server", r"^kslm serve\b", "serve", "runs until stopped: /health, one /predict against kslm predict, SIGTERM → 0"),
@@ -228,8 +233,8 @@ class Walk:
                                   stderr=subprocess.STDOUT, text=True, timeout=timeout)
             code, output = done.returncode, done.stdout
         except subprocess.TimeoutExpired as e:
+            code = f"timeout ({timeout} s)"
             output = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else e.stdout or ""
-            code, output = f"timeout ({timeout} s)", output
         (self.log / f"{n:02d}.log").write_text(f"$ {command}\n{output}\nexit: {code}\n", encoding="utf-8")
         return code, output
 
@@ -237,11 +242,9 @@ class Walk:
         """(command as run, '' or why it failed)."""
         action, command = step.rule.action, step.command
         if action == "fit":
-            resume = "--ckpt_path" in command
-            steps = STEPS + RESUME_STEPS if resume else STEPS
-            every = RESUME_STEPS if resume else STEPS
-            extra = ["--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(every)]
-            command = " ".join([command, *extra, *SHRINK[shrink_folder(command)]])
+            more = RESUME_STEPS if "--ckpt_path" in command else 0  # a resume trains on, validated at its end
+            extra = f" --trainer.max_steps {STEPS + more} --trainer.val_check_interval {more or STEPS} "
+            command += extra + " ".join(SHRINK[shrink_folder(command)])
         elif action == "help":
             command = SCRIPT.match(command).group(0) + " --help"
         elif action == "serve":
@@ -254,17 +257,13 @@ class Walk:
             why = "--help printed no usage"
         ckpt = re.search(r"--ckpt_path (\S+)", command)
         if not why and command.startswith("kslm predict") and ckpt and "--predictions.path" not in command:
-            self.predictions[ckpt.group(1)] = records(output)
+            self.predictions[ckpt.group(1)] = [json.loads(x) for x in output.splitlines() if x.startswith('{"line"')]
         return command, why
 
     def python(self, step, n):
         path = self.root / f"readme-block-{step.line}.py"
         path.write_text(step.command + "\n", encoding="utf-8")
-        runner = ("import ast, sys\nf = sys.argv[1]\ntree = ast.parse(open(f, encoding='utf-8').read())\n"
-                  "last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None\n"
-                  "ns = {'__name__': '__main__'}\nexec(compile(tree, f, 'exec'), ns)\n"
-                  "if last is not None:\n    print(repr(eval(compile(ast.Expression(last.value), f, 'eval'), ns)))\n")
-        code, output = self.shell(f"python -c {shell_quote(runner)} {path}", n)
+        code, output = self.shell(f"python -c {shlex.quote(REPL)} {path}", n)
         why = check_output(step, output, code, self.cache)
         shown = last_comment(step.command)
         if not why and "…" in shown:  # the README's value up to its first "…", cut to the model's list
@@ -290,30 +289,19 @@ class Walk:
         recs = self.predictions.get(ckpt)
         if not recs:
             return command, f"no earlier `kslm predict --ckpt_path {ckpt}` output to compare /predict with"
-        port = 8000
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:  # the README's port is taken here: another one
-                port = free_port()
-                command += f" --port {port}"
+        with socket.socket() as s, socket.socket() as other:
+            port = 8000 if s.connect_ex(("127.0.0.1", 8000)) else other.bind(("127.0.0.1", 0)) or other.getsockname()[1]
+        command += "" if port == 8000 else f" --port {port}"  # the README's port is taken here: another one
         log = (self.log / f"{n:02d}.log").open("w", encoding="utf-8")
-        log.write(f"$ {command}\n")
-        log.flush()
+        print(f"$ {command}", file=log, flush=True)
         server = subprocess.Popen(["bash", "-c", "exec " + command], cwd=self.clone, env=self.env, stdout=log,
                                   stderr=subprocess.STDOUT, start_new_session=True)
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.time() + 180
-            while True:
-                if server.poll() is not None:
-                    return command, f"the server exited ({server.returncode}) before /health answered"
-                try:
-                    with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                        if r.status == 200:
-                            break
-                except OSError:
-                    pass
-                if time.time() > deadline:
-                    return command, "/health did not answer within 180 s"
+            while not healthy(url):
+                if server.poll() is not None or time.time() > deadline:
+                    return command, f"/health never answered (server exit code: {server.poll()}, 180 s at most)"
                 time.sleep(0.5)
             body = json.dumps({"text": recs[0]["text"]}, ensure_ascii=False).encode()
             request = urllib.request.Request(url + "/predict", data=body, method="POST")
@@ -333,8 +321,12 @@ class Walk:
             log.close()
 
 
-def records(output):
-    return [json.loads(line) for line in output.splitlines() if line.startswith('{"line"')]
+def healthy(url):
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
 
 
 def last_comment(code):
@@ -342,16 +334,6 @@ def last_comment(code):
     comments = [t for t in tokenize.generate_tokens(StringIO(code).readline) if t.type == tokenize.COMMENT]
     last = len(code.rstrip("\n").splitlines())
     return next((t.string[1:].strip() for t in comments if t.start[0] == last), "")
-
-
-def shell_quote(s):
-    return "'" + s.replace("'", "'\\''") + "'"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def git(*args, cwd=REPO):
@@ -398,11 +380,9 @@ def main(argv=None):
         return 1
     (root / "logs").mkdir()
     walk, failed, skipped, start = Walk(root, clone, root / "logs"), [], 0, time.time()
-    where = subprocess.run(["python", "-c", "import kslm; print(kslm.__file__)"], env=walk.env, cwd=root,
-                           stdout=subprocess.PIPE, text=True).stdout.strip()
-    if not where.startswith(str(clone)):
-        print(f"readme walkthrough: kslm imports from {where!r}, not the clone {clone}", file=sys.stderr)
-        return 1
+    where = walk.shell("python -c 'import kslm; print(kslm.__file__)'", 0)[1].strip()
+    if not where.startswith(str(clone)):  # the clone's code runs, not an installed kslm
+        return print(f"readme walkthrough: kslm imports from {where!r}, not the clone {clone}", file=sys.stderr) or 1
     print(f"readme walkthrough: {len(steps)} commands of README.md at {head[:12]}"
           f"{' + working tree' if args.working_tree else ''}, in {clone}")
     for n, step in enumerate(steps, 1):
