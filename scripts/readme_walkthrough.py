@@ -272,17 +272,11 @@ class Walk:
             printed = output.strip().splitlines()[-1] if output.strip() else ""
             if not printed.startswith(stable):
                 why = f"printed {printed!r}, the README shows {shown!r}"
-            else:
-                why = self.same_as_predict(ast.literal_eval(printed), step.command)
+            elif isinstance(value := ast.literal_eval(printed), dict):  # as kslm predict's record of the same text
+                same = [r for ckpt, recs in self.predictions.items() if ckpt in step.command for r in recs
+                        if r.get("text") == value.get("text")]
+                why = f"{value!r}, kslm predict wrote {same[0]!r}" if same and same[0] != value else ""
         return f"python {path.name}", why
-
-    def same_as_predict(self, record, text):
-        for ckpt, recs in self.predictions.items():
-            if ckpt in text:
-                same = [r for r in recs if isinstance(record, dict) and r.get("text") == record.get("text")]
-                if same and same[0] != record:
-                    return f"{record!r} differs from kslm predict's {same[0]!r}"
-        return ""
 
     def serve(self, step, n):
         command, ckpt = step.command, re.search(r"--ckpt_path (\S+)", step.command).group(1)
