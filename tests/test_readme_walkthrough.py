@@ -1,7 +1,7 @@
 """scripts/readme_walkthrough.py (issue 24's acceptance: the README top to bottom in a fresh clone, every command
 working). The fast tests read README.md: every command it holds meets a named rule, one it does not know stops the
 walk, the inputs its commands read are made by earlier commands, and shown output is matched on its stable parts.
-The slow test runs the whole walk (~9 min on 2 CPU cores)."""
+The slow test runs the whole walk (4–10 min on 2 CPU cores, by their load)."""
 
 import importlib.util
 import re
