@@ -93,3 +93,32 @@ def test_connect_takes_the_opened_checkpoint_not_a_path():
     assert list(inspect.signature(connect).parameters)[:3] == ["model", "data", "checkpoint"]
     text = (REPO / "kslm" / "cli" / "connect.py").read_text(encoding="utf-8")
     assert not re.search(r"\b(open_checkpoint|read_payload|read_checkpoint|torch\.load)\(", text)
+
+
+def test_model_pretrained_is_read_once_and_handed_to_the_task(workdir, capsys, loads, monkeypatch):
+    """--model.pretrained (a kslm LM checkpoint, or its export directory) is opened once by connect and the same
+    object initialises the task's backbone: one torch.load of the file, one read of the export's weights."""
+    import safetensors.torch
+
+    from helpers import CLUENER
+
+    lm_args = ["--config", str(REPO / "configs/ner/cluener-pretrain.yaml"), "--data.data_files", str(CLUENER),
+               "--data.seq_len", "8", "--data.batch_size", "4", "--data.val_fraction", "0.2",
+               "--model.backbone.d_model", "16", "--model.backbone.n_layers", "1", "--model.backbone.n_heads", "2",
+               "--trainer.max_steps", "1", "--trainer.val_check_interval", "1", "--trainer.enable_progress_bar", "false",
+               "--checkpoint.dirpath", str(workdir / "lm")]
+    code, err = cli(["fit", *lm_args], capsys)
+    assert code == 0, err[-2000:]
+    lm = workdir / "lm" / "last.ckpt"
+    loads.clear()
+    code, err = cli(["fit", *ner_args(workdir, "--model.pretrained", str(lm), steps=1)], capsys)
+    assert code == 0, err[-2000:]
+    assert _reads(loads, lm) == 1, loads
+
+    code, err = cli(["export", "--ckpt_path", str(lm), "--out", str(workdir / "exported")], capsys)
+    assert code == 0, err[-2000:]
+    reads, real = [], safetensors.torch.load_file
+    monkeypatch.setattr(safetensors.torch, "load_file", lambda f, *a, **k: reads.append(Path(f).name) or real(f, *a, **k))
+    code, err = cli(["fit", *ner_args(workdir, "--model.pretrained", str(workdir / "exported"), steps=1)], capsys)
+    assert code == 0, err[-2000:]
+    assert reads.count("model.safetensors") == 1, reads

@@ -19,7 +19,7 @@ from typing import Optional
 from kslm.checkpoint import Checkpoint, Payload
 from kslm.data.tokenizer import fingerprint, load_tokenizer, tokenizer_from_source
 from kslm.errors import CheckpointError, ConfigError
-from kslm.hf.reader import pretrained_payload as pretrained_payload_of
+from kslm.hf.reader import Pretrained, open_pretrained
 
 
 def connect(model, data, checkpoint: Optional[Checkpoint] = None, stage: str = "fit") -> None:
@@ -32,10 +32,10 @@ def connect(model, data, checkpoint: Optional[Checkpoint] = None, stage: str = "
         data.connect(model)
         return
     payload = checkpoint.payload if checkpoint is not None else None
-    pretrained = model.hparams.get("pretrained") if payload is None else None
-    pretrained_payload = pretrained_payload_of(pretrained, "model.pretrained") if pretrained else None
-    check_window(model, data, payload or pretrained_payload)
-    tokenizer = resolve_tokenizer(model, data, payload, pretrained_payload)
+    path = model.hparams.get("pretrained") if payload is None else None
+    pretrained = open_pretrained(path, "model.pretrained") if path else None  # read once, handed to the task
+    check_window(model, data, payload or (pretrained.payload if pretrained else None))
+    tokenizer = resolve_tokenizer(model, data, payload, pretrained)
     labels = None
     if hasattr(model, "label_key"):
         if payload is not None:
@@ -43,7 +43,7 @@ def connect(model, data, checkpoint: Optional[Checkpoint] = None, stage: str = "
         elif stage == "fit" or not model.labels:
             labels = data.label_set()
     data.connect(tokenizer, labels if payload is not None or labels is not None else None)
-    model.connect(tokenizer, labels, payload, data.predict_settings())
+    model.connect(tokenizer, labels, payload, data.predict_settings(), pretrained)
 
 
 def backbone_max_length(model, payload: Optional[Payload]) -> Optional[int]:
@@ -78,12 +78,12 @@ def check_window(model, data, payload: Optional[Payload]) -> None:
                           f"or raise the backbone's max_length")
 
 
-def resolve_tokenizer(model, data, payload: Optional[Payload], pretrained: Optional[Payload]):
+def resolve_tokenizer(model, data, payload: Optional[Payload], pretrained: Optional[Pretrained]):
     explicit = getattr(data, "tokenizer_path", None)
     kslm_specials = not hasattr(model, "label_key")  # LMs need kslm's special ids; extraction takes HF tokenizers
-    for source, name in ((payload, "--ckpt_path"), (pretrained, f"--model.pretrained {model.hparams.get('pretrained')}")):
-        if source is not None:
-            own = source.load_tokenizer()
+    for own, name in ((payload.load_tokenizer() if payload else None, "--ckpt_path"),
+                      (pretrained.tokenizer if pretrained else None, f"--model.pretrained {model.hparams.get('pretrained')}")):
+        if own is not None:
             if explicit and fingerprint(tokenizer_from_source(explicit, kslm_specials)) != fingerprint(own):
                 raise CheckpointError(f"{explicit}: data.tokenizer differs from the tokenizer of {name}; leave "
                                       "data.tokenizer empty to use the checkpoint's")

@@ -2,13 +2,14 @@
 `model.checkpoint DIR`, and `--model.hf_path DIR` (kslm.hf.encoder). kslm.json says how the weights are laid out; weights are
 read with safetensors (never pickle), so reading an export runs no code from it."""
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import torch
 from tokenizers import Tokenizer
 
-from kslm.checkpoint import FORMAT_VERSION, Payload, check_backbone, load_backbone, read_payload
+from kslm.checkpoint import FORMAT_VERSION, Payload, check_backbone, forget, load_backbone, open_checkpoint
 from kslm.data.tokenizer import kslm_tokenizer_json
 from kslm.errors import CheckpointError
 from kslm.io import read_json
@@ -83,22 +84,39 @@ def read_export(path, field: str = "model.pretrained") -> Tuple[Payload, Dict[st
     return payload, state, head or _weights(folder, "head.safetensors", field)  # (older exports: head.safetensors)
 
 
-def pretrained_payload(path, field: str = "model.pretrained") -> Payload:
-    """The payload of `--model.pretrained`: a kslm checkpoint (.ckpt) or an export directory."""
-    return read_export(path, field)[0] if is_export(path) else read_payload(path, field)
+@dataclass(frozen=True)
+class Pretrained:
+    """`--model.pretrained`, read once (kslm.cli.connect opens it and hands it to the task): a kslm LM checkpoint or
+    an export directory's payload, backbone config, backbone weights (checked against the config) and tokenizer."""
+
+    path: str
+    payload: Payload
+    config: BackboneConfig = field(repr=False)
+    state: Dict[str, torch.Tensor] = field(repr=False)
+    tokenizer: Tokenizer = field(repr=False)
 
 
-def pretrained_backbone(path, field: str = "model.pretrained") -> Tuple[BackboneConfig, dict, Tokenizer]:
-    """(BackboneConfig, backbone state, tokenizer) of a kslm LM checkpoint or of an export directory."""
+def open_pretrained(path, field_name: str = "model.pretrained") -> Pretrained:
+    """The Pretrained of `path`: a kslm checkpoint (.ckpt; open_checkpoint, read once per process) or an export
+    directory (kslm.json, tokenizer and weights read once here)."""
     if not is_export(path):
         if Path(str(path)).is_dir():
-            raise CheckpointError(f"{path}: a directory without {KSLM_JSON} is not a kslm export (field '{field}')")
-        return load_backbone(path)
-    payload, state, _ = read_export(path, field)
+            raise CheckpointError(f"{path}: a directory without {KSLM_JSON} is not a kslm export (field '{field_name}')")
+        opened = open_checkpoint(path, field_name)
+        cfg, state, tok = load_backbone(path)  # (the same opened checkpoint)
+        forget(opened)  # only the backbone's weights stay in memory, not the rest (optimiser state) of the file
+        return Pretrained(str(path), opened.payload, cfg, state, tok)
+    payload, state, _ = read_export(path, field_name)
     if payload.backbone is None:
         raise CheckpointError(f"{path}: the export's backbone is a Hugging Face encoder, not a kslm backbone "
-                              f"(use --model.hf_path) (field '{field}')")
-    return payload.backbone_config(), state, payload.load_tokenizer()
+                              f"(use --model.hf_path) (field '{field_name}')")
+    return Pretrained(str(path), payload, payload.backbone_config(), state, payload.load_tokenizer())
 
 
-__all__ = ["is_export", "read_export", "pretrained_payload", "pretrained_backbone"]
+def pretrained_backbone(path, field_name: str = "model.pretrained") -> Tuple[BackboneConfig, dict, Tokenizer]:
+    """(BackboneConfig, backbone state, tokenizer) of a kslm LM checkpoint or of an export directory."""
+    opened = open_pretrained(path, field_name)
+    return opened.config, opened.state, opened.tokenizer
+
+
+__all__ = ["is_export", "read_export", "Pretrained", "open_pretrained", "pretrained_backbone"]

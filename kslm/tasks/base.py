@@ -88,11 +88,12 @@ class KslmTask(LastValidation, pl.LightningModule):
 
     # ----------------------------------------------------------- connection
     def connect(self, tokenizer: Tokenizer, labels: Optional[list] = None, payload: Optional[Payload] = None,
-                data_settings: Optional[Dict[str, Any]] = None) -> None:
+                data_settings: Optional[Dict[str, Any]] = None, pretrained=None) -> None:
         """What the CLI resolved for model and data alike: the tokenizer, the label set (extraction tasks), the
-        payload of `--ckpt_path` (the backbone is then built from it, before Lightning restores the weights) and
-        the data settings the checkpoint records for `kslm predict` without a config."""
-        self.tokenizer, self._payload = tokenizer, payload
+        payload of `--ckpt_path` (the backbone is then built from it, before Lightning restores the weights), the
+        data settings the checkpoint records for `kslm predict` without a config, and `--model.pretrained` as read
+        (kslm.hf.reader.Pretrained: the backbone starts from it)."""
+        self.tokenizer, self._payload, self._pretrained = tokenizer, payload, pretrained
         self.data_settings = dict(data_settings or {})
 
     def settings(self) -> Dict[str, Any]:
@@ -218,7 +219,8 @@ class KslmTask(LastValidation, pl.LightningModule):
         elif hp.hf_path:
             self.build(self.tokenizer, hf_weights=hp.hf_path)
         elif hp.pretrained:
-            self.init_from_pretrained(self.tokenizer, hp.pretrained)
+            self.init_from_pretrained(self.tokenizer, getattr(self, "_pretrained", None) or hp.pretrained)
+            self._pretrained = None  # (its weights are in the model now)
         else:
             self.build(self.tokenizer)
         self._shard()
@@ -240,12 +242,13 @@ class KslmTask(LastValidation, pl.LightningModule):
         else:
             self.build(self.tokenizer, payload.backbone_config())
 
-    def init_from_pretrained(self, tokenizer: Tokenizer, path: str) -> None:
-        """Backbone config, weights and tokenizer from a kslm LM checkpoint or a `kslm export` directory; the task keeps
-        its mask and dropout."""
-        from kslm.hf.reader import pretrained_backbone
+    def init_from_pretrained(self, tokenizer: Tokenizer, source) -> None:
+        """Backbone config, weights and tokenizer from a kslm LM checkpoint or a `kslm export` directory (a path, or
+        the kslm.hf.reader.Pretrained connect read); the task keeps its mask and dropout."""
+        from kslm.hf.reader import open_pretrained
 
-        cfg, state, ckpt_tok = pretrained_backbone(path)
+        opened = source if hasattr(source, "state") else open_pretrained(source)
+        path, cfg, state, ckpt_tok = opened.path, opened.config, opened.state, opened.tokenizer
         if fingerprint(ckpt_tok) != fingerprint(tokenizer):
             raise CheckpointError(f"{path}: the pretrained checkpoint's tokenizer differs from the data's tokenizer "
                                   "(field 'data.tokenizer'; leave it empty to use the checkpoint's)")

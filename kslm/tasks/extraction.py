@@ -77,8 +77,8 @@ class ExtractionTask(KslmTask):
         if head and same:
             self.head_module.load_state_dict(head)
 
-    def connect(self, tokenizer, labels=None, payload=None, data_settings=None) -> None:
-        super().connect(tokenizer, labels, payload, data_settings)
+    def connect(self, tokenizer, labels=None, payload=None, data_settings=None, pretrained=None) -> None:
+        super().connect(tokenizer, labels, payload, data_settings, pretrained)
         if payload is not None:
             labels = payload.labels
             self.hparams.update(payload.head)  # the checkpoint's head, whatever the config says
