@@ -99,7 +99,6 @@ def test_model_pretrained_is_read_once_and_handed_to_the_task(workdir, capsys, l
     """--model.pretrained (a kslm LM checkpoint, or its export directory) is opened once by connect and the same
     object initialises the task's backbone: one torch.load of the file, one read of the export's weights."""
     import safetensors.torch
-
     from helpers import CLUENER
 
     lm_args = ["--config", str(REPO / "configs/ner/cluener-pretrain.yaml"), "--data.data_files", str(CLUENER),
