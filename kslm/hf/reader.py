@@ -22,22 +22,30 @@ def is_export(path) -> bool:
     return path is not None and (Path(str(path)) / KSLM_JSON).is_file()
 
 
-def _weights(folder: Path, name: str, field: str) -> Optional[Dict[str, torch.Tensor]]:
+def _weights(folder: Path, name: str, field: str, prefix: Optional[str] = None) -> Optional[Dict[str, torch.Tensor]]:
+    """The tensors of folder/name (None: no such file); with `prefix`, only those whose names start with it (read
+    alone, not the whole file)."""
     path = folder / name
     if not path.is_file():
         return None
     try:
+        from safetensors import safe_open
         from safetensors.torch import load_file
     except ImportError:
         raise CheckpointError(f"{folder}: reading an export needs safetensors: pip install 'kslm[hf]' (field '{field}')") from None
     try:
+        if prefix is not None:
+            with safe_open(str(path), framework="pt") as f:
+                return {k: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
         return load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types on a damaged file
         raise CheckpointError(f"{path}: cannot read the weights ({str(exc).splitlines()[0][:200]}) (field '{field}')") from None
 
 
-def read_export(path, field: str = "model.pretrained") -> Tuple[Payload, Dict[str, torch.Tensor], Optional[dict]]:
-    """→ (payload as a checkpoint would hold it, backbone state in kslm's names, head state or None)."""
+def read_export(path, field: str = "model.pretrained", head_only: bool = False
+                ) -> Tuple[Payload, Dict[str, torch.Tensor], Optional[dict]]:
+    """→ (payload as a checkpoint would hold it, backbone state in kslm's names, head state or None). head_only:
+    the backbone's weights are not read (they came another way: an HF encoder export under --model.hf_path)."""
     folder = Path(str(path))
     try:
         rec = read_json(folder / KSLM_JSON)
@@ -61,6 +69,10 @@ def read_export(path, field: str = "model.pretrained") -> Tuple[Payload, Dict[st
         raise CheckpointError(f"{exc} (field '{field}')") from None
     if layout != "hf_encoder" and payload.backbone is None:
         raise CheckpointError(f"{folder / KSLM_JSON}: a {layout} export without its backbone config (field '{field}')")
+    if head_only:
+        head = _weights(folder, "model.safetensors", field, prefix="head_module.") if layout == "kslm" else {}
+        head = {k[len("head_module."):]: v for k, v in (head or {}).items()}
+        return payload, {}, head or _weights(folder, "head.safetensors", field)
     weights = _weights(folder, "model.safetensors", field)
     if weights is None:
         raise CheckpointError(f"{folder}: the export has no model.safetensors (field '{field}')")

@@ -71,7 +71,7 @@ class ExtractionTask(KslmTask):
 
         if not is_export(path):
             return
-        payload, _, head = read_export(path, "model.hf_path")
+        payload, _, head = read_export(path, "model.hf_path", head_only=True)  # (the encoder's weights: HFEncoder)
         same = payload.task == type(self).__name__ and list(payload.labels or []) == list(self.labels) and \
             all(self.hparams.get(k) == v for k, v in payload.head.items())
         if head and same:
