@@ -26,6 +26,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from typing import List, Optional
 
 import litserve as ls
@@ -268,8 +269,10 @@ def serve(source: str, options: Optional[dict] = None, *, host: str = "127.0.0.1
                           "model (leave --stream out)")
     from fastapi.responses import JSONResponse
 
-    api = (KslmStreamAPI(source, options, info["task"], batch_timeout) if stream else
-           KslmAPI(source, options, info["task"], max_batch_size, batch_timeout))
+    with warnings.catch_warnings():  # (LitServe's note on batch/unbatch without batching: kslm's are the identity)
+        warnings.filterwarnings("ignore", message="The LitServer has both batch and unbatch")
+        api = (KslmStreamAPI(source, options, info["task"], batch_timeout) if stream else
+               KslmAPI(source, options, info["task"], max_batch_size, batch_timeout))
     accelerator = "cuda" if str(device).startswith("cuda") else "cpu"
     server = Server(api, accelerator=accelerator, devices=1, workers_per_device=workers, timeout=timeout,
                     info_path="/litserve/info", disable_openapi_url=True,

@@ -318,3 +318,25 @@ def test_a_language_model_streams_what_predict_returns(ckpts, tmp_path, capsys):
         assert server.post({"prompt": 3})[0] == 422 and json.loads(server.get("/info")[1])["stream"] is True
     finally:
         server.stop()
+
+
+def test_sigterm_finishes_a_stream_in_flight(tmp_path):
+    """SIGTERM while a long generation streams: it is streamed to its end (its record the last line), then exit 0."""
+    tok = train_tokenizer(PROMPTS, "char", 200, 1)
+    lm = LanguageModel(backbone=BackboneConfig(d_model=32, n_layers=2, n_heads=2, qk_dim=8, max_length=2048))
+    path = _craft(tmp_path / "long.ckpt", lm, tok, data={"seq_len": 16})
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["state_dict"]["backbone.embed.weight"][3] = 0.0  # </s> scores 0: greedy decoding never ends the document
+    torch.save(ckpt, path)
+    server = Served(path, "--stream", "--model.max_new_tokens", "1500")
+    try:
+        req = urllib.request.Request(f"http://127.0.0.1:{server.port}/predict", data=json.dumps(PROMPTS[0]).encode())
+        with urllib.request.urlopen(req, timeout=120) as r:
+            first = r.readline()  # the stream has begun (1,500 tokens take seconds): now SIGTERM
+            server.proc.send_signal(signal.SIGTERM)
+            lines = [json.loads(line) for line in [first, *r.read().splitlines()]]
+        assert server.proc.wait(timeout=120) == 0
+    finally:
+        server.stop()
+    assert len(lines[-1]["token_ids"]) == 1500 and len(lines) > 2
+    assert "".join(e["delta"] for e in lines[:-1]) == lines[-1]["generation"]
