@@ -3,6 +3,7 @@
     PYTHONPATH=. python bench/serve.py              # ≈ 10 minutes on 2 idle cores → bench/results/serve.json + table
     PYTHONPATH=. python bench/serve.py --quick      # a short smoke run (seconds of load per row)
     PYTHONPATH=. python bench/serve.py --table      # the stored table again
+    PYTHONPATH=. python bench/serve.py --stream     # LM streaming only: time to the first text vs the whole answer
 
 Models (untrained: throughput does not depend on the weights): NER with configs/ner/cluener-egp.yaml's shapes and a
 char tokenizer of CLUENER's training texts; an LM with configs/lm/gau.yaml's shapes. Requests: one CLUENER sentence
@@ -12,6 +13,10 @@ keep-alive clients, asyncio, one process), a bounded number of requests (--reque
 p50 / p95 / p99 latency, errors, and the server's resident memory (main + HTTP + inference processes) after the first
 and the last thousand requests. Offline: kslm.load(…).predict(all texts) in one process (kslm predict's core, without
 its start-up) — the ceiling a server can approach.
+
+--stream measures what streaming buys an LM client (bench/results/serve_stream.json): one client, one prompt at a time,
+answers of exactly --stream-tokens tokens (</s> never chosen), on a `kslm serve --stream` server (time to the first
+line, to the record) and on a plain one (time to the answer).
 """
 
 import argparse
@@ -33,7 +38,7 @@ from kslm.io import write_json  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data"
-STORED = [RESULTS / "serve.json"]
+STORED = [RESULTS / "serve.json", RESULTS / "serve_stream.json"]
 CLIENTS = (1, 4, 16, 64)
 
 
@@ -224,6 +229,47 @@ def run_server(name, ckpt, bodies_for, counts, extra, label) -> list:
     return rows
 
 
+def stream_latency(ckpt: Path, prompts: list, tokens: int) -> dict:
+    """Median milliseconds to the first streamed line, to the streamed record, and to a plain server's answer."""
+    import http.client
+
+    import torch
+
+    long = ckpt.with_name("lm-long.ckpt")  # </s> scores 0: greedy decoding runs to max_new_tokens every time
+    state = torch.load(ckpt, weights_only=True)
+    state["state_dict"]["backbone.embed.weight"][3] = 0.0
+    torch.save(state, long)
+    out = {"tokens": tokens, "prompts": len(prompts)}
+    for label, extra in (("stream", ["--stream"]), ("plain", ["--max_batch_size", "1"])):
+        proc, port = start(long, "--model.max_new_tokens", str(tokens), *extra)
+        first, whole = [], []
+        try:
+            for i, prompt in enumerate([prompts[0], *prompts]):  # (the first: warm-up)
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+                t0 = time.perf_counter()
+                conn.request("POST", "/predict", json.dumps(prompt, ensure_ascii=False).encode())
+                resp = conn.getresponse()
+                line = resp.readline()
+                t1 = time.perf_counter()
+                rest = resp.read()
+                t2 = time.perf_counter()
+                conn.close()
+                last = json.loads((line + rest).splitlines()[-1])
+                last = last[0] if isinstance(last, list) else last
+                assert resp.status == 200 and len(last["token_ids"]) == tokens, last
+                if i:
+                    first.append(1000 * (t1 - t0))
+                    whole.append(1000 * (t2 - t0))
+        finally:
+            stop(proc)
+        if label == "stream":
+            out["first_line_ms"], out["stream_record_ms"] = statistics.median(first), statistics.median(whole)
+        else:
+            out["plain_answer_ms"] = statistics.median(whole)
+        print(f"lm {label}: {out}", flush=True)
+    return out
+
+
 def offline(ckpt, texts, **options) -> dict:
     import kslm
 
@@ -241,7 +287,11 @@ def main():
     ap.add_argument("--requests", type=int, default=2500, help="NER requests per client count (batched server)")
     ap.add_argument("--lm-requests", type=int, default=64, help="LM requests per client count")
     ap.add_argument("--lm-new-tokens", type=int, default=16)
-    ap.add_argument("--out", default=str(STORED[0]))
+    ap.add_argument("--stream", action="store_true", help="only the LM streaming measurement")
+    ap.add_argument("--stream-tokens", type=int, default=128)
+    ap.add_argument("--stream-prompts", type=int, default=10)
+    ap.add_argument("--out", default=None, help="the JSON to write (default: bench/results/serve.json, "
+                                                  "or serve_stream.json with --stream)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu")
     table_flag(ap, STORED)
@@ -254,6 +304,15 @@ def main():
 
     texts = cluener_texts(args.requests)
     report = {"machine": machine_info(args), "date": time.strftime("%Y-%m-%d"), "args": vars(args), "rows": []}
+    if args.stream:
+        args.out = args.out or str(STORED[1])
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpts = make_checkpoints(Path(tmp))
+            report["stream"] = stream_latency(ckpts["lm"], [t[:8] for t in texts[: args.stream_prompts]],
+                                              args.stream_tokens)
+        write_json(args.out, report)
+        return print(markdown(report))
+    args.out = args.out or str(STORED[0])
     with tempfile.TemporaryDirectory() as tmp:
         ckpts = make_checkpoints(Path(tmp))
         report["offline"] = {"ner": offline(ckpts["ner"], texts)}
@@ -276,6 +335,13 @@ def main():
 
 
 def markdown(report) -> str:
+    s = report.get("stream")
+    if s:
+        return (f"Measured {report['date']} on {report['machine']['cpu_model']} ({report['machine']['logical_cpus']} "
+                f"logical CPUs), loopback, one client: an LM with configs/lm/gau.yaml's shapes answering {s['tokens']} "
+                f"tokens, median of {s['prompts']} prompts.\n\n| server | first text ms | whole answer ms |\n|---|---:|---:|\n"
+                f"| kslm serve --stream | {s['first_line_ms']:,.0f} | {s['stream_record_ms']:,.0f} |\n"
+                f"| kslm serve | – | {s['plain_answer_ms']:,.0f} |")
     rows = report["rows"]
     lines = [f"Measured {report['date']} on {report['machine']['cpu_model']} ({report['machine']['logical_cpus']} "
              f"logical CPUs), loopback, one inference worker.", "",

@@ -123,7 +123,12 @@ class Model:
             task.on_predict_start()
             items = data.prediction_items(data.records_from([prompt]), None)
             (batch,) = list(data.prediction_loader(items))
-        for event in task.predict_stream(self._to_device(batch), 0):
+        events = task.predict_stream(self._to_device(batch), 0)
+        while True:  # each step under inference mode, as predict runs; the mode does not leak across the yields
+            with torch.inference_mode():
+                event = next(events, None)
+            if event is None:
+                return
             yield event
 
     def _to_device(self, batch):
