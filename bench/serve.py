@@ -340,8 +340,8 @@ def markdown(report) -> str:
         return (f"Measured {report['date']} on {report['machine']['cpu_model']} ({report['machine']['logical_cpus']} "
                 f"logical CPUs), loopback, one client: an LM with configs/lm/gau.yaml's shapes answering {s['tokens']} "
                 f"tokens, median of {s['prompts']} prompts.\n\n| server | first text ms | whole answer ms |\n|---|---:|---:|\n"
-                f"| kslm serve --stream | {s['first_line_ms']:,.0f} | {s['stream_record_ms']:,.0f} |\n"
-                f"| kslm serve | – | {s['plain_answer_ms']:,.0f} |")
+                f"| kslm serve --stream | {s['first_line_ms']:,.1f} | {s['stream_record_ms']:,.1f} |\n"
+                f"| kslm serve | – | {s['plain_answer_ms']:,.1f} |")
     rows = report["rows"]
     lines = [f"Measured {report['date']} on {report['machine']['cpu_model']} ({report['machine']['logical_cpus']} "
              f"logical CPUs), loopback, one inference worker.", "",
