@@ -4,8 +4,8 @@ What both sides need is the tokenizer, the label set (extraction tasks) and a wi
 They are resolved from, in order of precedence:
 
     --ckpt_path          the checkpoint's tokenizer, labels, head and backbone (resume, validate, test, predict)
-    --model.pretrained   the pretrained LM checkpoint's (or `kslm export` directory's) tokenizer (its backbone: the task
-                         reads it)
+    --model.pretrained   the pretrained LM checkpoint's (or `kslm export` directory's) tokenizer; read once here
+                         (kslm.hf.reader.Pretrained), and the task builds its backbone from the same object
     --model.hf_path      the Hugging Face encoder's tokenizer (its directory, or a hub name's files in the hub cache)
     --data.tokenizer     a tokenizer.json / HF directory / kslm .ckpt (its tokenizer only)
     (none)               a tokenizer trained on the training texts (cached)
