@@ -15,8 +15,17 @@ from helpers import REPO, ner_args, tiny_args
 
 @pytest.fixture
 def loads(monkeypatch):
-    """Every torch.load in this process, by the resolved path it read (a path or an open file)."""
-    seen = []
+    """Every torch.load in this process, by the resolved path it read (a path or an open file); `loads.clear()`
+    also empties kslm's memory of opened checkpoints, so each command starts cold (another test of this process may
+    have opened the same file)."""
+    import kslm.checkpoint
+
+    class Seen(list):
+        def clear(self):
+            super().clear()
+            kslm.checkpoint._OPENED.clear()
+
+    seen = Seen()
     real = torch.load
 
     def counting(f, *args, **kwargs):
@@ -121,3 +130,15 @@ def test_model_pretrained_is_read_once_and_handed_to_the_task(workdir, capsys, l
     code, err = cli(["fit", *ner_args(workdir, "--model.pretrained", str(workdir / "exported"), steps=1)], capsys)
     assert code == 0, err[-2000:]
     assert reads.count("model.safetensors") == 1, reads
+
+
+def test_kslm_load_keeps_no_copy_of_the_file(ckpts, loads):
+    """kslm.load (and kslm serve's workers through it) reads the checkpoint once and keeps only the model: the file's
+    dict, optimiser state and all, is not held in kslm's memory of opened checkpoints afterwards."""
+    import kslm
+    import kslm.checkpoint
+
+    loads.clear()
+    model = kslm.load(ckpts["ner"])
+    assert _reads(loads, ckpts["ner"]) == 1 and model.task == "ner"
+    assert not kslm.checkpoint._OPENED

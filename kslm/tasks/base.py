@@ -15,7 +15,7 @@ import lightning.pytorch as pl
 import torch
 from tokenizers import Tokenizer
 
-from kslm.checkpoint import TASK_CHECKS, Checkpoint, Payload, check_shapes, meta_shapes, open_checkpoint, payload_of, store
+from kslm.checkpoint import TASK_CHECKS, Checkpoint, Payload, check_shapes, forget, meta_shapes, open_checkpoint, payload_of, store
 from kslm.data.tokenizer import fingerprint
 from kslm.errors import CheckpointError, ConfigError
 from kslm.nn import Backbone, BackboneConfig
@@ -164,6 +164,7 @@ class KslmTask(LastValidation, pl.LightningModule):
         model.connect(payload.load_tokenizer(), payload.labels, payload, payload.data)
         model.build_from_payload(payload)
         model.load_state_dict(ckpt.state_dict)
+        forget(ckpt)  # the weights are in the model: the file's dict (optimiser state and all) is not kept
         return model.to(map_location) if map_location is not None else model
 
     def payload_extras(self) -> Dict[str, Any]:
