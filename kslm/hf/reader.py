@@ -125,10 +125,4 @@ def open_pretrained(path, field_name: str = "model.pretrained") -> Pretrained:
     return Pretrained(str(path), payload, payload.backbone_config(), state, payload.load_tokenizer())
 
 
-def pretrained_backbone(path, field_name: str = "model.pretrained") -> Tuple[BackboneConfig, dict, Tokenizer]:
-    """(BackboneConfig, backbone state, tokenizer) of a kslm LM checkpoint or of an export directory."""
-    opened = open_pretrained(path, field_name)
-    return opened.config, opened.state, opened.tokenizer
-
-
-__all__ = ["is_export", "read_export", "Pretrained", "open_pretrained", "pretrained_backbone"]
+__all__ = ["is_export", "read_export", "Pretrained", "open_pretrained"]

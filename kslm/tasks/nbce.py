@@ -73,10 +73,11 @@ class NBCE(pl.LightningModule):
     # ------------------------------------------------------------- loading
     def _load_kslm(self, path):
         from kslm.data.tokenizer import EOS_ID, PAD_ID
-        from kslm.hf.reader import pretrained_backbone
+        from kslm.hf.reader import open_pretrained
         from kslm.nn import Backbone
 
-        cfg, state, tok = pretrained_backbone(path, "model.checkpoint")  # a .ckpt or a `kslm export` directory
+        opened = open_pretrained(path, "model.checkpoint")  # a .ckpt or a `kslm export` directory
+        cfg, state, tok = opened.config, opened.state, opened.tokenizer
         if cfg.mask == "bidirectional":
             raise CheckpointError(f"{path}: a masked-LM (bidirectional) backbone cannot generate (field 'model.checkpoint')")
         self.backbone = Backbone(cfg)
